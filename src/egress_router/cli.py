@@ -1,0 +1,176 @@
+"""The `egress-router` command.
+
+Without arguments it is the container entrypoint and reads only the environment (the OpenShift
+image's contract); with a subcommand it is a tool for people. This module is on every pod's
+start-up path: it imports only what the chosen path needs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from .errors import EXIT_FAILURE, EgressRouterError
+
+HELP = """\
+usage: egress-router                      run from the environment (the container entrypoint)
+       egress-router validate [FILE...]   check destination files (or the environment)
+       egress-router plan                 print the nftables script the environment gives
+       egress-router --help | --version
+
+The egress router in redirect mode: connections made to this pod on a mapped port are sent to
+an external server, with the pod's reserved address (EGRESS_SOURCE) as their source.
+
+Environment (the OpenShift egress router image's contract, unchanged):
+  EGRESS_SOURCE        reserved address on the node's LAN, optionally with a prefix length
+                       (192.0.2.99/24). Without one, only the gateway is reachable on the LAN.
+                       One IPv4 and one IPv6 address may be given, comma-separated.
+  EGRESS_GATEWAY       the LAN's gateway (the node's default gateway); one per family.
+  EGRESS_DESTINATION   redirection rules, one per line:
+                         <port> <protocol> <ip>                 same port on <ip>
+                         <port> <protocol> <ip> <remote_port>   another port on <ip>
+                         <ip>                                   last line only: fallback for
+                                                                every other port
+                       <protocol> is tcp, udp or sctp. Blank lines and lines starting with #
+                       are ignored. Without a fallback, other ports are refused.
+  EGRESS_ROUTER_MODE   init       set up and exit (an init container)
+                       legacy     set up and stay until SIGTERM/SIGINT (the default)
+                       unit-test  print the plan, change nothing (needs no privileges)
+                       http-proxy, dns-proxy   set up the network only, and exit
+  EGRESS_ROUTER_DEBUG  when set (to anything), log every step.
+
+Added by this project:
+  EGRESS_DESTINATION_FILE  read the rules from this file instead (a mounted ConfigMap key);
+                           setting it and EGRESS_DESTINATION both is an error.
+  EGRESS_INTERFACE         the egress (macvlan) interface; default macvlan0.
+  EGRESS_POD_INTERFACE     the cluster-side interface; default eth0.
+  EGRESS_ROUTER_HTTP_PORT  legacy mode's health and metrics port; default 9090, 0 for none.
+                           This port is never redirected.
+  EGRESS_ROUTER_LOG_FORMAT text (default) or json: one event per line on stderr.
+
+Exit status: 0 done, 1 the kernel or the pod could not be set up, 2 invalid configuration.
+Each problem is reported on one line of stderr, naming the variable and the line.
+"""
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    env = os.environ if environ is None else environ
+    try:
+        if not args:
+            return run_environment(env)
+        command, rest = args[0], args[1:]
+        if command in ("-h", "--help", "help"):
+            sys.stdout.write(HELP)
+            return 0
+        if command == "--version":
+            from . import __version__
+
+            print(f"egress-router {__version__}")
+            return 0
+        if command == "validate":
+            return validate(rest, env)
+        if command == "plan":
+            return plan(rest, env)
+        sys.stderr.write(f"egress-router: unknown command {command!r}; see egress-router --help\n")
+        return 2
+    except EgressRouterError as error:
+        for line in error.lines():
+            sys.stderr.write(f"egress-router: {line}\n")
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # never a traceback for a user; the debug switch shows one
+        if env.get("EGRESS_ROUTER_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"egress-router: internal error: {type(error).__name__}: {error}\n")
+        return EXIT_FAILURE
+
+
+def run_environment(env: Mapping[str, str]) -> int:
+    from .config import load_environment
+    from .log import Log
+    from .model import Mode
+
+    config = load_environment(env)
+    log = Log(debug=config.debug, json=env.get("EGRESS_ROUTER_LOG_FORMAT") == "json")
+    if config.mode is Mode.UNIT_TEST:
+        sys.stdout.write(render_plan(config))
+        return 0
+    router = make_router(log)
+    outcome = router.reconcile(config)
+    log.debug("set up", mode=config.mode.value, seconds=f"{outcome.seconds:.4f}")
+    if config.mode is Mode.LEGACY:
+        from .daemon import run
+
+        return run(router, config, log, env)
+    return 0
+
+
+def make_router(log: object) -> object:
+    from .announce import PacketSocketAnnouncer
+    from .netlink.iproute2 import IpRoute2
+    from .nft.cli import NftCli
+    from .reconcile import Router
+
+    return Router(nft=NftCli(), net=IpRoute2(), announcer=PacketSocketAnnouncer(), log=log)  # type: ignore[arg-type]
+
+
+def render_plan(config: object) -> str:
+    """The plan as a valid nft script: the network steps as comments, then the transaction."""
+    from .netlink.iproute2 import batch
+    from .nft import Transaction
+    from .plan import build_plan, describe
+
+    plan = build_plan(config)  # type: ignore[arg-type]
+    out = [f"# {line}\n" for line in describe(config)]  # type: ignore[arg-type]
+    out += [f"# ip {line}\n" for line in batch(plan.network, ())]
+    out += [f"# sysctl {k.replace('/', '.')}={v}\n" for k, v in plan.network.sysctls]
+    if plan.table is not None:
+        tx = Transaction()
+        tx.replace_table(plan.table)
+        out.append(str(tx))
+    return "".join(out)
+
+
+def validate(paths: list[str], env: Mapping[str, str]) -> int:
+    from .config import DESTINATION_FILE, load_environment, parse_destinations, read_destination_file
+    from .errors import ConfigError
+
+    if not paths:
+        config = load_environment(env)
+        rules = config.destinations
+        print(f"ok: environment: {len(rules.mappings)} rule(s), fallback {_fallback_words(rules)}")
+        return 0
+    problems = []
+    for path in paths:
+        try:
+            text = read_destination_file(path)
+            rules = parse_destinations(text, path)
+        except ConfigError as error:
+            problems += [
+                p if p.variable != DESTINATION_FILE else type(p)(path, p.message) for p in error.problems
+            ]
+            continue
+        print(f"ok: {path}: {len(rules.mappings)} rule(s), fallback {_fallback_words(rules)}")
+    if problems:
+        raise ConfigError(problems)
+    return 0
+
+
+def _fallback_words(rules: object) -> str:
+    fallbacks = getattr(rules, "fallbacks", ())
+    return ", ".join(map(str, fallbacks)) if fallbacks else "none (other ports refused)"
+
+
+def plan(args: list[str], env: Mapping[str, str]) -> int:
+    from .config import load_environment
+
+    if args:
+        sys.stderr.write("egress-router: plan takes no arguments; it reads the environment\n")
+        return 2
+    sys.stdout.write(render_plan(load_environment(env)))
+    return 0

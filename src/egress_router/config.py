@@ -1,0 +1,358 @@
+"""Environment and destination text -> validated `RouterConfig`. Pure: no I/O but reading the
+destination file that the environment names.
+
+Liberal where a user would expect it (any whitespace between fields, CRLF line ends, `TCP` or
+`tcp`, blank lines and whole-line `#` comments) and strict where a mistake would do harm: every
+address, port and prefix is checked, the fallback must come last, and a local port is used once
+per protocol and address family. Every problem is collected before `ConfigError` is raised, so a
+user sees them all at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping as EnvMapping
+from functools import lru_cache
+
+from .errors import ConfigError, Problem
+from .model import (
+    DEFAULT_EGRESS_INTERFACE,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_POD_INTERFACE,
+    PROTOCOLS,
+    Destinations,
+    IPAddress,
+    IPInterface,
+    Mapping,
+    Mode,
+    RouterConfig,
+)
+
+# The variables of the OpenShift image, kept as they are, and the ones this project adds.
+SOURCE = "EGRESS_SOURCE"
+GATEWAY = "EGRESS_GATEWAY"
+DESTINATION = "EGRESS_DESTINATION"
+DESTINATION_FILE = "EGRESS_DESTINATION_FILE"
+MODE = "EGRESS_ROUTER_MODE"
+DEBUG = "EGRESS_ROUTER_DEBUG"
+EGRESS_INTERFACE = "EGRESS_INTERFACE"
+POD_INTERFACE = "EGRESS_POD_INTERFACE"
+HTTP_PORT = "EGRESS_ROUTER_HTTP_PORT"
+
+
+class _Invalid(ValueError):
+    """A field is wrong; the message says why in words a user understands."""
+
+
+def parse_port(text: str, what: str = "port") -> int:
+    if not text.isascii() or not text.isdigit():
+        raise _Invalid(f"{what} {text!r} is not a number")
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise _Invalid(f"{what} {text} is out of range 1-65535")
+    return value
+
+
+@lru_cache(maxsize=65536)
+def parse_address(text: str) -> IPAddress:
+    """A unicast address a packet can be routed to; rules share few addresses, hence the cache."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise _Invalid(f"{text!r} is not a valid IP address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        raise _Invalid(f"{text!r}: a zone index (%...) is not allowed")
+    if address.is_unspecified or address.is_loopback or address.is_multicast:
+        raise _Invalid(f"{text} is not a unicast address that can be routed to")
+    if address.is_link_local:
+        raise _Invalid(f"{text} is link-local and cannot be reached through the gateway")
+    if isinstance(address, ipaddress.IPv4Address) and address == ipaddress.IPv4Address(
+        "255.255.255.255"
+    ):
+        raise _Invalid(f"{text} is the broadcast address")
+    return address
+
+
+def parse_destinations(text: str, variable: str = DESTINATION) -> Destinations:
+    """Parse the rules of `EGRESS_DESTINATION` (or of the file it names).
+
+    Raises `ConfigError` listing every bad line, or returns the rules in input order.
+    """
+    problems: list[Problem] = []
+    mappings: list[Mapping] = []
+    fallbacks: list[tuple[int, IPAddress]] = []
+    seen: dict[tuple[str, int, int], int] = {}
+    for number, raw in enumerate(text.split("\n"), start=1):
+        fields = raw.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        try:
+            if len(fields) == 1:
+                fallbacks.append((number, parse_address(fields[0])))
+                continue
+            mapping = _parse_mapping(fields, number)
+        except _Invalid as error:
+            problems.append(Problem(variable, str(error), number, raw))
+            continue
+        if fallbacks:
+            first = fallbacks[0][0]
+            problems.append(
+                Problem(variable, f"the fallback on line {first} must be the last rule", number, raw)
+            )
+        key = (mapping.protocol, mapping.port, mapping.family)
+        if key in seen:
+            problems.append(
+                Problem(
+                    variable,
+                    f"local port {mapping.port}/{mapping.protocol} is already used on line "
+                    f"{seen[key]}",
+                    number,
+                    raw,
+                )
+            )
+            continue
+        seen[key] = number
+        mappings.append(mapping)
+    problems.extend(_check_fallbacks(fallbacks, text, variable))
+    if problems:
+        raise ConfigError(sorted(problems, key=lambda p: p.line or 0))
+    return Destinations(tuple(mappings), tuple(address for _, address in fallbacks))
+
+
+def _parse_mapping(fields: list[str], number: int) -> Mapping:
+    if len(fields) > 4:
+        if any(f.startswith("#") for f in fields[1:]):
+            raise _Invalid("a comment must be on a line of its own")
+        raise _Invalid(f"expected '<port> <protocol> <ip> [<remote_port>]', got {len(fields)} fields")
+    if len(fields) == 2:
+        raise _Invalid("expected '<port> <protocol> <ip> [<remote_port>]' or a lone fallback <ip>")
+    port = parse_port(fields[0])
+    protocol = fields[1].lower()
+    if protocol not in PROTOCOLS:
+        raise _Invalid(f"protocol {fields[1]!r} is not one of {', '.join(PROTOCOLS)}")
+    address = parse_address(fields[2])
+    remote_port = parse_port(fields[3], "remote port") if len(fields) == 4 else port
+    return Mapping(port, protocol, address, remote_port, number)
+
+
+def _check_fallbacks(
+    fallbacks: list[tuple[int, IPAddress]], text: str, variable: str
+) -> list[Problem]:
+    lines = text.split("\n")
+    problems = []
+    families: dict[int, int] = {}
+    for number, address in fallbacks:
+        if address.version in families:
+            problems.append(
+                Problem(
+                    variable,
+                    f"a second IPv{address.version} fallback (the first is on line "
+                    f"{families[address.version]})",
+                    number,
+                    lines[number - 1],
+                )
+            )
+        families.setdefault(address.version, number)
+    return problems
+
+
+def parse_sources(text: str) -> tuple[IPInterface, ...]:
+    """`EGRESS_SOURCE`: an address with an optional prefix length, or one per family."""
+    sources: list[IPInterface] = []
+    for item in _split_list(text):
+        address, slash, prefix = item.partition("/")
+        host = parse_address(address)
+        limit = host.max_prefixlen
+        if slash:
+            if not prefix.isascii() or not prefix.isdigit() or int(prefix) > limit:
+                raise _Invalid(f"prefix length {prefix!r} of {item!r} is not in 0-{limit}")
+            interface = ipaddress.ip_interface(f"{host}/{int(prefix)}")
+            net = interface.network
+            if net.prefixlen < limit - 1 and host in (net.network_address, net.broadcast_address):
+                raise _Invalid(f"{item} is not a host address of {net}")
+        else:
+            interface = ipaddress.ip_interface(f"{host}/{limit}")
+        sources.append(interface)
+    _one_per_family([s.ip for s in sources], "source")
+    return tuple(sources)
+
+
+def parse_gateways(text: str) -> tuple[IPAddress, ...]:
+    gateways = tuple(parse_address(item) for item in _split_list(text))
+    _one_per_family(list(gateways), "gateway")
+    return gateways
+
+
+def _split_list(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",")]
+    if not any(items):
+        raise _Invalid("is empty")
+    if not all(items) or len(items) > 2:
+        raise _Invalid(f"{text.strip()!r} is not one address, or one IPv4 and one IPv6 address")
+    return items
+
+
+def _one_per_family(addresses: list[IPAddress], what: str) -> None:
+    if len({a.version for a in addresses}) != len(addresses):
+        raise _Invalid(f"give at most one IPv4 and one IPv6 {what}")
+
+
+def parse_interface_name(text: str) -> str:
+    # The kernel's own rule (dev_valid_name): 1-15 bytes, no '/', ':' or whitespace.
+    bad = not 0 < len(text.encode()) <= 15 or text in (".", "..")
+    if bad or "/" in text or ":" in text or any(c.isspace() for c in text):
+        raise _Invalid(f"{text!r} is not a valid interface name (1-15 characters, no '/', ':' or spaces)")
+    return text
+
+
+def parse_mode(text: str) -> Mode:
+    value = text.strip() or Mode.LEGACY.value
+    try:
+        return Mode(value)
+    except ValueError:
+        valid = ", ".join(m.value for m in Mode)
+        raise _Invalid(f"unknown mode {value!r} (valid: {valid})") from None
+
+
+def load_environment(environ: EnvMapping[str, str]) -> RouterConfig:
+    """Build the router's configuration from its environment; raise `ConfigError` on any problem."""
+    problems: list[Problem] = []
+
+    def field(name: str, parse, default):  # type: ignore[no-untyped-def]
+        text = environ.get(name)
+        if text is None or (default is not None and text.strip() == ""):
+            return default
+        try:
+            return parse(text.strip())
+        except _Invalid as error:
+            problems.append(Problem(name, str(error)))
+            return None
+
+    mode = field(MODE, parse_mode, Mode.LEGACY)
+    sources = field(SOURCE, parse_sources, None)
+    gateways = field(GATEWAY, parse_gateways, None)
+    egress_if = field(EGRESS_INTERFACE, parse_interface_name, DEFAULT_EGRESS_INTERFACE)
+    pod_if = field(POD_INTERFACE, parse_interface_name, DEFAULT_POD_INTERFACE)
+    http_port = field(HTTP_PORT, _parse_http_port, DEFAULT_HTTP_PORT)
+    for name, value in ((SOURCE, sources), (GATEWAY, gateways)):
+        if environ.get(name) is None:
+            problems.append(Problem(name, "is not set"))
+    if egress_if is not None and egress_if == pod_if:
+        problems.append(Problem(EGRESS_INTERFACE, f"is the same as {POD_INTERFACE} ({pod_if})"))
+    if sources and gateways:
+        problems.extend(_check_pairs(sources, gateways))
+
+    destinations = Destinations()
+    destination_file = environ.get(DESTINATION_FILE) or None
+    if mode is None or mode.redirects:
+        variable = _destination_variable(destination_file)
+        try:
+            text = _destination_text(environ, destination_file)
+            destinations = parse_destinations(text, variable)
+        except ConfigError as error:
+            problems.extend(error.problems)
+        else:
+            lines = text.split("\n")
+            problems.extend(_check_rules(destinations, variable, lines, sources, mode, http_port))
+    if problems:
+        raise ConfigError(problems)
+    return RouterConfig(
+        mode=mode,
+        sources=sources,
+        gateways=gateways,
+        destinations=destinations,
+        egress_interface=egress_if,
+        pod_interface=pod_if,
+        http_port=http_port,
+        debug=bool(environ.get(DEBUG)),
+        destination_file=destination_file,
+    )
+
+
+def _parse_http_port(text: str) -> int:
+    return 0 if text == "0" else parse_port(text, "HTTP port")
+
+
+def _destination_variable(path: str | None) -> str:
+    return DESTINATION if path is None else f"{DESTINATION_FILE} ({path})"
+
+
+def read_destination_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except UnicodeDecodeError:
+        raise ConfigError([Problem(DESTINATION_FILE, f"{path} is not UTF-8 text")]) from None
+    except OSError as error:
+        raise ConfigError(
+            [Problem(DESTINATION_FILE, f"cannot read {path}: {error.strerror or error}")]
+        ) from None
+
+
+def _destination_text(environ: EnvMapping[str, str], path: str | None) -> str:
+    inline = environ.get(DESTINATION)
+    if path is not None and inline is not None and inline.strip():
+        raise ConfigError(
+            [Problem(DESTINATION_FILE, f"set either {DESTINATION} or {DESTINATION_FILE}, not both")]
+        )
+    if path is not None:
+        return read_destination_file(path)
+    if inline is None:
+        raise ConfigError([Problem(DESTINATION, f"is not set (nor is {DESTINATION_FILE})")])
+    return inline
+
+
+def _check_pairs(sources: tuple[IPInterface, ...], gateways: tuple[IPAddress, ...]) -> list[Problem]:
+    problems = []
+    source_families = {s.version for s in sources}
+    gateway_families = {g.version for g in gateways}
+    for family in sorted(source_families ^ gateway_families):
+        has = SOURCE if family in source_families else GATEWAY
+        lacks = GATEWAY if has == SOURCE else SOURCE
+        problems.append(Problem(lacks, f"has no IPv{family} address to pair with the one in {has}"))
+    for source in sources:
+        if source.ip in gateways:
+            problems.append(Problem(GATEWAY, f"{source.ip} is also the source address"))
+    return problems
+
+
+def _check_rules(
+    destinations: Destinations,
+    variable: str,
+    lines: list[str],
+    sources: tuple[IPInterface, ...] | None,
+    mode: Mode | None,
+    http_port: int | None,
+) -> list[Problem]:
+    """Checks that need more than the rules themselves: the source families, the HTTP port."""
+    if not destinations.mappings and not destinations.fallbacks:
+        return [Problem(variable, "holds no rule (at least one rule or a fallback address)")]
+    problems = []
+    families = {s.version for s in sources or ()}
+    for mapping in destinations.mappings:
+        text = lines[mapping.line - 1]
+        if sources and mapping.family not in families:
+            problems.append(
+                Problem(variable, _family_message(mapping.address), mapping.line, text)
+            )
+        if mode is Mode.LEGACY and http_port and (mapping.protocol, mapping.port) == (
+            "tcp",
+            http_port,
+        ):
+            problems.append(
+                Problem(
+                    variable,
+                    f"local port {http_port}/tcp is the router's own health and metrics port "
+                    f"({HTTP_PORT}): map another port, or set {HTTP_PORT} to another port or 0",
+                    mapping.line,
+                    text,
+                )
+            )
+    for address in destinations.fallbacks:
+        if sources and address.version not in families:
+            problems.append(Problem(variable, "fallback " + _family_message(address)))
+    return problems
+
+
+def _family_message(address: IPAddress) -> str:
+    return f"{address} is IPv{address.version} but {SOURCE} has no IPv{address.version} address"

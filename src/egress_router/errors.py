@@ -1,0 +1,84 @@
+"""The error hierarchy: every failure a user can meet is one of these.
+
+`EgressRouterError` is caught once, in the command-line entry point, and printed as one line per
+problem; nothing below it prints or exits.
+
+- `ConfigError` (exit 2) is raised by the pure core (`config`) when the input is wrong. It holds
+  every `Problem` found, not only the first, so that a user fixes them in one go.
+- `SetupError` (exit 1) is raised before anything is changed, when the environment cannot host
+  the router (the egress interface is missing, a tool is not installed, a capability is absent).
+- `ApplyError` (exit 1) is raised by an adapter when the kernel refuses a change; it names the
+  step and carries the kernel's (or the tool's) own message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the input, located as precisely as the input allows."""
+
+    variable: str
+    message: str
+    line: int | None = None
+    text: str | None = None
+
+    def __str__(self) -> str:
+        where = self.variable if self.line is None else f"{self.variable} line {self.line}"
+        if self.text is None:
+            return f"{where}: {self.message}"
+        return f"{where}: {self.message}: {self.text.strip()!r}"
+
+
+class EgressRouterError(Exception):
+    """Base of every error the router reports to a user."""
+
+    exit_code = EXIT_FAILURE
+
+    def lines(self) -> list[str]:
+        """What the user sees: one line per problem."""
+        return [str(self)]
+
+
+class ConfigError(EgressRouterError):
+    """The configuration is invalid; nothing was applied. Raised by `egress_router.config`."""
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, problems: list[Problem]) -> None:
+        if not problems:
+            raise ValueError("ConfigError needs at least one problem")
+        self.problems = list(problems)
+        super().__init__("; ".join(str(p) for p in self.problems))
+
+    def lines(self) -> list[str]:
+        return [f"config error: {p}" for p in self.problems]
+
+
+class SetupError(EgressRouterError):
+    """The environment cannot host the router; raised before anything is changed."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message} ({hint})")
+
+    def lines(self) -> list[str]:
+        return [f"setup error: {self}"]
+
+
+class ApplyError(EgressRouterError):
+    """The kernel (or the tool talking to it) refused a change. Raised by the adapters."""
+
+    def __init__(self, step: str, detail: str) -> None:
+        self.step = step
+        self.detail = " ".join(detail.split()) or "no message"
+        super().__init__(f"failed to {step}: {self.detail}")
+
+    def lines(self) -> list[str]:
+        return [f"apply error: {self}"]

@@ -1,0 +1,105 @@
+"""The validated configuration: immutable values that the rest of the router trusts.
+
+Nothing here parses text or touches the system; `egress_router.config` builds these objects from
+the environment and guarantees their invariants (a port in 1-65535, one rule per local port and
+protocol and family, a destination address of the same family as a source, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
+
+IPAddress = IPv4Address | IPv6Address
+IPInterface = IPv4Interface | IPv6Interface
+
+PROTOCOLS = ("tcp", "udp", "sctp")
+
+DEFAULT_EGRESS_INTERFACE = "macvlan0"
+DEFAULT_POD_INTERFACE = "eth0"
+DEFAULT_HTTP_PORT = 9090
+
+
+class Mode(Enum):
+    """`EGRESS_ROUTER_MODE`, as the OpenShift image understands it."""
+
+    INIT = "init"
+    LEGACY = "legacy"
+    UNIT_TEST = "unit-test"
+    HTTP_PROXY = "http-proxy"
+    DNS_PROXY = "dns-proxy"
+
+    @property
+    def redirects(self) -> bool:
+        """The proxy modes only set up the network: the image's proxies do the rest."""
+        return self not in (Mode.HTTP_PROXY, Mode.DNS_PROXY)
+
+    @property
+    def stays(self) -> bool:
+        return self is Mode.LEGACY
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """`<port> <protocol> <ip> [<remote_port>]`: connections to `port` go to `address:remote_port`."""
+
+    port: int
+    protocol: str
+    address: IPAddress
+    remote_port: int
+    line: int = 0
+
+    @property
+    def family(self) -> int:
+        return self.address.version
+
+
+@dataclass(frozen=True)
+class Destinations:
+    """All redirection rules, in input order, and at most one fallback per address family."""
+
+    mappings: tuple[Mapping, ...] = ()
+    fallbacks: tuple[IPAddress, ...] = ()
+
+    def fallback(self, family: int) -> IPAddress | None:
+        for address in self.fallbacks:
+            if address.version == family:
+                return address
+        return None
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything the environment says, validated."""
+
+    mode: Mode
+    sources: tuple[IPInterface, ...]
+    gateways: tuple[IPAddress, ...]
+    destinations: Destinations = field(default_factory=Destinations)
+    egress_interface: str = DEFAULT_EGRESS_INTERFACE
+    pod_interface: str = DEFAULT_POD_INTERFACE
+    http_port: int = DEFAULT_HTTP_PORT
+    debug: bool = False
+    destination_file: str | None = None
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        return tuple(s.version for s in self.sources)
+
+    def source(self, family: int) -> IPInterface | None:
+        for s in self.sources:
+            if s.version == family:
+                return s
+        return None
+
+    def gateway(self, family: int) -> IPAddress | None:
+        for g in self.gateways:
+            if g.version == family:
+                return g
+        return None
+
+    @property
+    def served_http_port(self) -> int:
+        """The port the router itself answers on (0: none), which is never redirected."""
+        return self.http_port if self.mode is Mode.LEGACY else 0

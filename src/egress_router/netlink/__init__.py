@@ -1,0 +1,35 @@
+"""Links, addresses, routes and sysctls of the router's namespace.
+
+`NetBackend` is the narrow interface the reconcile step needs; `IpRoute2` drives the `ip` command
+(one `ip -batch` per change: the start-up path cannot afford pyroute2's import time), and
+`FakeNet` keeps the same state in memory for tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..model import IPInterface
+from ..plan import NetworkPlan
+
+
+@dataclass(frozen=True)
+class LinkState:
+    name: str
+    up: bool  # administratively up
+    carrier: bool  # the lower layer is up too
+    mac: str
+    mtu: int
+    addresses: tuple[IPInterface, ...]  # global scope only: link-local ones are the kernel's
+
+
+class NetBackend(Protocol):
+    def link(self, name: str) -> LinkState | None:
+        """The interface's state, or None when it does not exist."""
+
+    def configure(self, plan: NetworkPlan, remove: tuple[IPInterface, ...]) -> None:
+        """Bring the link up, set addresses and routes; safe to repeat. Raises `ApplyError`."""
+
+    def set_sysctl(self, key: str, value: str) -> None:
+        """Write `/proc/sys/<key>` of this namespace; raises `ApplyError`."""

@@ -1,0 +1,112 @@
+"""`NetBackend` on the real kernel through iproute2's `ip`."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+
+from ..errors import ApplyError, SetupError
+from ..model import IPInterface
+from ..plan import NetworkPlan
+from . import LinkState
+
+IP_HINT = "install the iproute2 package in the image (apt-get install iproute2)"
+
+
+class IpRoute2:
+    def __init__(self, binary: str = "ip", proc_sys: str = "/proc/sys") -> None:
+        self.binary = binary
+        self.proc_sys = proc_sys
+
+    def _run(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                [self.binary, *args], input=stdin, capture_output=True, text=True, check=False
+            )
+        except FileNotFoundError:
+            raise SetupError(f"the ip command was not found ({self.binary})", IP_HINT) from None
+
+    def link(self, name: str) -> LinkState | None:
+        done = self._run(["-j", "addr", "show", "dev", name])
+        if done.returncode != 0:
+            if "does not exist" in done.stderr:
+                return None
+            raise ApplyError(f"read interface {name}", done.stderr)
+        return parse_link(json.loads(done.stdout)[0])
+
+    def configure(self, plan: NetworkPlan, remove: tuple[IPInterface, ...]) -> None:
+        commands = batch(plan, remove)
+        done = self._run(["-batch", "-"], "".join(f"{c}\n" for c in commands))
+        if done.returncode != 0:
+            raise ApplyError(_failed_step(done.stderr, commands), done.stderr.strip().splitlines()[0] if done.stderr.strip() else "ip failed")
+
+    def set_sysctl(self, key: str, value: str) -> None:
+        path = f"{self.proc_sys}/{key}"
+        try:
+            with open(path, "w") as handle:
+                handle.write(value)
+        except OSError as error:
+            # /proc/sys is read-only in an unprivileged container. Fine if the value is already
+            # right (a sysctl set in the Pod spec); an error naming the fix otherwise.
+            if _read(path) == value:
+                return
+            name = key.replace("/", ".")
+            raise ApplyError(
+                f"set {name}={value}",
+                f"{error.strerror or error}; allow it as a Pod sysctl "
+                f"(securityContext.sysctls) or run the container privileged",
+            ) from None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def batch(plan: NetworkPlan, remove: tuple[IPInterface, ...]) -> list[str]:
+    """The `ip -batch` lines for `plan`: replace-only verbs, so running them twice is harmless."""
+    dev = plan.interface
+    lines = [f"address del {a} dev {dev}" for a in remove]
+    lines.append(f"link set dev {dev} up")
+    for a in plan.addresses:
+        # nodad: an IPv6 source must be usable at once, not after a second of duplicate
+        # address detection (the announcement that follows tells the LAN instead).
+        extra = " nodad" if a.version == 6 else ""
+        lines.append(f"address replace {a} dev {dev}{extra}")
+    for r in plan.routes:
+        via = f" via {r.via}" if r.via is not None else ""
+        # `ip -batch` takes no per-line options: the family follows from the addresses.
+        lines.append(f"route replace {r.destination}{via} dev {dev}")
+    return lines
+
+
+def _failed_step(stderr: str, commands: list[str]) -> str:
+    # ip reports "Command failed -:N" for the Nth line of the batch.
+    for line in stderr.splitlines():
+        if "Command failed -:" in line:
+            try:
+                return commands[int(line.rsplit(":", 1)[1]) - 1]
+            except (ValueError, IndexError):
+                break
+    return "configure the egress interface"
+
+
+def parse_link(data: dict) -> LinkState:  # type: ignore[type-arg]
+    flags = data.get("flags", [])
+    addresses = tuple(
+        ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}")
+        for a in data.get("addr_info", [])
+        if a.get("scope") == "global" and "local" in a
+    )
+    return LinkState(
+        name=data["ifname"],
+        up="UP" in flags,
+        carrier="LOWER_UP" in flags,
+        mac=data.get("address", ""),
+        mtu=int(data.get("mtu", 0)),
+        addresses=addresses,
+    )

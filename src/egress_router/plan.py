@@ -1,0 +1,189 @@
+"""Validated config -> desired state: the network setup and the one nftables table. Pure.
+
+The table's chains are static: they only change when the source, the interfaces, the fallback or
+the HTTP port change. Everything a destination line says lives in six maps (protocol x family),
+keyed by local port, so that a new connection costs one map lookup however many rules there
+are (the layout kube-proxy's nftables mode uses), and so that a changed rule is a changed map
+element, not a rebuilt table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model import PROTOCOLS, IPAddress, IPInterface, Mode, RouterConfig
+from .nft.table import MapSpec, TableSpec
+
+TABLE_FAMILY = "inet"
+TABLE_NAME = "egress_router"
+FAMILIES = (4, 6)
+_NFT_ADDRESS_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
+_NFT_FAMILY = {4: "ip", 6: "ip6"}
+
+
+def map_name(protocol: str, family: int) -> str:
+    return f"{protocol}{family}"
+
+
+def fallback_counter_name(family: int) -> str:
+    return f"fallback{family}"
+
+
+@dataclass(frozen=True)
+class Route:
+    destination: str  # "default" or an address with prefix length
+    via: IPAddress | None
+    family: int
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """What the egress interface and the namespace's routing must look like."""
+
+    interface: str
+    addresses: tuple[IPInterface, ...]
+    routes: tuple[Route, ...]
+    sysctls: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    network: NetworkPlan
+    table: TableSpec | None  # None in the proxy modes, which set up the network only
+
+
+def build_plan(config: RouterConfig) -> Plan:
+    table = build_table(config) if config.mode.redirects else None
+    return Plan(build_network(config), table)
+
+
+def build_network(config: RouterConfig) -> NetworkPlan:
+    routes: list[Route] = []
+    sysctls: list[tuple[str, str]] = []
+    for source in config.sources:
+        family = source.version
+        gateway = config.gateway(family)
+        assert gateway is not None  # config guarantees one gateway per source family
+        # Without a prefix the address is a /32 (or /128): the gateway is then reachable only
+        # through this host route. With a prefix the route is redundant but harmless.
+        routes.append(Route(f"{gateway}/{gateway.max_prefixlen}", None, family))
+        routes.append(Route("default", gateway, family))
+        if family == 4:
+            sysctls.append(("net/ipv4/ip_forward", "1"))
+        else:
+            sysctls.append(("net/ipv6/conf/all/forwarding", "1"))
+    return NetworkPlan(config.egress_interface, config.sources, tuple(routes), tuple(sysctls))
+
+
+def build_table(config: RouterConfig) -> TableSpec:
+    return TableSpec(
+        family=TABLE_FAMILY,
+        name=TABLE_NAME,
+        maps=_maps(config),
+        body=_body(config),
+    )
+
+
+def _maps(config: RouterConfig) -> tuple[MapSpec, ...]:
+    elements: dict[str, dict[str, str]] = {
+        map_name(p, f): {} for p in PROTOCOLS for f in FAMILIES
+    }
+    for m in config.destinations.mappings:
+        elements[map_name(m.protocol, m.family)][str(m.port)] = f"{m.address} . {m.remote_port}"
+    return tuple(
+        MapSpec(
+            name=map_name(p, f),
+            key_type="inet_service",
+            value_type=f"{_NFT_ADDRESS_TYPE[f]} . inet_service",
+            elements=elements[map_name(p, f)],
+            counter=True,
+        )
+        for p in PROTOCOLS
+        for f in FAMILIES
+    )
+
+
+def _body(config: RouterConfig) -> str:
+    """Counters and chains: everything of the table but the map elements."""
+    pod = _quote(config.pod_interface)
+    egress = _quote(config.egress_interface)
+    http = config.served_http_port
+    lines = [f'comment "managed by egress-router; do not edit"']
+    for family in FAMILIES:
+        lines.append(f"counter {fallback_counter_name(family)} {{ }}")
+
+    # Only connections that come in from the pod network and are addressed to the router
+    # itself are redirected: a host that uses the pod as its gateway gets nothing from it.
+    pre = [f"iifname != {pod} return", "fib daddr type != local return"]
+    if http:
+        pre.append(f"tcp dport {http} return")
+    for family in FAMILIES:
+        for protocol in PROTOCOLS:
+            pre.append(
+                f"dnat {_NFT_FAMILY[family]} to {protocol} dport map @{map_name(protocol, family)}"
+            )
+    for family in FAMILIES:
+        fallback = config.destinations.fallback(family)
+        if fallback is not None:
+            # As in the OpenShift image the fallback takes every protocol, the port unchanged.
+            pre.append(
+                f"meta nfproto {_nfproto(family)} counter name {fallback_counter_name(family)} "
+                f"dnat {_NFT_FAMILY[family]} to {fallback}"
+            )
+
+    post = [
+        f"oifname {egress} meta nfproto {_nfproto(s.version)} snat {_NFT_FAMILY[s.version]} to {s.ip}"
+        for s in config.sources
+    ]
+
+    # Without a fallback, a connection to a port that no rule names is refused at once rather
+    # than left to time out. The router's own HTTP port stays open.
+    inp = [f"iifname != {pod} return", "ct state != new return"]
+    if http:
+        inp.append(f"tcp dport {http} return")
+    inp += [
+        "meta l4proto tcp reject with tcp reset",
+        "meta l4proto { udp, sctp } reject",
+    ]
+
+    # Forward only what a rule redirected, and the replies to it: neither side can use the
+    # router as a plain gateway, from the pod network out or from the LAN in.
+    fwd = [
+        "ct state established,related accept",
+        f"iifname {pod} oifname {egress} ct status dnat accept",
+    ]
+
+    lines += _chain("prerouting", "nat", "prerouting", "dstnat", "accept", pre)
+    lines += _chain("postrouting", "nat", "postrouting", "srcnat", "accept", post)
+    lines += _chain("input", "filter", "input", "filter", "accept", inp)
+    lines += _chain("forward", "filter", "forward", "filter", "drop", fwd)
+    return "\n".join(lines)
+
+
+def _chain(name: str, kind: str, hook: str, priority: str, policy: str, rules: list[str]) -> list[str]:
+    head = f"\ttype {kind} hook {hook} priority {priority}; policy {policy};"
+    return [f"chain {name} {{", head, *(f"\t{rule}" for rule in rules), "}"]
+
+
+def _nfproto(family: int) -> str:
+    return "ipv4" if family == 4 else "ipv6"
+
+
+def _quote(name: str) -> str:
+    return f'"{name}"'
+
+
+def describe(config: RouterConfig) -> list[str]:
+    """The plan in words, for `EGRESS_ROUTER_DEBUG` and `egress-router plan`."""
+    out = []
+    for s in config.sources:
+        out.append(f"source {s} on {config.egress_interface} via gateway {config.gateway(s.version)}")
+    for m in config.destinations.mappings:
+        out.append(f"redirect {m.port}/{m.protocol} -> {m.address} port {m.remote_port}")
+    for address in config.destinations.fallbacks:
+        out.append(f"redirect any other port -> {address} (same port)")
+    if config.mode.redirects and not config.destinations.fallbacks:
+        out.append("refuse connections to any other port")
+    if config.mode is Mode.LEGACY and config.http_port:
+        out.append(f"serve health and metrics on port {config.http_port}/tcp")
+    return out
