@@ -17,6 +17,9 @@ HELP = """\
 usage: egress-router                      run from the environment (the container entrypoint)
        egress-router validate [FILE...]   check destination files (or the environment)
        egress-router plan                 print the nftables script the environment gives
+       egress-router status [--json]      the live state, read from the kernel
+       egress-router manifests ...        Kubernetes/OpenShift YAML for a router
+       egress-router lint FILE...         find what would break the router in existing YAML
        egress-router --help | --version
 
 The egress router in redirect mode: connections made to this pod on a mapped port are sent to
@@ -54,6 +57,14 @@ Each problem is reported on one line of stderr, naming the variable and the line
 """
 
 
+# Commands that live in their own modules, imported only when asked for.
+SUBCOMMANDS = {
+    "status": (".status", "main"),
+    "manifests": (".kube.manifests", "main"),
+    "lint": (".kube.lint", "main"),
+}
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if environ is None else environ
@@ -73,6 +84,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return validate(rest, env)
         if command == "plan":
             return plan(rest, env)
+        if command in SUBCOMMANDS:
+            from importlib import import_module
+
+            module, function = SUBCOMMANDS[command]
+            return int(getattr(import_module(module, __package__), function)(rest, env))
         sys.stderr.write(f"egress-router: unknown command {command!r}; see egress-router --help\n")
         return 2
     except EgressRouterError as error:

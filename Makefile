@@ -1,0 +1,28 @@
+# The two commands a newcomer needs, each installing what it uses first (as root on Debian):
+#   make demo   build the lab, run the router with the seed's example, show it, tear it down
+#   make test   the whole test suite: pure, fake-backed, and the root-only lab tests
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test bench lint clean
+
+demo:
+	@./scripts/setup.sh demo
+	$(PY) -m egress_router.lab.demo
+
+test:
+	@./scripts/setup.sh test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench:
+	@./scripts/setup.sh bench
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
+lint:
+	@./scripts/setup.sh test
+	$(VENV)/bin/python -m pip install -q ruff mypy
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

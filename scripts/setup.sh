@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what `make demo`, `make test` and `make bench` need on a fresh Debian machine:
+# system packages with apt-get (only those missing), then a virtual environment with the
+# project and its Python dependencies. Safe to run again; it does nothing when all is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-test}
+
+packages=(nftables iproute2 python3-venv)
+case "$what" in
+  bench) packages+=(iperf3 haproxy socat) ;;
+esac
+
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing system packages: ${missing[*]} (run as root, or install them)" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+venv=${VENV:-.venv}
+extras=test
+[ "$what" = bench ] && extras=test,bench
+stamp="$venv/.installed-$extras"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]"
+  touch "$stamp"
+fi
