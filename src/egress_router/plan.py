@@ -29,6 +29,18 @@ def fallback_counter_name(family: int) -> str:
     return f"fallback{family}"
 
 
+def bytes_map_name(protocol: str, family: int) -> str:
+    return f"bytes_{protocol}{family}"
+
+
+def fallback_bytes_counter_name(family: int) -> str:
+    return f"fallback{family}_bytes"
+
+
+# The verdict of every element of a bytes map: back to the forward chain, which decides.
+BYTES_VERDICT = "return"
+
+
 @dataclass(frozen=True)
 class Route:
     destination: str  # "default" or an address with prefix length
@@ -90,12 +102,31 @@ def _maps(config: RouterConfig) -> tuple[MapSpec, ...]:
     }
     for m in config.destinations.mappings:
         elements[map_name(m.protocol, m.family)][str(m.port)] = f"{m.address} . {m.remote_port}"
-    return tuple(
+    nat = tuple(
         MapSpec(
             name=map_name(p, f),
             key_type="inet_service",
             value_type=f"{_NFT_ADDRESS_TYPE[f]} . inet_service",
             elements=elements[map_name(p, f)],
+            counter=True,
+        )
+        for p in PROTOCOLS
+        for f in FAMILIES
+    )
+    return nat + _bytes_maps(elements)
+
+
+def _bytes_maps(nat: dict[str, dict[str, str]]) -> tuple[MapSpec, ...]:
+    """Per-mapping byte counters: the NAT maps' counters see only a connection's first packet,
+    so the forward path looks every redirected packet (both directions) up again by its
+    conntrack original destination port, the mapping's key. Same keys as the NAT maps, so a
+    reload changes them with the same element-only transaction."""
+    return tuple(
+        MapSpec(
+            name=bytes_map_name(p, f),
+            key_type="inet_service",
+            value_type="verdict",
+            elements={port: BYTES_VERDICT for port in nat[map_name(p, f)]},
             counter=True,
         )
         for p in PROTOCOLS
@@ -111,6 +142,8 @@ def _body(config: RouterConfig) -> str:
     lines = [f'comment "managed by egress-router; do not edit"']
     for family in FAMILIES:
         lines.append(f"counter {fallback_counter_name(family)} {{ }}")
+    for family in FAMILIES:
+        lines.append(f"counter {fallback_bytes_counter_name(family)} {{ }}")
 
     # Only connections that come in from the pod network and are addressed to the router
     # itself are redirected: a host that uses the pod as its gateway gets nothing from it.
@@ -149,6 +182,7 @@ def _body(config: RouterConfig) -> str:
     # Forward only what a rule redirected, and the replies to it: neither side can use the
     # router as a plain gateway, from the pod network out or from the LAN in.
     fwd = [
+        "ct status dnat jump count",
         "ct state established,related accept",
         f"iifname {pod} oifname {egress} ct status dnat accept",
     ]
@@ -157,7 +191,24 @@ def _body(config: RouterConfig) -> str:
     lines += _chain("postrouting", "nat", "postrouting", "srcnat", "accept", post)
     lines += _chain("input", "filter", "input", "filter", "accept", inp)
     lines += _chain("forward", "filter", "forward", "filter", "drop", fwd)
+    lines += ["chain count {", *(f"\t{rule}" for rule in _count_rules()), "}"]
     return "\n".join(lines)
+
+
+def _count_rules() -> list[str]:
+    """Bytes of redirected connections: a mapping's bytes map returns on a hit (counting it);
+    what no map knows (the fallback's ports) reaches the fallback's byte counter. A connection
+    keeps counting under its port's current mapping when a reload changes that mapping."""
+    rules = []
+    for family in FAMILIES:
+        for protocol in PROTOCOLS:
+            rules.append(
+                f"meta nfproto {_nfproto(family)} meta l4proto {protocol} "
+                f"ct original proto-dst vmap @{bytes_map_name(protocol, family)}"
+            )
+    for family in FAMILIES:
+        rules.append(f"meta nfproto {_nfproto(family)} counter name {fallback_bytes_counter_name(family)}")
+    return rules
 
 
 def _chain(name: str, kind: str, hook: str, priority: str, policy: str, rules: list[str]) -> list[str]:
