@@ -120,9 +120,9 @@ def parse_destinations(text: str, variable: str = DESTINATION) -> Destinations:
 
 
 def _parse_mapping(fields: list[str], number: int) -> Mapping:
+    if any(f.startswith("#") for f in fields[1:]):
+        raise _Invalid("a comment must be on a line of its own")
     if len(fields) > 4:
-        if any(f.startswith("#") for f in fields[1:]):
-            raise _Invalid("a comment must be on a line of its own")
         raise _Invalid(f"expected '<port> <protocol> <ip> [<remote_port>]', got {len(fields)} fields")
     if len(fields) == 2:
         raise _Invalid("expected '<port> <protocol> <ip> [<remote_port>]' or a lone fallback <ip>")

@@ -1,0 +1,117 @@
+"""Planning: config -> network setup and the nftables table, as text a user can read."""
+
+from __future__ import annotations
+
+from egress_router.config import load_environment
+from egress_router.nft import Transaction
+from egress_router.plan import build_plan, describe
+
+SEED = "80   tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n8443 tcp 203.0.113.26 443\n203.0.113.27\n"
+
+
+def plan_for(**env: str):  # type: ignore[no-untyped-def]
+    base = {
+        "EGRESS_SOURCE": "192.0.2.99/24",
+        "EGRESS_GATEWAY": "192.0.2.1",
+        "EGRESS_DESTINATION": SEED,
+        "EGRESS_ROUTER_MODE": "init",
+    }
+    return build_plan(load_environment({**base, **env}))
+
+
+def script(**env: str) -> str:
+    tx = Transaction()
+    table = plan_for(**env).table
+    assert table is not None
+    tx.replace_table(table)
+    return str(tx)
+
+
+def test_seed_rules_become_map_elements_not_rules() -> None:
+    text = script()
+    assert "add element inet egress_router tcp4 { 80 : 203.0.113.25 . 80, 8080 : 203.0.113.26 . 80, 8443 : 203.0.113.26 . 443 }" in text
+    assert text.count("dnat ip to tcp dport map @tcp4") == 1
+    assert "203.0.113.25" not in text.split("add element")[0]  # the chains never name a destination
+
+
+def test_fallback_keeps_the_port_and_counts() -> None:
+    assert "meta nfproto ipv4 counter name fallback4 dnat ip to 203.0.113.27" in script()
+
+
+def test_without_fallback_other_ports_are_refused() -> None:
+    text = script(EGRESS_DESTINATION="80 tcp 203.0.113.25")
+    assert "dnat ip to 203.0.113" not in text.replace("tcp dport map", "")
+    assert "meta l4proto tcp reject with tcp reset" in text
+
+
+def test_snat_to_the_source_on_the_egress_interface_only() -> None:
+    text = script(EGRESS_INTERFACE="net1")
+    assert 'oifname "net1" meta nfproto ipv4 snat ip to 192.0.2.99' in text
+
+
+def test_only_connections_from_the_pod_side_to_the_router_are_redirected() -> None:
+    text = script(EGRESS_POD_INTERFACE="eth9")
+    pre = text.split("chain prerouting")[1]
+    assert pre.index('iifname != "eth9" return') < pre.index("dnat")
+    assert pre.index("fib daddr type != local return") < pre.index("dnat")
+
+
+def test_forwarding_is_limited_to_redirected_connections() -> None:
+    fwd = script().split("chain forward")[1]
+    assert "policy drop" in fwd
+    assert 'iifname "eth0" oifname "macvlan0" ct status dnat accept' in fwd
+
+
+def test_legacy_mode_never_redirects_its_http_port() -> None:
+    legacy = script(EGRESS_ROUTER_MODE="legacy")
+    pre = legacy.split("chain prerouting")[1]
+    assert pre.index("tcp dport 9090 return") < pre.index("dnat")
+    assert "tcp dport 9090 return" not in script(EGRESS_ROUTER_MODE="init")
+    assert "9090" not in script(EGRESS_ROUTER_MODE="legacy", EGRESS_ROUTER_HTTP_PORT="0")
+
+
+def test_network_without_prefix_is_a_host_route_to_the_gateway() -> None:
+    network = plan_for(EGRESS_SOURCE="192.0.2.99").network
+    assert [str(a) for a in network.addresses] == ["192.0.2.99/32"]
+    assert [(r.destination, str(r.via) if r.via else None) for r in network.routes] == [
+        ("192.0.2.1/32", None),
+        ("default", "192.0.2.1"),
+    ]
+    assert network.sysctls == (("net/ipv4/ip_forward", "1"),)
+
+
+def test_proxy_modes_plan_the_network_only() -> None:
+    plan = plan_for(EGRESS_ROUTER_MODE="dns-proxy")
+    assert plan.table is None and plan.network.addresses
+
+
+def test_dual_stack_plans_both_families() -> None:
+    plan = plan_for(
+        EGRESS_SOURCE="192.0.2.99/24,2001:db8:1::99/64",
+        EGRESS_GATEWAY="192.0.2.1,2001:db8:1::1",
+        EGRESS_DESTINATION="80 tcp 203.0.113.25\n80 tcp 2001:db8:2::25 8080\n2001:db8:2::27\n",
+    )
+    assert plan.table is not None
+    assert dict(plan.table.map("tcp6").elements) == {"80": "2001:db8:2::25 . 8080"}
+    assert "snat ip6 to 2001:db8:1::99" in plan.table.body
+    assert "counter name fallback6 dnat ip6 to 2001:db8:2::27" in plan.table.body
+    assert ("net/ipv6/conf/all/forwarding", "1") in plan.network.sysctls
+
+
+def test_the_table_skeleton_does_not_depend_on_the_mappings() -> None:
+    a = plan_for(EGRESS_DESTINATION="80 tcp 203.0.113.25\n203.0.113.27").table
+    b = plan_for(EGRESS_DESTINATION="81 udp 203.0.113.26 99\n203.0.113.27").table
+    assert a is not None and b is not None
+    assert a.skeleton() == b.skeleton() and a != b
+
+
+def test_describe_says_what_happens() -> None:
+    config = load_environment(
+        {"EGRESS_SOURCE": "192.0.2.99", "EGRESS_GATEWAY": "192.0.2.1", "EGRESS_DESTINATION": "80 tcp 203.0.113.25"}
+    )
+    assert describe(config) == [
+        "source 192.0.2.99/32 on macvlan0 via gateway 192.0.2.1",
+        "redirect 80/tcp -> 203.0.113.25 port 80",
+        "refuse connections to any other port",
+        "serve health and metrics on port 9090/tcp",
+    ]

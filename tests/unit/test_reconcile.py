@@ -1,0 +1,122 @@
+"""The reconcile step against in-memory kernels: repeatable, convergent, all-or-nothing."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from egress_router.announce import RecordingAnnouncer
+from egress_router.config import load_environment
+from egress_router.errors import ApplyError, SetupError
+from egress_router.log import Log
+from egress_router.netlink.fake import FakeLink, FakeNet
+from egress_router.nft.fake import FakeNft
+from egress_router.reconcile import Router
+
+SEED = "80   tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n8443 tcp 203.0.113.26 443\n203.0.113.27\n"
+
+
+def config(destinations: str = SEED, **env: str):  # type: ignore[no-untyped-def]
+    base = {
+        "EGRESS_SOURCE": "192.0.2.99/24",
+        "EGRESS_GATEWAY": "192.0.2.1",
+        "EGRESS_DESTINATION": destinations,
+        "EGRESS_ROUTER_MODE": "init",
+    }
+    return load_environment({**base, **env})
+
+
+@pytest.fixture
+def router() -> Router:
+    net = FakeNet(links={"macvlan0": FakeLink()})
+    return Router(nft=FakeNft(), net=net, announcer=RecordingAnnouncer(), log=Log(stream=_Null()))
+
+
+class _Null:
+    def write(self, _: str) -> None: ...
+    def flush(self) -> None: ...
+
+
+def tcp4(router: Router) -> dict[str, str]:
+    assert isinstance(router.nft, FakeNft)
+    return router.nft.elements("inet", "egress_router", "tcp4")
+
+
+def test_first_reconcile_sets_everything_up(router: Router) -> None:
+    outcome = router.reconcile(config())
+    net = router.net
+    assert isinstance(net, FakeNet)
+    link = net.links["macvlan0"]
+    assert link.up and link.addresses == [ipaddress.ip_interface("192.0.2.99/24")]
+    assert str(net.routes[(4, "default")].via) == "192.0.2.1"
+    assert net.sysctls["net/ipv4/ip_forward"] == "1"
+    assert tcp4(router) == {"80": "203.0.113.25 . 80", "8080": "203.0.113.26 . 80", "8443": "203.0.113.26 . 443"}
+    assert outcome.full_table and outcome.announced == ("192.0.2.99",)
+
+
+def test_second_reconcile_with_the_same_config_changes_nothing(router: Router) -> None:
+    router.reconcile(config())
+    assert isinstance(router.nft, FakeNft)
+    applied = len(router.nft.scripts)
+    outcome = router.reconcile(config())
+    assert len(router.nft.scripts) == applied and outcome.nft_script == ""
+    assert outcome.announced == ()  # the address was already there: nothing to announce
+
+
+def test_new_config_converges_exactly_with_element_changes(router: Router) -> None:
+    router.reconcile(config())
+    outcome = router.reconcile(config("80 tcp 203.0.113.26\n9000 tcp 203.0.113.25 90\n203.0.113.27\n"))
+    assert not outcome.full_table
+    assert tcp4(router) == {"80": "203.0.113.26 . 80", "9000": "203.0.113.25 . 90"}
+
+
+def test_a_new_process_replaces_the_table_whole(router: Router) -> None:
+    router.reconcile(config())
+    fresh = Router(nft=router.nft, net=router.net, announcer=RecordingAnnouncer(), log=router.log)
+    outcome = fresh.reconcile(config("81 tcp 203.0.113.25\n"))
+    assert outcome.full_table and tcp4(fresh) == {"81": "203.0.113.25 . 81"}
+
+
+def test_missing_interface_fails_before_anything_is_applied() -> None:
+    nft = FakeNft()
+    router = Router(nft=nft, net=FakeNet(), announcer=RecordingAnnouncer())
+    with pytest.raises(SetupError) as caught:
+        router.reconcile(config())
+    assert "macvlan0 does not exist" in str(caught.value)
+    assert 'assign-macvlan: "true"' in str(caught.value)
+    assert nft.tables == {}
+
+
+def test_refused_transaction_keeps_the_running_rules(router: Router) -> None:
+    router.reconcile(config())
+    assert isinstance(router.nft, FakeNft)
+    router.nft.fail_with = "Could not process rule: No such file or directory"
+    with pytest.raises(ApplyError):
+        router.reconcile(config("81 tcp 203.0.113.25\n"))
+    assert "80" in tcp4(router)
+    # The router did not record the refused state: the next attempt retries it.
+    router.reconcile(config("81 tcp 203.0.113.25\n"))
+    assert tcp4(router) == {"81": "203.0.113.25 . 81"}
+
+
+def test_stale_addresses_are_removed(router: Router) -> None:
+    assert isinstance(router.net, FakeNet)
+    router.net.links["macvlan0"].addresses.append(ipaddress.ip_interface("192.0.2.50/24"))
+    router.reconcile(config())
+    assert router.net.links["macvlan0"].addresses == [ipaddress.ip_interface("192.0.2.99/24")]
+
+
+def test_read_only_sysctl_that_is_already_right_is_fine(router: Router) -> None:
+    assert isinstance(router.net, FakeNet)
+    router.net.read_only_sysctls = True
+    with pytest.raises(ApplyError, match="net.ipv4.ip_forward"):
+        router.reconcile(config())
+    router.net.sysctls["net/ipv4/ip_forward"] = "1"
+    router.reconcile(config())
+
+
+def test_proxy_modes_touch_no_nat_table(router: Router) -> None:
+    router.reconcile(config(EGRESS_ROUTER_MODE="http-proxy"))
+    assert isinstance(router.nft, FakeNft)
+    assert router.nft.tables == {}
