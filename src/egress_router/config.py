@@ -99,7 +99,7 @@ def parse_destinations(text: str, variable: str = DESTINATION) -> Destinations:
             problems.append(
                 Problem(variable, f"the fallback on line {first} must be the last rule", number, raw)
             )
-        key = (mapping.protocol, mapping.port, mapping.family)
+        key = (mapping.protocol, mapping.port, mapping.address.version)
         if key in seen:
             problems.append(
                 Problem(
@@ -120,19 +120,29 @@ def parse_destinations(text: str, variable: str = DESTINATION) -> Destinations:
 
 
 def _parse_mapping(fields: list[str], number: int) -> Mapping:
+    # The hot loop of a large rule set: checks are inlined, the common case first.
+    count = len(fields)
+    if count == 3 or count == 4:
+        port, protocol, address, *rest = fields
+        if port.isdigit() and port.isascii() and 0 < int(port) < 65536:
+            remote = rest[0] if rest else port
+            if remote.isdigit() and remote.isascii() and 0 < int(remote) < 65536:
+                protocol = protocol.lower()
+                if protocol in PROTOCOLS:
+                    return Mapping(int(port), protocol, parse_address(address), int(remote), number)
+    # Not a valid rule: find out what exactly is wrong, to say so.
     if any(f.startswith("#") for f in fields[1:]):
         raise _Invalid("a comment must be on a line of its own")
-    if len(fields) > 4:
-        raise _Invalid(f"expected '<port> <protocol> <ip> [<remote_port>]', got {len(fields)} fields")
-    if len(fields) == 2:
+    if count > 4:
+        raise _Invalid(f"expected '<port> <protocol> <ip> [<remote_port>]', got {count} fields")
+    if count == 2:
         raise _Invalid("expected '<port> <protocol> <ip> [<remote_port>]' or a lone fallback <ip>")
-    port = parse_port(fields[0])
-    protocol = fields[1].lower()
-    if protocol not in PROTOCOLS:
+    parse_port(fields[0])
+    if fields[1].lower() not in PROTOCOLS:
         raise _Invalid(f"protocol {fields[1]!r} is not one of {', '.join(PROTOCOLS)}")
-    address = parse_address(fields[2])
-    remote_port = parse_port(fields[3], "remote port") if len(fields) == 4 else port
-    return Mapping(port, protocol, address, remote_port, number)
+    parse_address(fields[2])
+    parse_port(fields[3], "remote port")
+    raise AssertionError(f"unreachable: {fields}")  # pragma: no cover
 
 
 def _check_fallbacks(

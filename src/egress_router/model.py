@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
 IPAddress = IPv4Address | IPv6Address
@@ -40,9 +41,11 @@ class Mode(Enum):
         return self is Mode.LEGACY
 
 
-@dataclass(frozen=True)
-class Mapping:
-    """`<port> <protocol> <ip> [<remote_port>]`: connections to `port` go to `address:remote_port`."""
+class Mapping(NamedTuple):
+    """`<port> <protocol> <ip> [<remote_port>]`: connections to `port` go to `address:remote_port`.
+
+    A named tuple rather than a frozen dataclass: rule sets run to tens of thousands of lines
+    and a tuple is built several times faster."""
 
     port: int
     protocol: str
