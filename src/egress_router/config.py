@@ -366,3 +366,14 @@ def _check_rules(
 
 def _family_message(address: IPAddress) -> str:
     return f"{address} is IPv{address.version} but {SOURCE} has no IPv{address.version} address"
+
+
+def format_destinations(destinations: Destinations) -> str:
+    """The rules as `EGRESS_DESTINATION` text; `parse_destinations` reads it back unchanged."""
+    lines = [
+        f"{m.port} {m.protocol} {m.address}"
+        + ("" if m.remote_port == m.port else f" {m.remote_port}")
+        for m in destinations.mappings
+    ]
+    lines += [str(address) for address in destinations.fallbacks]
+    return "".join(f"{line}\n" for line in lines)
