@@ -107,12 +107,31 @@ def _maps(config: RouterConfig) -> tuple[MapSpec, ...]:
         if shown is None:
             shown = text[address] = str(address)
         elements[names[protocol, address.version]][str(port)] = f"{shown} . {remote_port}"
-    return tuple(
+    nat = tuple(
         MapSpec(
             name=map_name(p, f),
             key_type="inet_service",
             value_type=f"{_NFT_ADDRESS_TYPE[f]} . inet_service",
             elements=elements[map_name(p, f)],
+            counter=True,
+        )
+        for p in PROTOCOLS
+        for f in FAMILIES
+    )
+    return nat + _bytes_maps(elements)
+
+
+def _bytes_maps(nat: dict[str, dict[str, str]]) -> tuple[MapSpec, ...]:
+    """Per-mapping byte counters: the NAT maps' counters see only a connection's first packet,
+    so the forward path looks every redirected packet (both directions) up again by its
+    conntrack original destination port, the mapping's key. Same keys as the NAT maps, so a
+    reload changes them with the same element-only transaction."""
+    return tuple(
+        MapSpec(
+            name=bytes_map_name(p, f),
+            key_type="inet_service",
+            value_type="verdict",
+            elements={port: BYTES_VERDICT for port in nat[map_name(p, f)]},
             counter=True,
         )
         for p in PROTOCOLS
