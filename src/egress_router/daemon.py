@@ -1,30 +1,228 @@
-"""`legacy` mode: the router stays, and leaves promptly on SIGTERM or SIGINT."""
+"""`legacy` mode: the router stays, follows its destination file, repairs drift, serves health.
+
+One loop in the main thread, ticking every `TICK` seconds on `sigtimedwait` (so a signal ends
+the wait at once): SIGTERM/SIGINT stop, SIGHUP reloads. Each tick polls the destination file;
+every `CHECK_EVERY` seconds the kernel is compared with what was applied and repaired if
+someone else changed it. The HTTP server, when enabled, runs in a thread and only reads.
+
+A reload applies only the difference (map elements when only the rules changed): conntrack
+keeps the NAT of established connections, and mappings that did not change stay in the kernel
+throughout. An invalid file is rejected as a whole and the old rules stay.
+"""
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from .config import load_environment
+from .errors import ConfigError, EgressRouterError
+from .kernel import KernelReader
 from .log import Log
+from .metrics import Stats
 from .model import RouterConfig
+from .plan import TABLE_FAMILY, TABLE_NAME, build_network
 from .reconcile import Router
+from .watch import FileWatcher
+
+if TYPE_CHECKING:
+    from .http import HealthServer
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+RELOAD_SIGNALS = {signal.SIGHUP}
+TICK = 0.5  # the file is polled this often: a change is applied within about a second
+CHECK_EVERY = 5.0
 # A few more announcements after start-up, for a LAN that missed the first one.
-ANNOUNCE_AGAIN_AFTER = (1.0, 2.0)
+ANNOUNCE_AGAIN_AFTER = (1.0, 3.0)
 
 
-def run(router: Router, config: RouterConfig, log: Log, env: Mapping[str, str]) -> int:
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    log.info("router running", mode=config.mode.value)
-    for delay in ANNOUNCE_AGAIN_AFTER:
-        if signal.sigtimedwait(STOP_SIGNALS, delay) is not None:
-            return _stopped(log)
-        router.reconcile(config, announce=True)
-    signal.sigwait(STOP_SIGNALS)
-    return _stopped(log)
+@dataclass
+class Daemon:
+    router: Router
+    config: RouterConfig  # the configuration in force (the last valid one)
+    env: Mapping[str, str]
+    log: Log
+    reader: KernelReader
+    stats: Stats = field(default_factory=Stats)
+    clock: Callable[[], float] = time.monotonic
+    watcher: FileWatcher | None = None
+    baseline: str | None = None  # the table's shape right after our last apply
+    next_check: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.watcher is None and self.config.destination_file:
+            self.watcher = FileWatcher(self.config.destination_file)
+        self.next_check = self.clock() + CHECK_EVERY
+
+    def started(self) -> None:
+        """The start-up apply (done by the caller) succeeded: remember what the kernel holds."""
+        self.stats.last_reload_success = time.time()
+        self.baseline = self._shape()
+        self.stats.ready = True
+
+    def tick(self, reload: bool = False) -> None:
+        """One turn of the loop: reload if asked or if the file changed, check when due."""
+        self.stats.last_tick = time.monotonic()
+        if self.watcher is not None and self.watcher.changed():
+            self.log.info("destination file changed", path=self.watcher.path)
+            reload = True
+        if reload:
+            self.reload()
+        if self.clock() >= self.next_check:
+            self.next_check = self.clock() + CHECK_EVERY
+            self.check()
+
+    def reload(self) -> bool:
+        try:
+            new = load_environment(self.env)
+        except ConfigError as error:
+            for problem in error.problems:
+                self.log.error("rejected the new configuration, keeping the old one", problem=str(problem))
+            self.stats.reloaded(False)
+            return False
+        ok = self._apply(new, "reload")
+        self.stats.reloaded(ok)
+        return ok
+
+    def check(self) -> None:
+        """Compare the kernel with what was applied; restore it if someone changed it."""
+        try:
+            reasons = self.drift()
+        except EgressRouterError as error:
+            self.log.error("could not check the kernel state", error=str(error))
+            self.stats.ready = False
+            return
+        if not reasons:
+            self.stats.ready = self.router.applied is not None or not self.config.mode.redirects
+            if not self.stats.ready:  # a failed apply: retry the configuration in force
+                self._apply(self.config, "retry")
+            return
+        self.log.warning("the kernel state was changed by someone else; restoring it", drift="; ".join(reasons))
+        # Unknown table contents: replace the whole table, in one transaction.
+        self.router.applied = None
+        if self._apply(self.config, "repair"):
+            self.stats.drift_repairs += 1
+
+    def drift(self) -> list[str]:
+        reasons = []
+        if self.config.mode.redirects:
+            shape = self._shape()
+            if shape is None:
+                reasons.append(f"table {TABLE_FAMILY} {TABLE_NAME} is missing")
+            elif shape != self.baseline:
+                reasons.append(f"table {TABLE_FAMILY} {TABLE_NAME} was altered")
+        network = build_network(self.config)
+        link = self.router.net.link(network.interface)
+        if link is None:
+            reasons.append(f"interface {network.interface} is missing")
+        else:
+            if not link.up:
+                reasons.append(f"interface {network.interface} is down")
+            missing = [str(a) for a in network.addresses if a not in link.addresses]
+            if missing:
+                reasons.append(f"address {', '.join(missing)} missing")
+        routes = self.reader.default_routes()
+        for route in network.routes:
+            if route.destination == "default" and routes.get(route.family, (None,))[0] != str(route.via):
+                reasons.append(f"IPv{route.family} default route is not via {route.via}")
+        for key, value in network.sysctls:
+            if self.reader.sysctl(key) != value:
+                reasons.append(f"{key.replace('/', '.')} is not {value}")
+        return reasons
+
+    def _apply(self, config: RouterConfig, why: str) -> bool:
+        try:
+            outcome = self.router.reconcile(config)
+        except EgressRouterError as error:
+            # The next check does a full resync of the configuration in force.
+            self.router.applied = None
+            self.config = config
+            self.stats.ready = False
+            self.log.error(f"{why} failed", error=str(error))
+            return False
+        self.config = config
+        self.stats.observe_apply(outcome.seconds)
+        self.baseline = self._shape()
+        self.stats.ready = True
+        self.log.info(
+            f"{why} applied",
+            full_table=outcome.full_table,
+            nft_lines=outcome.nft_script.count("\n"),
+            seconds=f"{outcome.seconds:.4f}",
+        )
+        return True
+
+    def _shape(self) -> str | None:
+        if not self.config.mode.redirects:
+            return None
+        state = self.reader.read_table(TABLE_FAMILY, TABLE_NAME)
+        return None if state is None else state.shape
 
 
-def _stopped(log: Log) -> int:
-    log.info("stopping on signal")
+def run(
+    router: Router,
+    config: RouterConfig,
+    log: Log,
+    env: Mapping[str, str],
+    reader: KernelReader | None = None,
+) -> int:
+    """Stay until SIGTERM or SIGINT; the caller has applied `config` once already."""
+    # Blocked before any thread starts, so that every thread inherits the mask and the signals
+    # wait for `sigtimedwait` in this loop instead of interrupting a thread mid-apply.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | RELOAD_SIGNALS)
+    if reader is None:
+        from .kernel import LiveKernel
+
+        reader = LiveKernel()
+    daemon = Daemon(router, config, env, log, reader)
+    daemon.started()
+    server = _serve(config.served_http_port, daemon, log)
+    log.info("router running", mode=config.mode.value, http_port=config.served_http_port,
+             watching=config.destination_file or "")
+    try:
+        _loop(daemon)
+    finally:
+        if server is not None:
+            server.stop()
+    log.info("stopped on signal")
     return 0
+
+
+def _loop(daemon: Daemon) -> None:
+    started = time.monotonic()
+    announcements = [started + delay for delay in ANNOUNCE_AGAIN_AFTER]
+    while True:
+        info = signal.sigtimedwait(STOP_SIGNALS | RELOAD_SIGNALS, TICK)
+        if info is not None and info.si_signo in STOP_SIGNALS:
+            return
+        if info is not None:
+            daemon.log.info("reloading on SIGHUP")
+        daemon.tick(reload=info is not None)
+        if announcements and time.monotonic() >= announcements[0]:
+            announcements.pop(0)
+            _announce(daemon)
+
+
+def _announce(daemon: Daemon) -> None:
+    try:
+        daemon.router.reconcile(daemon.config, announce=True)
+    except EgressRouterError as error:
+        daemon.log.warning("could not announce again", error=str(error))
+
+
+def _serve(port: int, daemon: Daemon, log: Log) -> HealthServer | None:
+    if not port:
+        return None
+    # Imported here: init mode and port 0 never load prometheus_client or http.server.
+    from .http import HealthServer
+
+    try:
+        server = HealthServer(port, daemon.stats, daemon.reader, log)
+    except OSError as error:
+        log.error("cannot serve health and metrics", port=port, error=error.strerror or str(error))
+        return None
+    server.start()
+    return server

@@ -1,0 +1,200 @@
+"""Reads of the live kernel state, for the daemon's drift check, its metrics and `status`.
+
+The router writes through `nft` and `netlink` (all-or-nothing transactions); this module only
+reads: the table as `nft -j` lists it (map elements with their counters, named counters, the
+fallback rules), the default routes and a sysctl. `LiveKernel` asks the real kernel;
+`FakeKernel` answers from the in-memory fakes, so the daemon's tests need no root.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .errors import ApplyError, SetupError
+
+# Keys whose values change while the rules stay the same: dropped from a table's shape.
+_VOLATILE = frozenset({"handle", "packets", "bytes", "metainfo"})
+
+
+@dataclass(frozen=True)
+class Element:
+    """One map element: `key : value`, with its per-element counter."""
+
+    key: str
+    value: str
+    packets: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class TableState:
+    """The table as the kernel holds it."""
+
+    shape: str  # declarations, rules and elements without counter values or handles
+    maps: Mapping[str, Mapping[str, Element]] = field(default_factory=dict)
+    counters: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # name: packets, bytes
+    fallbacks: Mapping[int, str] = field(default_factory=dict)  # family: address
+
+
+class KernelReader(Protocol):
+    def read_table(self, family: str, name: str) -> TableState | None:
+        """The table, or None when it is absent. Raises `ApplyError` when nft cannot list it."""
+
+    def default_routes(self) -> dict[int, tuple[str | None, str | None]]:
+        """family: (gateway, device) of the default route, for the families that have one."""
+
+    def sysctl(self, key: str) -> str | None:
+        """`/proc/sys/<key>` of this namespace, or None when unreadable."""
+
+
+def parse_table(document: str) -> TableState:
+    """`nft -j list table` output -> `TableState`."""
+    objects = [o for o in json.loads(document).get("nftables", []) if "metainfo" not in o]
+    maps: dict[str, dict[str, Element]] = {}
+    counters: dict[str, tuple[int, int]] = {}
+    fallbacks: dict[int, str] = {}
+    for obj in objects:
+        if "map" in obj:
+            maps[obj["map"]["name"]] = _elements(obj["map"].get("elem", []))
+        elif "counter" in obj:
+            c = obj["counter"]
+            counters[c["name"]] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
+        elif "rule" in obj:
+            fallbacks.update(_fallback(obj["rule"].get("expr", [])))
+    return TableState(_shape(objects), maps, counters, fallbacks)
+
+
+def _shape(objects: list[Any]) -> str:
+    # Elements of a hash map list in bucket order, which changes when the kernel resizes the
+    # table: sorted, two listings of the same rules compare equal.
+    return json.dumps(_strip(objects), sort_keys=True)
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        stripped = {k: _strip(v) for k, v in value.items() if k not in _VOLATILE}
+        if isinstance(stripped.get("elem"), list):
+            stripped["elem"] = sorted(stripped["elem"], key=lambda e: json.dumps(e, sort_keys=True))
+        return stripped
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def _elements(items: list[Any]) -> dict[str, Element]:
+    out: dict[str, Element] = {}
+    for item in items:
+        key_part, value = item if isinstance(item, list) else (item, None)
+        counter: dict[str, int] = {}
+        if isinstance(key_part, dict) and "elem" in key_part:
+            counter = key_part["elem"].get("counter") or {}
+            key_part = key_part["elem"]["val"]
+        key = render(key_part)
+        out[key] = Element(
+            key, render(value), int(counter.get("packets", 0)), int(counter.get("bytes", 0))
+        )
+    return out
+
+
+def render(value: Any) -> str:
+    """A JSON value as nft's text syntax writes it (`203.0.113.25 . 80`, `return`)."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        if "concat" in value:
+            return " . ".join(render(v) for v in value["concat"])
+        if len(value) == 1:  # a verdict: {"return": null}, {"jump": {"target": ...}}
+            return next(iter(value))
+    return str(value)
+
+
+def _fallback(expr: list[Any]) -> dict[int, str]:
+    """The prerouting rule `... counter name fallbackN dnat ... to ADDRESS`."""
+    names = [e["counter"] for e in expr if isinstance(e.get("counter"), str)]
+    dnat = [e["dnat"] for e in expr if "dnat" in e]
+    if not names or not dnat or not names[0].startswith("fallback") or "_" in names[0]:
+        return {}
+    family = 6 if names[0].endswith("6") else 4
+    return {family: render(dnat[0].get("addr"))}
+
+
+class LiveKernel:
+    """`KernelReader` on the real kernel: `nft -j`, `ip -j`, /proc/sys."""
+
+    def __init__(self, nft: str = "nft", ip: str = "ip", proc_sys: str = "/proc/sys") -> None:
+        self.nft, self.ip, self.proc_sys = nft, ip, proc_sys
+
+    def read_table(self, family: str, name: str) -> TableState | None:
+        done = _run([self.nft, "-j", "list", "table", family, name], "nft")
+        if done.returncode != 0:
+            if "No such file or directory" in done.stderr:
+                return None
+            raise ApplyError(f"list table {family} {name}", done.stderr)
+        return parse_table(done.stdout)
+
+    def default_routes(self) -> dict[int, tuple[str | None, str | None]]:
+        routes: dict[int, tuple[str | None, str | None]] = {}
+        for family in (4, 6):
+            done = _run([self.ip, "-j", f"-{family}", "route", "show", "default"], "ip")
+            if done.returncode == 0 and done.stdout.strip():
+                for route in json.loads(done.stdout)[:1]:
+                    routes[family] = (route.get("gateway"), route.get("dev"))
+        return routes
+
+    def sysctl(self, key: str) -> str | None:
+        try:
+            with open(f"{self.proc_sys}/{key}") as handle:
+                return handle.read().strip()
+        except OSError:
+            return None
+
+
+def _run(argv: list[str], tool: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise SetupError(f"the {tool} command was not found ({argv[0]})") from None
+
+
+class FakeKernel:
+    """`KernelReader` over `FakeNft` and `FakeNet`, for tests; `counts` sets element counters
+    as {map: {key: (packets, bytes)}} and `named` the named counters."""
+
+    def __init__(self, nft: Any, net: Any) -> None:
+        self.nft, self.net = nft, net
+        self.counts: dict[str, dict[str, tuple[int, int]]] = {}
+        self.named: dict[str, tuple[int, int]] = {}
+
+    def read_table(self, family: str, name: str) -> TableState | None:
+        table = self.nft.tables.get(f"{family} {name}")
+        if table is None:
+            return None
+        maps = {
+            m: {
+                k: Element(k, v, *self.counts.get(m, {}).get(k, (0, 0)))
+                for k, v in elements.items()
+            }
+            for m, elements in table.maps.items()
+        }
+        listing = self.nft.list_table(family, name)
+        fallbacks = {
+            int(f): address
+            for f, address in re.findall(r"counter name fallback(\d) dnat ip6? to (\S+)", listing)
+        }
+        return TableState(listing, maps, dict(self.named), fallbacks)
+
+    def default_routes(self) -> dict[int, tuple[str | None, str | None]]:
+        return {
+            family: (str(route.via), None)
+            for (family, destination), route in self.net.routes.items()
+            if destination == "default"
+        }
+
+    def sysctl(self, key: str) -> str | None:
+        value = self.net.sysctls.get(key)
+        return value if value is None else str(value)

@@ -1,0 +1,162 @@
+"""What the daemon counts, and its translation to Prometheus metrics at scrape time.
+
+`Stats` is plain Python, written by the daemon's loop and read by the HTTP thread: the daemon
+keeps it even when the HTTP port is 0, without importing prometheus_client. Traffic counters
+are not kept here at all: the kernel counts every redirected connection and byte in the
+table's maps, and `collect` reads them when Prometheus asks, so they cost nothing between
+scrapes and survive a daemon restart as long as the table does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .kernel import KernelReader, TableState
+from .model import PROTOCOLS
+from .plan import (
+    FAMILIES,
+    TABLE_FAMILY,
+    TABLE_NAME,
+    bytes_map_name,
+    fallback_bytes_counter_name,
+    fallback_counter_name,
+    map_name,
+)
+
+# An apply is one `nft -f` and one `ip -batch`: milliseconds, up to seconds for huge maps.
+APPLY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+PREFIX = "egress_router_"
+CONNTRACK = "/proc/sys/net/netfilter/nf_conntrack_"
+
+
+@dataclass
+class Stats:
+    reloads: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
+    last_reload_success: float = 0.0  # Unix time; the start-up apply counts
+    drift_repairs: int = 0
+    ready: bool = False  # the current config is applied and the last check found it in place
+    last_tick: float = field(default_factory=time.monotonic)  # the loop's heartbeat
+    apply_buckets: list[int] = field(default_factory=lambda: [0] * len(APPLY_BUCKETS))
+    apply_count: int = 0
+    apply_sum: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def observe_apply(self, seconds: float) -> None:
+        with self.lock:
+            self.apply_count += 1
+            self.apply_sum += seconds
+            for i, bound in enumerate(APPLY_BUCKETS):
+                if seconds <= bound:
+                    self.apply_buckets[i] += 1
+
+    def reloaded(self, ok: bool) -> None:
+        with self.lock:
+            self.reloads["success" if ok else "failure"] += 1
+            if ok:
+                self.last_reload_success = time.time()
+
+    def alive(self, within: float) -> bool:
+        return time.monotonic() - self.last_tick < within
+
+
+def destination(address: str, port: str) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def traffic(state: TableState) -> Iterator[tuple[dict[str, str], int, int]]:
+    """(labels, connections, bytes) for every mapping, then every fallback, in the kernel."""
+    for family in FAMILIES:
+        for protocol in PROTOCOLS:
+            nat = state.maps.get(map_name(protocol, family), {})
+            counted = state.maps.get(bytes_map_name(protocol, family), {})
+            for port, element in nat.items():
+                address, _, remote = element.value.partition(" . ")
+                labels = {"protocol": protocol, "port": port, "destination": destination(address, remote)}
+                moved = counted.get(port)
+                yield labels, element.packets, moved.bytes if moved else 0
+    for family, address in sorted(state.fallbacks.items()):
+        connections = state.counters.get(fallback_counter_name(family), (0, 0))[0]
+        moved = state.counters.get(fallback_bytes_counter_name(family), (0, 0))[1]
+        yield {"protocol": "any", "port": "*", "destination": address}, connections, moved
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+class Collector:
+    """A prometheus_client custom collector: daemon state plus kernel counters per scrape."""
+
+    def __init__(self, stats: Stats, reader: KernelReader) -> None:
+        self.stats, self.reader = stats, reader
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        yield from self._traffic(CounterMetricFamily)
+        s = self.stats
+        with s.lock:
+            reloads = CounterMetricFamily(
+                PREFIX + "reloads", "Configuration reloads by result.", labels=["result"]
+            )
+            for result, count in s.reloads.items():
+                reloads.add_metric([result], count)
+            yield reloads
+            yield GaugeMetricFamily(
+                PREFIX + "last_reload_success_timestamp_seconds",
+                "When a configuration was last applied successfully (Unix time).",
+                value=s.last_reload_success,
+            )
+            yield CounterMetricFamily(
+                PREFIX + "drift_repairs",
+                "Times the table or network setup was found altered and restored.",
+                value=s.drift_repairs,
+            )
+            cumulative = [(str(b), c) for b, c in zip(APPLY_BUCKETS, s.apply_buckets)]
+            yield HistogramMetricFamily(
+                PREFIX + "apply_duration_seconds",
+                "Time to apply a configuration to the kernel.",
+                buckets=[*cumulative, ("+Inf", s.apply_count)],
+                sum_value=s.apply_sum,
+            )
+            yield GaugeMetricFamily(
+                PREFIX + "ready", "1 when the kernel holds the current configuration.", value=int(s.ready)
+            )
+        for name, what in (("count", "in use"), ("max", "allowed")):
+            value = _read_int(CONNTRACK + name)
+            if value is not None:
+                metric = "conntrack_entries" + ("_limit" if name == "max" else "")
+                yield GaugeMetricFamily(PREFIX + metric, f"Conntrack entries {what}.", value=value)
+
+    def _traffic(self, counter: Any) -> Iterator[Any]:
+        labels = ["protocol", "port", "destination"]
+        connections = counter(
+            PREFIX + "connections", "New connections redirected, by mapping.", labels=labels
+        )
+        moved = counter(
+            PREFIX + "bytes", "Bytes of redirected connections, both directions, by mapping.",
+            labels=labels,
+        )
+        try:
+            state = self.reader.read_table(TABLE_FAMILY, TABLE_NAME)
+        except Exception:  # a scrape must answer even when nft cannot: the daemon logs it
+            state = None
+        if state is not None:
+            for values, count, size in traffic(state):
+                key = [values[k] for k in labels]
+                connections.add_metric(key, count)
+                moved.add_metric(key, size)
+        yield connections
+        yield moved

@@ -1,0 +1,89 @@
+"""`egress-router status [--json]`: the live state, read from the kernel (not from the config).
+
+What an operator asks when traffic does not flow: is the egress interface up with the reserved
+address, where does the default route go, which mappings are loaded and how much has each
+carried, is there a fallback. Run it in the router's container (`kubectl exec`); it needs the
+privileges the router has, since listing nftables tables does.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from .config import EGRESS_INTERFACE
+from .kernel import KernelReader, LiveKernel
+from .metrics import traffic
+from .model import DEFAULT_EGRESS_INTERFACE
+from .netlink import NetBackend
+from .plan import TABLE_FAMILY, TABLE_NAME
+
+USAGE = "usage: egress-router status [--json]\n"
+
+
+def main(args: list[str], env: Mapping[str, str]) -> int:
+    if args not in ([], ["--json"]):
+        sys.stderr.write(USAGE)
+        return 2
+    from .netlink.iproute2 import IpRoute2
+
+    state = gather(env.get(EGRESS_INTERFACE) or DEFAULT_EGRESS_INTERFACE, IpRoute2(), LiveKernel())
+    sys.stdout.write(json.dumps(state, indent=2) + "\n" if args else render(state))
+    return 0 if state["table"] is not None and state["interface"]["exists"] else 1
+
+
+def gather(interface: str, net: NetBackend, reader: KernelReader) -> dict[str, Any]:
+    link = net.link(interface)
+    routes = reader.default_routes()
+    table = reader.read_table(TABLE_FAMILY, TABLE_NAME)
+    mappings, fallbacks = [], []
+    if table is not None:
+        for labels, connections, moved in traffic(table):
+            row = {**labels, "connections": connections, "bytes": moved}
+            (fallbacks if labels["port"] == "*" else mappings).append(row)
+    return {
+        "interface": {
+            "name": interface,
+            "exists": link is not None,
+            "up": bool(link and link.up),
+            "carrier": bool(link and link.carrier),
+            "mac": link.mac if link else None,
+            "addresses": [str(a) for a in link.addresses] if link else [],
+        },
+        "routes": [
+            {"family": f"ipv{family}", "gateway": gw, "device": dev}
+            for family, (gw, dev) in sorted(routes.items())
+        ],
+        "table": None if table is None else f"{TABLE_FAMILY} {TABLE_NAME}",
+        "mappings": mappings,
+        "fallbacks": fallbacks,
+    }
+
+
+def render(state: dict[str, Any]) -> str:
+    i = state["interface"]
+    if i["exists"]:
+        link = "up" if i["up"] else "DOWN"
+        link += "" if i["carrier"] or not i["up"] else " (no carrier)"
+        addresses = ", ".join(i["addresses"]) or "no address"
+        lines = [f"interface  {i['name']}: {link}, {addresses}, mac {i['mac']}"]
+    else:
+        lines = [f"interface  {i['name']}: MISSING"]
+    for r in state["routes"] or [{"family": "any", "gateway": None, "device": None}]:
+        where = f"via {r['gateway']} dev {r['device']}" if r["gateway"] else "NONE"
+        lines.append(f"gateway    {r['family']} default route {where}")
+    if state["table"] is None:
+        lines.append(f"table      {TABLE_FAMILY} {TABLE_NAME}: MISSING (no redirection)")
+        return "\n".join(lines) + "\n"
+    lines.append(f"table      {state['table']}")
+    rows = [("PROTOCOL", "PORT", "DESTINATION", "CONNECTIONS", "BYTES")]
+    for m in state["mappings"] + state["fallbacks"]:
+        rows.append((m["protocol"], m["port"], m["destination"], str(m["connections"]), str(m["bytes"])))
+    widths = [max(len(row[c]) for row in rows) for c in range(5)]
+    lines.append("")
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    if not state["fallbacks"]:
+        lines.append("no fallback: connections to other ports are refused")
+    return "\n".join(lines) + "\n"

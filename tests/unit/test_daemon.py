@@ -1,0 +1,167 @@
+"""The legacy daemon against the in-memory fakes: reloads, rejections, drift repair."""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import os
+from pathlib import Path
+
+import pytest
+
+from egress_router.announce import RecordingAnnouncer
+from egress_router.config import load_environment
+from egress_router.daemon import CHECK_EVERY, Daemon
+from egress_router.kernel import FakeKernel
+from egress_router.log import Log
+from egress_router.metrics import Stats
+from egress_router.netlink.fake import FakeLink, FakeNet
+from egress_router.nft.fake import FakeNft
+from egress_router.reconcile import Router
+
+RULES = "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n53 udp 203.0.113.27\n"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def configmap(directory: Path, text: str, stamp: str) -> None:
+    """What the kubelet does: a new timestamped dir, then `..data` renamed onto it."""
+    target = directory / f"..{stamp}"
+    target.mkdir()
+    (target / "destinations").write_text(text)
+    tmp = directory / "..data_tmp"
+    tmp.symlink_to(target.name)
+    os.rename(tmp, directory / "..data")
+
+
+@pytest.fixture
+def mounted(tmp_path: Path) -> Path:
+    configmap(tmp_path, RULES, "2024_01_01_00_00_00.1")
+    (tmp_path / "destinations").symlink_to("..data/destinations")
+    return tmp_path
+
+
+def make_daemon(path: Path) -> tuple[Daemon, FakeNft, FakeNet, io.StringIO, Clock]:
+    env = {
+        "EGRESS_SOURCE": "192.0.2.99/24",
+        "EGRESS_GATEWAY": "192.0.2.1",
+        "EGRESS_DESTINATION_FILE": str(path / "destinations"),
+    }
+    nft, net, stream, clock = FakeNft(), FakeNet(links={"macvlan0": FakeLink()}), io.StringIO(), Clock()
+    log = Log(stream=stream)
+    router = Router(nft=nft, net=net, announcer=RecordingAnnouncer(), log=log)
+    config = load_environment(env)
+    router.reconcile(config)
+    daemon = Daemon(router, config, env, log, FakeKernel(nft, net), Stats(), clock)
+    daemon.started()
+    return daemon, nft, net, stream, clock
+
+
+def test_a_configmap_swap_applies_only_the_changed_elements(mounted: Path) -> None:
+    daemon, nft, _, _, _ = make_daemon(mounted)
+    applied = len(nft.scripts)
+    configmap(mounted, RULES.replace("203.0.113.26 80", "203.0.113.27 8080"), "2024_01_01_00_00_01.2")
+    daemon.tick()
+    assert len(nft.scripts) == applied + 1
+    script = nft.scripts[-1]
+    assert "delete table" not in script and "chain" not in script
+    assert "8080 : 203.0.113.27 . 8080" in script
+    assert nft.elements("inet", "egress_router", "tcp4") == {
+        "80": "203.0.113.25 . 80",
+        "8080": "203.0.113.27 . 8080",
+    }
+    assert daemon.stats.reloads == {"success": 1, "failure": 0}
+    assert daemon.stats.ready
+
+
+def test_nothing_is_applied_when_the_file_is_unchanged(mounted: Path) -> None:
+    daemon, nft, _, _, _ = make_daemon(mounted)
+    applied = len(nft.scripts)
+    configmap(mounted, RULES, "2024_01_01_00_00_01.2")  # same content, new inode
+    daemon.tick()
+    daemon.tick()
+    assert len(nft.scripts) == applied
+    assert daemon.stats.reloads == {"success": 0, "failure": 0}
+
+
+def test_an_invalid_update_keeps_the_old_rules_and_is_counted(mounted: Path) -> None:
+    daemon, nft, _, stream, _ = make_daemon(mounted)
+    before = nft.elements("inet", "egress_router", "tcp4")
+    configmap(mounted, "80 tcp 203.0.113.25\n8080 tcp not-an-address\n", "2024_01_01_00_00_01.2")
+    daemon.tick()
+    assert nft.elements("inet", "egress_router", "tcp4") == before
+    assert daemon.stats.reloads == {"success": 0, "failure": 1}
+    assert "line 2" in stream.getvalue() and "not-an-address" in stream.getvalue()
+    assert daemon.config.destinations.mappings[1].address == ipaddress.ip_address("203.0.113.26")
+
+
+def test_a_refused_apply_is_counted_and_retried_by_the_next_check(mounted: Path) -> None:
+    daemon, nft, _, _, clock = make_daemon(mounted)
+    nft.fail_with = "Could not process rule: No buffer space available"
+    configmap(mounted, RULES + "443 tcp 203.0.113.25\n", "2024_01_01_00_00_01.2")
+    daemon.tick()
+    assert daemon.stats.reloads["failure"] == 1 and not daemon.stats.ready
+    clock.now += CHECK_EVERY
+    daemon.tick()
+    assert "443" in nft.elements("inet", "egress_router", "tcp4")
+    assert daemon.stats.ready
+
+
+def test_sighup_reloads_even_without_a_change(mounted: Path) -> None:
+    daemon, _, _, _, _ = make_daemon(mounted)
+    daemon.tick(reload=True)
+    assert daemon.stats.reloads == {"success": 1, "failure": 0}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda nft, net: nft.tables.clear(), id="table deleted"),
+        pytest.param(
+            lambda nft, net: nft.tables["inet egress_router"].maps["tcp4"].pop("80"),
+            id="element deleted",
+        ),
+        pytest.param(lambda nft, net: setattr(net.links["macvlan0"], "addresses", []), id="address removed"),
+        pytest.param(lambda nft, net: net.routes.pop((4, "default")), id="default route removed"),
+        pytest.param(lambda nft, net: net.sysctls.update({"net/ipv4/ip_forward": "0"}), id="forwarding off"),
+    ],
+)
+def test_drift_is_repaired_by_the_periodic_check(mounted: Path, damage) -> None:  # type: ignore[no-untyped-def]
+    daemon, nft, net, _, clock = make_daemon(mounted)
+    good_table = nft.list_table("inet", "egress_router")
+    damage(nft, net)
+    daemon.tick()  # not due yet
+    assert daemon.stats.drift_repairs == 0
+    clock.now += CHECK_EVERY
+    daemon.tick()
+    assert daemon.stats.drift_repairs == 1
+    assert nft.list_table("inet", "egress_router") == good_table
+    assert net.links["macvlan0"].addresses == [ipaddress.ip_interface("192.0.2.99/24")]
+    assert net.routes[(4, "default")].via == ipaddress.ip_address("192.0.2.1")
+    assert net.sysctls["net/ipv4/ip_forward"] == "1"
+    assert daemon.stats.ready
+
+
+def test_a_check_without_drift_changes_nothing(mounted: Path) -> None:
+    daemon, nft, net, _, clock = make_daemon(mounted)
+    scripts, calls = len(nft.scripts), net.calls
+    for _ in range(3):
+        clock.now += CHECK_EVERY
+        daemon.tick()
+    assert (len(nft.scripts), net.calls, daemon.stats.drift_repairs) == (scripts, calls, 0)
+
+
+def test_a_vanished_file_is_a_failed_reload_and_its_return_a_reload(mounted: Path) -> None:
+    daemon, _, _, _, _ = make_daemon(mounted)
+    os.unlink(mounted / "..data")
+    daemon.tick()
+    assert daemon.stats.reloads == {"success": 0, "failure": 1}
+    configmap(mounted, RULES + "443 tcp 203.0.113.25\n", "2024_01_01_00_00_02.3")
+    daemon.tick()
+    assert daemon.stats.reloads == {"success": 1, "failure": 1}

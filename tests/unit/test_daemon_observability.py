@@ -1,0 +1,169 @@
+"""Watcher, kernel JSON parsing, metrics, HTTP endpoints and `status`, without root."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from egress_router.announce import RecordingAnnouncer
+from egress_router.config import load_environment
+from egress_router.kernel import FakeKernel, parse_table
+from egress_router.log import Log
+from egress_router.metrics import Stats
+from egress_router.netlink.fake import FakeLink, FakeNet
+from egress_router.nft.fake import FakeNft
+from egress_router.reconcile import Router
+from egress_router.status import gather, render
+from egress_router.watch import FileWatcher
+
+ENV = {
+    "EGRESS_SOURCE": "192.0.2.99/24",
+    "EGRESS_GATEWAY": "192.0.2.1",
+    "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n203.0.113.27\n",
+}
+
+# Trimmed `nft -j list table` output of nftables 1.0.6 for a table like the router's.
+NFT_JSON = json.dumps(
+    {
+        "nftables": [
+            {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"table": {"family": "inet", "name": "egress_router", "handle": 2}},
+            {"counter": {"family": "inet", "name": "fallback4", "table": "egress_router", "handle": 5, "packets": 3, "bytes": 180}},
+            {"counter": {"family": "inet", "name": "fallback4_bytes", "table": "egress_router", "handle": 6, "packets": 9, "bytes": 900}},
+            {"map": {"family": "inet", "name": "tcp4", "table": "egress_router", "type": "inet_service", "handle": 7,
+                     "map": "ipv4_addr . inet_service",
+                     "elem": [[{"elem": {"val": 8080, "counter": {"packets": 2, "bytes": 120}}}, {"concat": ["203.0.113.26", 80]}],
+                              [{"elem": {"val": 80, "counter": {"packets": 5, "bytes": 300}}}, {"concat": ["203.0.113.25", 80]}]],
+                     "stmt": [{"counter": None}]}},
+            {"map": {"family": "inet", "name": "bytes_tcp4", "table": "egress_router", "type": "inet_service", "handle": 8,
+                     "map": "verdict",
+                     "elem": [[{"elem": {"val": 80, "counter": {"packets": 40, "bytes": 4096}}}, {"return": None}]]}},
+            {"rule": {"family": "inet", "table": "egress_router", "chain": "prerouting", "handle": 20,
+                      "expr": [{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}},
+                               {"counter": "fallback4"}, {"dnat": {"family": "ip", "addr": "203.0.113.27"}}]}},
+        ]
+    }
+)
+
+
+def test_parse_table_reads_elements_counters_and_the_fallback() -> None:
+    state = parse_table(NFT_JSON)
+    assert state.maps["tcp4"]["80"].value == "203.0.113.25 . 80"
+    assert (state.maps["tcp4"]["80"].packets, state.maps["tcp4"]["8080"].packets) == (5, 2)
+    assert state.maps["bytes_tcp4"]["80"].value == "return"
+    assert state.counters["fallback4"] == (3, 180)
+    assert state.fallbacks == {4: "203.0.113.27"}
+
+
+def test_the_shape_ignores_counters_handles_and_element_order() -> None:
+    busier = (
+        NFT_JSON.replace('"packets": 5', '"packets": 50')
+        .replace('"handle": 7', '"handle": 70')
+    )
+    doc = json.loads(NFT_JSON)
+    doc["nftables"][4]["map"]["elem"].reverse()
+    assert parse_table(busier).shape == parse_table(NFT_JSON).shape == parse_table(json.dumps(doc)).shape
+    other = NFT_JSON.replace('"203.0.113.26", 80', '"203.0.113.27", 80')
+    assert parse_table(other).shape != parse_table(NFT_JSON).shape
+
+
+def test_the_watcher_sees_a_data_symlink_swap_but_not_a_touch(tmp_path: Path) -> None:
+    (tmp_path / "..v1").mkdir()
+    (tmp_path / "..v1" / "rules").write_text("80 tcp 203.0.113.25\n")
+    (tmp_path / "..data").symlink_to("..v1")
+    (tmp_path / "rules").symlink_to("..data/rules")
+    watcher = FileWatcher(str(tmp_path / "rules"))
+    assert not watcher.changed()
+    os.utime(tmp_path / "..v1" / "rules", ns=(1, 1))
+    assert not watcher.changed()  # metadata only
+    (tmp_path / "..v2").mkdir()
+    (tmp_path / "..v2" / "rules").write_text("80 tcp 203.0.113.26\n")
+    (tmp_path / "..tmp").symlink_to("..v2")
+    os.rename(tmp_path / "..tmp", tmp_path / "..data")
+    assert watcher.changed()
+    assert not watcher.changed()
+
+
+def fake_stack() -> tuple[Router, FakeKernel, FakeNet]:
+    nft, net = FakeNft(), FakeNet(links={"macvlan0": FakeLink()})
+    router = Router(nft=nft, net=net, announcer=RecordingAnnouncer(), log=Log(stream=open(os.devnull, "w")))
+    router.reconcile(load_environment(ENV))
+    return router, FakeKernel(nft, net), net
+
+
+def test_metrics_report_kernel_counters_per_mapping_and_the_daemons_own() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from egress_router.metrics import Collector
+
+    _, kernel, _ = fake_stack()
+    kernel.counts = {"tcp4": {"80": (7, 420)}, "bytes_tcp4": {"80": (30, 5000)}}
+    kernel.named = {"fallback4": (2, 120), "fallback4_bytes": (10, 777)}
+    stats = Stats()
+    stats.reloaded(True)
+    stats.reloaded(False)
+    stats.observe_apply(0.02)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector(stats, kernel))  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    assert 'egress_router_connections_total{destination="203.0.113.25:80",port="80",protocol="tcp"} 7.0' in text
+    assert 'egress_router_connections_total{destination="203.0.113.26:80",port="8080",protocol="tcp"} 0.0' in text
+    assert 'egress_router_bytes_total{destination="203.0.113.25:80",port="80",protocol="tcp"} 5000.0' in text
+    assert 'egress_router_connections_total{destination="203.0.113.27",port="*",protocol="any"} 2.0' in text
+    assert 'egress_router_bytes_total{destination="203.0.113.27",port="*",protocol="any"} 777.0' in text
+    assert 'egress_router_reloads_total{result="failure"} 1.0' in text
+    assert 'egress_router_apply_duration_seconds_bucket{le="0.025"} 1.0' in text
+    assert "egress_router_last_reload_success_timestamp_seconds " in text
+
+
+def test_health_ready_and_metrics_over_http() -> None:
+    from egress_router.http import HealthServer
+
+    _, kernel, _ = fake_stack()
+    stats = Stats()
+    server = HealthServer(0, stats, kernel, Log(stream=open(os.devnull, "w")))
+    server.start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        assert urllib.request.urlopen(base + "/healthz", timeout=5).status == 200
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(base + "/readyz", timeout=5)
+        assert not_ready.value.code == 503
+        stats.ready = True
+        assert urllib.request.urlopen(base + "/readyz", timeout=5).status == 200
+        body = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        assert "egress_router_connections_total" in body
+    finally:
+        server.stop()
+
+
+def test_status_table_and_json_read_the_kernel() -> None:
+    router, kernel, net = fake_stack()
+    kernel.counts = {"tcp4": {"80": (7, 420)}, "bytes_tcp4": {"80": (30, 5000)}}
+    state = gather("macvlan0", net, kernel)
+    assert state["interface"]["addresses"] == ["192.0.2.99/24"]
+    assert state["routes"] == [{"family": "ipv4", "gateway": "192.0.2.1", "device": None}]
+    assert {"protocol": "tcp", "port": "80", "destination": "203.0.113.25:80", "connections": 7, "bytes": 5000} in state["mappings"]
+    assert state["fallbacks"][0]["destination"] == "203.0.113.27"
+    json.dumps(state)
+    text = render(state)
+    assert "203.0.113.25:80" in text and "PROTOCOL" in text and "192.0.2.1" in text
+    missing = gather("macvlan9", net, kernel)
+    assert "MISSING" in render(missing)
+
+
+def test_init_mode_does_not_import_the_metrics_stack() -> None:
+    code = (
+        "import sys, egress_router.cli, egress_router.reconcile, egress_router.config;"
+        "bad = [m for m in ('prometheus_client', 'http.server', 'egress_router.http') if m in sys.modules];"
+        "print(bad); raise SystemExit(bool(bad))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
