@@ -8,9 +8,13 @@ arping process, and nothing waits for an answer, so `init` is not held up.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import Protocol
 
 from .model import IPAddress
@@ -22,9 +26,38 @@ ALL_NODES_MAC = bytes.fromhex("333300000001")
 ALL_NODES = socket.inet_pton(socket.AF_INET6, "ff02::1")
 
 
+@dataclass(frozen=True)
+class NeighbourReport:
+    """What the LAN answered to one ARP exchange."""
+
+    gateway_mac: str | None  # None: the gateway did not answer in time
+    conflicts: tuple[str, ...] = ()  # MAC addresses of other hosts that claim the source address
+
+
 class Announcer(Protocol):
     def announce(self, interface: str, mac: str, addresses: Iterable[IPAddress]) -> None:
         """Tell the LAN that `addresses` are at `mac`; raises OSError when it cannot send."""
+
+    def probe(
+        self, interface: str, mac: str, source: IPv4Address, gateway: IPv4Address, timeout: float
+    ) -> NeighbourReport:
+        """Ask who holds `source` (an RFC 5227 probe) and where `gateway` is, in one exchange."""
+
+
+def _arp(op: int, mac: bytes, sender: bytes, target_mac: bytes, target: bytes, dst: bytes = BROADCAST) -> bytes:
+    eth = dst + mac + struct.pack("!H", ETH_P_ARP)
+    return eth + struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + mac + sender + target_mac + target
+
+
+def parse_arp(frame: bytes) -> tuple[int, bytes, bytes] | None:
+    """(operation, sender MAC, sender IPv4) of an Ethernet ARP frame, or None."""
+    if len(frame) < 42 or frame[12:14] != b"\x08\x06" or frame[14:20] != b"\x00\x01\x08\x00\x06\x04":
+        return None
+    return struct.unpack("!H", frame[20:22])[0], frame[22:28], frame[28:32]
+
+
+def _mac_text(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
 
 
 def arp_frames(mac: bytes, address: bytes) -> list[bytes]:
@@ -59,6 +92,25 @@ def _checksum(data: bytes) -> int:
 
 
 class PacketSocketAnnouncer:
+    def probe(
+        self, interface: str, mac: str, source: IPv4Address, gateway: IPv4Address, timeout: float
+    ) -> NeighbourReport:
+        raw_mac = bytes.fromhex(mac.replace(":", ""))
+        src, gw = source.packed, gateway.packed
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as sock:
+            sock.bind((interface, ETH_P_ARP))
+            for frame in probe_frames(raw_mac, src, gw):
+                sock.send(frame)
+            # Stop as soon as the gateway answers: a host that holds our address answers the
+            # probe about as fast, and a healthy start must not wait out the timeout.
+            frames = _receive_until(
+                sock,
+                time.monotonic() + timeout,
+                lambda got: collect_replies(got[-1:], raw_mac, src, gw)[0] is not None,
+            )
+        gateway_mac, conflicts = collect_replies(frames, raw_mac, src, gw)
+        return NeighbourReport(gateway_mac, tuple(sorted(conflicts)))
+
     def announce(self, interface: str, mac: str, addresses: Iterable[IPAddress]) -> None:
         raw_mac = bytes.fromhex(mac.replace(":", ""))
         with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
@@ -72,11 +124,53 @@ class PacketSocketAnnouncer:
                     sock.send(neighbour_advertisement(raw_mac, packed))
 
 
+def probe_frames(mac: bytes, source: bytes, gateway: bytes) -> list[bytes]:
+    """An ARP probe for our source (sender 0.0.0.0, so no cache learns from it) and a request
+    for the gateway."""
+    zero_mac, zero_ip = b"\x00" * 6, b"\x00" * 4
+    return [_arp(1, mac, zero_ip, zero_mac, source), _arp(1, mac, source, zero_mac, gateway)]
+
+
+def collect_replies(
+    frames: Iterable[bytes], mac: bytes, source: bytes, gateway: bytes
+) -> tuple[str | None, set[str]]:
+    gateway_mac: str | None = None
+    conflicts: set[str] = set()
+    for frame in frames:
+        parsed = parse_arp(frame)
+        if parsed is None:
+            continue
+        op, sender_mac, sender_ip = parsed
+        if sender_ip == source and sender_mac != mac:
+            conflicts.add(_mac_text(sender_mac))
+        elif sender_ip == gateway and op == 2:
+            gateway_mac = _mac_text(sender_mac)
+    return gateway_mac, conflicts
+
+
+def _receive_until(sock: socket.socket, deadline: float, done: Callable[[list[bytes]], bool]) -> list[bytes]:
+    frames: list[bytes] = []
+    while not done(frames):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]:
+            break
+        frames.append(sock.recv(128))
+    return frames
+
+
 class RecordingAnnouncer:
     """In-memory announcer for tests: remembers what it was asked to announce."""
 
-    def __init__(self) -> None:
+    def __init__(self, report: NeighbourReport | None = None) -> None:
         self.sent: list[tuple[str, str, tuple[IPAddress, ...]]] = []
+        self.report = report or NeighbourReport(gateway_mac="02:00:00:00:00:fe")
+        self.probes: list[tuple[str, IPv4Address, IPv4Address]] = []
+
+    def probe(
+        self, interface: str, mac: str, source: IPv4Address, gateway: IPv4Address, timeout: float
+    ) -> NeighbourReport:
+        self.probes.append((interface, source, gateway))
+        return self.report
 
     def announce(self, interface: str, mac: str, addresses: Iterable[IPAddress]) -> None:
         self.sent.append((interface, mac, tuple(addresses)))
