@@ -1,0 +1,104 @@
+"""What a user wants deployed, validated with the same core as the router itself.
+
+`RouterSpec` is filled from flags, a small spec file or an `EgressRouter` resource; `check`
+runs the core's validation on a synthetic environment so that `manifests` refuses exactly what
+the init container would refuse, with the same messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import DESTINATION, GATEWAY, MODE, SOURCE, load_environment, parse_interface_name
+from ..errors import ConfigError, Problem
+from ..model import RouterConfig
+
+FLAVORS = ("openshift", "multus")
+MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
+CONFIG_VIA = ("env", "file")
+CNI_TYPES = ("egress-router-cni", "macvlan")
+
+# A placeholder until the project publishes an image: build it from the Containerfile and push
+# it to a registry of your own, then pass --image.
+DEFAULT_IMAGE = "ghcr.io/egress-router/egress-router:latest"
+# The long-lived container only keeps the pod (and its network namespace) alive, as the seed's
+# ose-pod does; any pause image will do.
+DEFAULT_WAIT_IMAGE = "registry.k8s.io/pause:3.10"
+
+
+@dataclass
+class RouterSpec:
+    name: str = "egress-router"
+    namespace: str | None = None
+    image: str = DEFAULT_IMAGE
+    wait_image: str = DEFAULT_WAIT_IMAGE
+    sources: list[str] = field(default_factory=list)
+    gateways: list[str] = field(default_factory=list)
+    destinations: list[str] = field(default_factory=list)  # one rule per entry, in order
+    flavor: str = "openshift"
+    parent: str | None = None  # the node NIC the macvlan hangs off; None: the default one
+    macvlan_mode: str = "bridge"
+    deployment: bool = False
+    config_via: str = "env"
+    cni_type: str = "egress-router-cni"
+
+    @property
+    def destination_text(self) -> str:
+        return "".join(f"{rule.strip()}\n" for rule in self.destinations)
+
+    def environment(self) -> dict[str, str]:
+        """The environment the init container will see (destinations inline)."""
+        return {
+            SOURCE: ",".join(self.sources),
+            GATEWAY: ",".join(self.gateways),
+            DESTINATION: self.destination_text,
+            MODE: "init",
+        }
+
+
+def check(spec: RouterSpec) -> RouterConfig:
+    """The core's verdict on the spec plus the Kubernetes-side choices; raises `ConfigError`."""
+    problems: list[Problem] = []
+    _choice(problems, "--flavor", spec.flavor, FLAVORS)
+    _choice(problems, "--macvlan-mode", spec.macvlan_mode, MACVLAN_MODES)
+    _choice(problems, "--config-via", spec.config_via, CONFIG_VIA)
+    _choice(problems, "--cni-type", spec.cni_type, CNI_TYPES)
+    if not _dns_label(spec.name) or len(spec.name) > 40:
+        # 40 leaves room for the suffixes of the ConfigMap and the attachment.
+        problems.append(Problem("--name", f"{spec.name!r} is not a DNS label of at most 40 characters"))
+    if spec.namespace is not None and not _dns_label(spec.namespace):
+        problems.append(Problem("--namespace", f"{spec.namespace!r} is not a DNS label"))
+    if spec.parent is not None:
+        try:
+            parse_interface_name(spec.parent)
+        except ValueError as error:
+            problems.append(Problem("--parent", str(error)))
+    if not spec.sources:
+        problems.append(Problem("--source", "is required (the reserved address, e.g. 192.0.2.99/24)"))
+    if not spec.gateways:
+        problems.append(Problem("--gateway", "is required (the node's default gateway)"))
+    if not spec.destinations:
+        problems.append(Problem("--destination", "give at least one rule (or a fallback address)"))
+    for rule in spec.destinations:
+        if "\n" in rule.strip():
+            problems.append(Problem("--destination", f"one rule per flag: {rule!r}"))
+    config = None
+    if spec.sources and spec.gateways and spec.destinations:
+        try:
+            config = load_environment(spec.environment())
+        except ConfigError as error:
+            problems.extend(error.problems)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
+
+
+def _choice(problems: list[Problem], flag: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        problems.append(Problem(flag, f"{value!r} is not one of {', '.join(valid)}"))
+
+
+def _dns_label(text: str) -> bool:
+    """RFC 1123 label, as Kubernetes wants for names of Pods, Services and namespaces."""
+    ok = text.isascii() and 0 < len(text) <= 63 and text[0].isalnum() and text[-1].isalnum()
+    return ok and all(c.islower() or c.isdigit() or c == "-" for c in text)
