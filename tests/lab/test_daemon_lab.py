@@ -1,0 +1,224 @@
+"""The legacy daemon on the real kernel: live reload, rejection, drift repair, health, metrics.
+
+One lab for the module; every test starts its own router from a clean router namespace and a
+ConfigMap-style directory of its own, and stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from egress_router.lab import SEED_DESTINATION, Lab, seed_env
+
+pytestmark = pytest.mark.lab
+
+ROUTER = "198.51.100.2"
+SERVERS = [
+    ("203.0.113.25", 80, "tcp"),
+    ("203.0.113.26", 80, "tcp"),
+    ("203.0.113.26", 443, "tcp"),
+    ("203.0.113.27", 80, "tcp"),
+    ("203.0.113.27", 5000, "tcp"),
+]
+CHANGED = SEED_DESTINATION.replace("8080 tcp 203.0.113.26 80", "8080 tcp 203.0.113.27 80")
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab() as built:
+        built.serve(SERVERS)
+        yield built
+
+
+class ConfigMap:
+    """A mounted ConfigMap as the kubelet writes it: files in `..<stamp>`, `..data` pointing
+    there, the key a symlink through `..data`; an update renames a new `..data` in place."""
+
+    def __init__(self, root: Path, text: str) -> None:
+        self.root, self.updates = root, 0
+        root.mkdir()
+        self.update(text)
+        (root / "destinations").symlink_to("..data/destinations")
+
+    @property
+    def path(self) -> str:
+        return str(self.root / "destinations")
+
+    def update(self, text: str) -> None:
+        self.updates += 1
+        target = self.root / f"..2024_01_01_00_00_{self.updates:02d}.{os.getpid()}"
+        target.mkdir()
+        (target / "destinations").write_text(text)
+        (self.root / "..data_tmp").symlink_to(target.name)
+        os.rename(self.root / "..data_tmp", self.root / "..data")
+
+
+@dataclass
+class Running:
+    lab: Lab
+    process: subprocess.Popen[str]
+    configmap: ConfigMap
+    log: Path
+
+    def http(self, path: str) -> tuple[int, str]:
+        return http_get(self.lab, path)
+
+    def metric(self, line_start: str) -> float:
+        _, body = self.http("/metrics")
+        for line in body.splitlines():
+            if line.startswith(line_start + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+def http_get(lab: Lab, path: str, port: int = 9090) -> tuple[int, str]:
+    """GET from the client pod to the router pod's cluster address."""
+    sock = lab.socket("client")
+    sock.settimeout(3)
+    try:
+        sock.connect((ROUTER, port))
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {ROUTER}\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    finally:
+        sock.close()
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def wait_for(check, timeout: float, every: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+@pytest.fixture
+def router(lab: Lab, tmp_path: Path) -> Iterator[Running]:
+    lab.reset_router()
+    configmap = ConfigMap(tmp_path / "config", SEED_DESTINATION)
+    env = seed_env("legacy", EGRESS_DESTINATION_FILE=configmap.path)
+    del env["EGRESS_DESTINATION"]
+    log = tmp_path / "router.log"
+    with open(log, "w") as out:
+        process = lab.start_router(env, stdout=out, stderr=subprocess.STDOUT)
+    running = Running(lab, process, configmap, log)
+
+    def ready() -> bool:
+        try:
+            return running.http("/readyz")[0] == 200
+        except OSError:
+            return False
+
+    assert wait_for(ready, 10), log.read_text()
+    yield running
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(5)
+
+
+def test_a_configmap_update_redirects_within_2s_and_keeps_a_long_lived_connection(router: Running) -> None:
+    lab = router.lab
+    stream = lab.open_stream(8080)
+    assert stream.report.server == ("203.0.113.26", 80) and stream.source == "192.0.2.99"
+    assert stream.exchange(b"before\n") == b"before\n"
+
+    started = time.monotonic()
+    router.configmap.update(CHANGED)
+    unchanged_ok = []
+
+    def redirected() -> bool:
+        unchanged_ok.append(lab.connect(80).server == ("203.0.113.25", 80))
+        return lab.connect(8080).server == ("203.0.113.27", 80)
+
+    assert wait_for(redirected, 3), router.log.read_text()
+    latency = time.monotonic() - started
+    print(f"\nreload latency (file swap to new redirect seen by a client): {latency:.3f}s")
+    assert latency < 2.0
+    assert all(unchanged_ok), "the unchanged mapping stopped working during the reload"
+    # The established connection keeps its NAT: same server, still exchanging data.
+    for i in range(5):
+        assert stream.exchange(f"after {i}\n".encode()) == f"after {i}\n".encode()
+    stream.close()
+    # Counted once the whole reconcile (nft, then addresses and routes) is done.
+    assert wait_for(lambda: router.metric('egress_router_reloads_total{result="success"}') == 1, 2)
+
+
+def test_an_invalid_update_keeps_the_old_rules_and_counts_a_failure(router: Running) -> None:
+    lab = router.lab
+    router.configmap.update("80 tcp 203.0.113.25\n8080 tcp 203.0.113.300 80\n")
+    failure = 'egress_router_reloads_total{result="failure"}'
+    assert wait_for(lambda: router.metric(failure) == 1, 3)
+    assert lab.connect(8080).server == ("203.0.113.26", 80)
+    assert lab.connect(5000).server == ("203.0.113.27", 5000)  # the fallback is still there
+    log = router.log.read_text()
+    assert "line 2" in log and "203.0.113.300" in log
+    assert router.http("/readyz")[0] == 200
+
+
+def test_a_deleted_table_comes_back_by_itself(router: Running) -> None:
+    lab = router.lab
+    lab.exec("router", ["nft", "delete", "table", "inet", "egress_router"])
+    assert not lab.connect(80, timeout=1).ok
+    started = time.monotonic()
+    assert wait_for(lambda: lab.connect(80, timeout=0.5).server == ("203.0.113.25", 80), 8, 0.2)
+    print(f"\ntable restored after {time.monotonic() - started:.1f}s")
+    assert router.metric("egress_router_drift_repairs_total") == 1
+
+
+def test_health_and_metrics_answer_on_the_pod_address_despite_the_fallback(router: Running) -> None:
+    assert "203.0.113.27" in SEED_DESTINATION.splitlines()[-1]  # a fallback rule is in force
+    assert router.http("/healthz") == (200, "ok\n")
+    code, body = router.http("/metrics")
+    assert code == 200
+    assert "egress_router_connections_total" in body and "egress_router_conntrack_entries_limit" in body
+    assert router.lab.connect(5000).server == ("203.0.113.27", 5000)
+
+
+def test_the_connection_counter_rises_by_exactly_the_connections_made(router: Running) -> None:
+    lab = router.lab
+    series = 'egress_router_connections_total{destination="203.0.113.26:80",port="8080",protocol="tcp"}'
+    moved = 'egress_router_bytes_total{destination="203.0.113.26:80",port="8080",protocol="tcp"}'
+    fallback = 'egress_router_connections_total{destination="203.0.113.27",port="*",protocol="any"}'
+    before, bytes_before, fallback_before = router.metric(series), router.metric(moved), router.metric(fallback)
+    for _ in range(7):
+        assert lab.connect(8080).ok
+    for _ in range(3):
+        assert lab.connect(5000).ok
+    assert router.metric(series) - before == 7
+    assert router.metric(fallback) - fallback_before == 3
+    assert router.metric(moved) > bytes_before
+
+
+def test_sighup_reloads_and_sigterm_ends_promptly(router: Running) -> None:
+    process = router.process
+    rss = _vm_rss_kb(process.pid)
+    print(f"\nlegacy mode VmRSS: {rss / 1024:.1f} MB")
+    assert rss < 40 * 1024
+    process.send_signal(signal.SIGHUP)
+    success = 'egress_router_reloads_total{result="success"}'
+    assert wait_for(lambda: router.metric(success) == 1, 3)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(2) == 0
+    print(f"SIGTERM to exit: {time.monotonic() - started:.3f}s")
+    assert time.monotonic() - started < 1.0
+
+
+def _vm_rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
