@@ -24,7 +24,31 @@ class LinkState:
     addresses: tuple[IPInterface, ...]  # global scope only: link-local ones are the kernel's
 
 
+@dataclass(frozen=True)
+class DefaultRoute:
+    family: int
+    via: str | None
+    dev: str | None
+
+
+@dataclass(frozen=True)
+class NetSnapshot:
+    """What a reconcile may change, read before it changes anything, so that a failure part-way
+    can put it back."""
+
+    link: LinkState | None
+    default_routes: tuple[DefaultRoute, ...]
+    sysctls: tuple[tuple[str, str | None], ...]
+
+
 class NetBackend(Protocol):
+    def snapshot(self, name: str, families: tuple[int, ...], sysctls: tuple[str, ...]) -> NetSnapshot:
+        """The interface (None inside when it does not exist), the default routes of `families`
+        and the values of `sysctls`."""
+
+    def restore(self, snapshot: NetSnapshot, plan: NetworkPlan) -> None:
+        """Undo what `configure` and `set_sysctl` did since `snapshot`; raises `ApplyError`."""
+
     def link(self, name: str) -> LinkState | None:
         """The interface's state, or None when it does not exist."""
 

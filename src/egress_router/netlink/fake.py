@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from ..errors import ApplyError
 from ..model import IPInterface
 from ..plan import NetworkPlan, Route
-from . import LinkState
+from . import DefaultRoute, LinkState, NetSnapshot
 
 
 @dataclass
@@ -24,6 +25,8 @@ class FakeNet:
     routes: dict[tuple[int, str], Route] = field(default_factory=dict)
     sysctls: dict[str, str] = field(default_factory=dict)
     read_only_sysctls: bool = False
+    route_devices: dict[tuple[int, str], str] = field(default_factory=dict)
+    fail_configure: str | None = None  # the next configure fails with this message
     calls: int = 0
 
     def link(self, name: str) -> LinkState | None:
@@ -32,11 +35,39 @@ class FakeNet:
             return None
         return LinkState(name, link.up, link.up, link.mac, link.mtu, tuple(link.addresses))
 
+    def snapshot(self, name: str, families: tuple[int, ...], sysctls: tuple[str, ...]) -> NetSnapshot:
+        routes = tuple(
+            DefaultRoute(r.family, str(r.via) if r.via else None, self.route_devices.get((r.family, r.destination)))
+            for (family, destination), r in self.routes.items()
+            if destination == "default" and family in families
+        )
+        return NetSnapshot(self.link(name), routes, tuple((k, self.sysctls.get(k)) for k in sysctls))
+
+    def restore(self, snapshot: NetSnapshot, plan: NetworkPlan) -> None:
+        for key, value in snapshot.sysctls:
+            if value is None:
+                self.sysctls.pop(key, None)
+            else:
+                self.sysctls[key] = value
+        link = self.links.get(plan.interface)
+        if link is not None and snapshot.link is not None:
+            link.addresses = list(snapshot.link.addresses)
+            link.up = snapshot.link.up
+        for r in plan.routes:
+            self.routes.pop((r.family, r.destination), None)
+        for d in snapshot.default_routes:
+            via = ipaddress.ip_address(d.via) if d.via else None
+            self.routes[(d.family, "default")] = Route("default", via, d.family)
+
     def configure(self, plan: NetworkPlan, remove: tuple[IPInterface, ...]) -> None:
         link = self.links.get(plan.interface)
         if link is None:
             raise ApplyError(f"link set dev {plan.interface} up", "Cannot find device")
         self.calls += 1
+        if self.fail_configure is not None:
+            message, self.fail_configure = self.fail_configure, None
+            link.up = True  # part-way: like ip -batch, what came before the failing line stays
+            raise ApplyError(f"route replace default dev {plan.interface}", message)
         link.addresses = [a for a in link.addresses if a not in remove]
         link.up = True
         for a in plan.addresses:

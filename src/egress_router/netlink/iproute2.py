@@ -9,7 +9,7 @@ import subprocess
 from ..errors import ApplyError, SetupError
 from ..model import IPInterface
 from ..plan import NetworkPlan
-from . import LinkState
+from . import DefaultRoute, LinkState, NetSnapshot
 
 IP_HINT = "install the iproute2 package in the image (apt-get install iproute2)"
 
@@ -34,6 +34,31 @@ class IpRoute2:
                 return None
             raise ApplyError(f"read interface {name}", done.stderr)
         return parse_link(json.loads(done.stdout)[0])
+
+    def snapshot(self, name: str, families: tuple[int, ...], sysctls: tuple[str, ...]) -> NetSnapshot:
+        # One process for the link and the IPv4 default route: this runs at every pod start.
+        done = self._run(["-j", "-batch", "-"], f"address show dev {name}\nroute show default\n")
+        if done.returncode != 0:
+            if "does not exist" in done.stderr:
+                return NetSnapshot(None, (), ())
+            raise ApplyError(f"read interface {name}", done.stderr)
+        link_json, routes_json = (json.loads(line) for line in done.stdout.splitlines()[:2])
+        routes = [_default_route(4, r) for r in routes_json] if 4 in families else []
+        if 6 in families:
+            six = self._run(["-j", "-6", "route", "show", "default"])
+            routes += [_default_route(6, r) for r in json.loads(six.stdout or "[]")]
+        values = tuple((key, _read(f"{self.proc_sys}/{key}")) for key in sysctls)
+        return NetSnapshot(parse_link(link_json[0]), tuple(routes), values)
+
+    def restore(self, snapshot: NetSnapshot, plan: NetworkPlan) -> None:
+        for key, value in snapshot.sysctls:
+            if value is not None:
+                self.set_sysctl(key, value)
+        commands = restore_batch(snapshot, plan)
+        # -force: go on past a line that fails (a route already gone) and restore the rest.
+        done = self._run(["-force", "-batch", "-"], "".join(f"{c}\n" for c in commands))
+        if done.returncode != 0:
+            raise ApplyError("restore the previous network setup", done.stderr)
 
     def configure(self, plan: NetworkPlan, remove: tuple[IPInterface, ...]) -> None:
         commands = batch(plan, remove)
@@ -82,6 +107,32 @@ def batch(plan: NetworkPlan, remove: tuple[IPInterface, ...]) -> list[str]:
         # `ip -batch` takes no per-line options: the family follows from the addresses.
         lines.append(f"route replace {r.destination}{via} dev {dev}")
     return lines
+
+
+def restore_batch(snapshot: NetSnapshot, plan: NetworkPlan) -> list[str]:
+    """`ip -force -batch` lines that put back the default routes, addresses and link state."""
+    dev = plan.interface
+    before = snapshot.link.addresses if snapshot.link else ()
+    lines = [f"address del {a} dev {dev}" for a in plan.addresses if a not in before]
+    lines += [f"address replace {a} dev {dev}" for a in before if a not in plan.addresses]
+    families = {r.family for r in plan.routes}
+    for family in sorted(families):
+        previous = [r for r in snapshot.default_routes if r.family == family]
+        # No per-line options in a batch: the family is in the prefix.
+        default = "::/0" if family == 6 else "0.0.0.0/0"
+        if not previous:
+            lines.append(f"route del {default}")
+        for r in previous:
+            via = f" via {r.via}" if r.via else ""
+            on = f" dev {r.dev}" if r.dev else ""
+            lines.append(f"route replace {default}{via}{on}")
+    if snapshot.link is not None and not snapshot.link.up:
+        lines.append(f"link set dev {dev} down")
+    return lines
+
+
+def _default_route(family: int, data: dict) -> DefaultRoute:  # type: ignore[type-arg]
+    return DefaultRoute(family, data.get("gateway"), data.get("dev"))
 
 
 def _failed_step(stderr: str, commands: list[str]) -> str:

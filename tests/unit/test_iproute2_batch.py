@@ -1,0 +1,49 @@
+"""The `ip -batch` lines the router runs: replace-only to set up, and the way back."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from egress_router.config import load_environment
+from egress_router.netlink import DefaultRoute, LinkState, NetSnapshot
+from egress_router.netlink.iproute2 import batch, restore_batch
+from egress_router.plan import build_network
+
+DUAL = {
+    "EGRESS_SOURCE": "192.0.2.99/24,2001:db8:1::99/64",
+    "EGRESS_GATEWAY": "192.0.2.1,2001:db8:1::1",
+    "EGRESS_DESTINATION": "80 tcp 203.0.113.25",
+}
+
+
+def test_setup_is_made_of_replace_verbs_and_skips_dad_for_ipv6() -> None:
+    network = build_network(load_environment(DUAL))
+    stale = (ipaddress.ip_interface("192.0.2.50/24"),)
+    assert batch(network, stale) == [
+        "address del 192.0.2.50/24 dev macvlan0",
+        "link set dev macvlan0 up",
+        "address replace 192.0.2.99/24 dev macvlan0",
+        "address replace 2001:db8:1::99/64 dev macvlan0 nodad",
+        "route replace 192.0.2.1/32 dev macvlan0",
+        "route replace default via 192.0.2.1 dev macvlan0",
+        "route replace 2001:db8:1::1/128 dev macvlan0",
+        "route replace default via 2001:db8:1::1 dev macvlan0",
+    ]
+
+
+def test_restore_puts_back_addresses_routes_and_link_state() -> None:
+    network = build_network(load_environment(DUAL))
+    old = ipaddress.ip_interface("192.0.2.50/24")
+    snapshot = NetSnapshot(
+        link=LinkState("macvlan0", False, False, "02:00:00:00:00:01", 1500, (old,)),
+        default_routes=(DefaultRoute(4, "198.51.100.1", "eth0"),),
+        sysctls=(("net/ipv4/ip_forward", "0"),),
+    )
+    assert restore_batch(snapshot, network) == [
+        "address del 192.0.2.99/24 dev macvlan0",
+        "address del 2001:db8:1::99/64 dev macvlan0",
+        "address replace 192.0.2.50/24 dev macvlan0",
+        "route replace 0.0.0.0/0 via 198.51.100.1 dev eth0",
+        "route del ::/0",
+        "link set dev macvlan0 down",
+    ]
