@@ -1,0 +1,168 @@
+"""Client side of the lab's traffic: one-shot probes and long-lived streams.
+
+The reporting servers (`egress_router.lab.servers`) answer every TCP connection and every UDP
+datagram with one line, `peer=<address>:<port> local=<address>:<port>`. The peer is what the
+tests are about: it is the source address the outside world saw, which must be the router's
+reserved address, never the client's.
+
+Every function here takes an already created socket (made in the client namespace by the lab),
+so nothing in this module knows about namespaces. Every wait is bounded by a timeout and every
+retry by a count.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from dataclasses import dataclass
+
+UDP_ATTEMPTS = 3
+MAX_LINE = 256
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one connection attempt found out."""
+
+    ok: bool
+    source: str | None = None  # the peer address the external server saw
+    server: tuple[str, int] | None = None  # the address and port of the server that answered
+    error: str | None = None  # "refused", "timeout", "unreachable", "reset", or the OS's words
+
+    def __str__(self) -> str:
+        if not self.ok:
+            return f"failed: {self.error}"
+        assert self.server is not None
+        return f"reached {format_endpoint(*self.server)}, which saw source {self.source}"
+
+
+def format_endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    address, _, port = text.rpartition(":")
+    return address.strip("[]"), int(port)
+
+
+def report_line(peer: tuple[str, int], local: tuple[str, int]) -> bytes:
+    """The servers' answer; `peer` and `local` as returned by getpeername()/getsockname()."""
+    return f"peer={format_endpoint(peer[0], peer[1])} local={format_endpoint(local[0], local[1])}\n".encode()
+
+
+def parse_report(line: bytes) -> Probe:
+    fields = dict(word.split("=", 1) for word in line.decode(errors="replace").split() if "=" in word)
+    if "peer" not in fields or "local" not in fields:
+        return Probe(False, error=f"unexpected answer {line[:80]!r}")
+    return Probe(True, source=parse_endpoint(fields["peer"])[0], server=parse_endpoint(fields["local"]))
+
+
+def describe_error(error: OSError) -> str:
+    if isinstance(error, (TimeoutError, socket.timeout)):
+        return "timeout"
+    words = {
+        errno.ECONNREFUSED: "refused",
+        errno.ECONNRESET: "reset",
+        errno.EHOSTUNREACH: "unreachable",
+        errno.ENETUNREACH: "unreachable",
+    }
+    return words.get(error.errno or 0, error.strerror or str(error))
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    """One line, byte by byte: whatever follows it (echoed data) stays in the socket."""
+    data = bytearray()
+    while not data.endswith(b"\n") and len(data) < MAX_LINE:
+        chunk = sock.recv(1)
+        if not chunk:
+            raise ConnectionResetError(errno.ECONNRESET, "closed before the report line")
+        data += chunk
+    return bytes(data)
+
+
+def probe_tcp(sock: socket.socket, address: str, port: int, timeout: float, payload: bytes = b"") -> Probe:
+    """Connect, read the server's report, optionally send `payload` and check it comes back."""
+    with sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect((address, port))
+            probe = parse_report(_read_line(sock))
+            if probe.ok and payload:
+                sock.sendall(payload)
+                echoed = _read_exactly(sock, len(payload))
+                if echoed != payload:
+                    return Probe(False, probe.source, probe.server, "payload not echoed")
+            return probe
+        except OSError as error:
+            return Probe(False, error=describe_error(error))
+
+
+def probe_udp(sock: socket.socket, address: str, port: int, timeout: float, payload: bytes = b"") -> Probe:
+    """Send a datagram and wait for the report; a few attempts in case one is lost while the
+    path's neighbours are being resolved. An ICMP port unreachable reads as "refused"."""
+    with sock:
+        per_attempt = timeout / UDP_ATTEMPTS
+        sock.settimeout(per_attempt)
+        try:
+            sock.connect((address, port))
+            for _ in range(UDP_ATTEMPTS):
+                sock.send(payload or b"probe\n")
+                try:
+                    return parse_report(sock.recv(MAX_LINE))
+                except (TimeoutError, socket.timeout):
+                    continue
+            return Probe(False, error="timeout")
+        except OSError as error:
+            return Probe(False, error=describe_error(error))
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+class Stream:
+    """A long-lived TCP connection through the router, e.g. to show that a reload does not cut
+    established connections. `report` is what the server said when the connection opened."""
+
+    def __init__(self, sock: socket.socket, address: str, port: int, timeout: float) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        sock.settimeout(timeout)
+        try:
+            sock.connect((address, port))
+            self.report = parse_report(_read_line(sock))
+        except BaseException:
+            sock.close()
+            raise
+        self.opened = time.monotonic()
+
+    @property
+    def source(self) -> str | None:
+        return self.report.source
+
+    def exchange(self, data: bytes, timeout: float | None = None) -> bytes:
+        """Send `data` and return what came back (the server echoes it). Raises OSError
+        (ConnectionError, TimeoutError) when the connection is broken."""
+        self.sock.settimeout(self.timeout if timeout is None else timeout)
+        self.sock.sendall(data)
+        return _read_exactly(self.sock, len(data))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.sock.fileno() < 0
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
