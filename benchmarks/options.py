@@ -1,0 +1,38 @@
+"""How much to measure: the full run of `make bench`, `--quick`, and the CI smoke run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+SECTIONS = ("latency", "throughput", "apply", "startup")
+
+
+@dataclass(frozen=True)
+class Options:
+    mappings: tuple[int, ...] = (1, 100, 1000, 10000, 50000)
+    connects: int = 2000  # timed connections per round and layout
+    warmup: int = 200  # untimed connections before them
+    rounds: int = 5  # the reported figure is the median of the rounds' figures
+    iperf_seconds: int = 3
+    iperf_repeats: int = 3
+    apply_repeats: int = 5
+    live_rounds: int = 20
+    init_runs: int = 20
+    live_size: int = 10000  # mappings of the live rule set that a small change is applied to
+    live_change: int = 10  # lines changed
+    sections: tuple[str, ...] = SECTIONS
+
+
+FULL = Options()
+QUICK = replace(
+    FULL,
+    mappings=(1, 100, 1000, 10000),
+    connects=500,
+    warmup=50,
+    rounds=3,
+    iperf_seconds=2,
+    iperf_repeats=2,
+    apply_repeats=3,
+    live_rounds=10,
+    init_runs=10,
+)

@@ -1,0 +1,257 @@
+"""Results -> the issue's targets, a markdown report and the latency plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from .layouts import FLOOR, LAYOUTS, LINEAR, PROJECT
+from .stats import ratio
+from .throughput import FLOOR as TP_FLOOR
+from .throughput import ROUTER as TP_ROUTER
+
+LATENCY_PLOT = "latency.png"
+APPLY_PLOT = "apply.png"
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def reference_n(results: dict[str, Any]) -> int:
+    """10,000 mappings when measured (the issue's figure), else the largest N measured."""
+    latency = results.get("latency") or {}
+    apply = results.get("apply") or {}
+    ns = [int(n) for n in latency.get("layouts", {}).get(PROJECT, {})] or [int(n) for n in apply.get("by_n", {})]
+    return 10000 if 10000 in ns else max(ns, default=0)
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """(target, measured, limit, met) for each of the issue's "done when" lines measured."""
+    out: list[tuple[str, str, str, bool | None]] = []
+    big = reference_n(results)
+    latency = results.get("latency")
+    if latency:
+        cells = latency["layouts"]
+        ours_1 = cells[PROJECT].get("1", {}).get("median_us")
+        ours_big = cells[PROJECT].get(str(big), {}).get("median_us")
+        linear_big = cells[LINEAR].get(str(big), {}).get("median_us")
+        if ours_1 and ours_big:
+            r = ratio(ours_big, ours_1)
+            out.append((f"latency, {big:,} mappings / 1 mapping (maps)", f"{r:.2f}x ({ours_big:.1f} / {ours_1:.1f} us)", "<= 1.3x", r <= 1.3))
+        if ours_big and linear_big:
+            r = ratio(linear_big, ours_big)
+            out.append((f"latency, linear / maps at {big:,}", f"{r:.2f}x ({linear_big:.1f} / {ours_big:.1f} us)", ">= 3x", r >= 3))
+    apply = results.get("apply")
+    if apply and str(big) in apply["by_n"]:
+        row = apply["by_n"][str(big)]
+        out.append((
+            f"init with {big:,} mappings / nft -f of {big:,} linear rules",
+            f"{row['ratio']:.2f}x ({row['router_init_s'] * 1e3:.0f} / {row['linear_nft_s'] * 1e3:.0f} ms)",
+            "<= 0.6x", row["ratio"] <= 0.6,
+        ))
+    throughput = results.get("throughput")
+    if throughput:
+        paths = throughput["paths"]
+        r = paths[TP_ROUTER]["vs_floor"]
+        out.append(("throughput / floor", f"{r:.2f}x ({paths[TP_ROUTER]['gbit_s']:.1f} / {paths[TP_FLOOR]['gbit_s']:.1f} Gbit/s)", ">= 0.9x", r >= 0.9))
+    if apply:
+        live = apply["live_change"]
+        ok = live["reconcile_ms"] <= 20 and live["element_only"]
+        out.append((
+            f"{live['lines_changed']}-line change to a live {live['mappings']:,}-mapping table",
+            f"{live['reconcile_ms']:.1f} ms reconcile (nft {live['nft_ms']:.1f} ms), element-only: {live['element_only']}",
+            "<= 20 ms", ok,
+        ))
+    startup = results.get("startup")
+    if startup:
+        m = startup["init_median_ms"]
+        out.append(("init, seed example (median)", f"{m:.1f} ms", "<= 50 ms", m <= 50))
+        rss = startup["legacy"]["rss_mb"]
+        out.append(("legacy mode resident memory", f"{rss:.1f} MB", "<= 40 MB", rss <= 40))
+    return out
+
+
+def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
+    lines = ["# egress-router benchmark results", ""]
+    lines += [f"Run {results['started']} in {results['seconds']:.0f} s: `{results['command']}`", ""]
+    lines += ["| machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in results["machine"].items()] + [""]
+    rows = targets(results)
+    if rows:
+        lines += ["## Targets (issue 3)", "", "| target | measured | limit | met |", "|---|---|---|---|"]
+        lines += [f"| {t} | {m} | {lim} | {'yes' if ok else 'NO'} |" for t, m, lim, ok in rows] + [""]
+    lines += _latency(results.get("latency"), plots)
+    lines += _throughput(results.get("throughput"))
+    lines += _apply(results.get("apply"), plots)
+    lines += _startup(results.get("startup"))
+    return "\n".join(lines) + "\n"
+
+
+def _latency(latency: dict[str, Any] | None, plots: dict[str, str]) -> list[str]:
+    if not latency:
+        return []
+    cells = latency["layouts"]
+    ns = sorted({int(n) for by_n in cells.values() for n in by_n})
+    out = [
+        "## New-connection latency (connect to first byte)", "",
+        f"Median over {latency['rounds']} rounds of each round's median and p99, "
+        f"{latency['connects_per_round']} connections per round and layout; microseconds. "
+        "The measured mapping is the last of N. \"spread\" is the lowest and highest round median.", "",
+        "| mappings | " + " | ".join(f"{short(layout)} median | p99" for layout in LAYOUTS)
+        + " | linear / maps | maps / floor |",
+        "|---:|" + "---:|---:|" * len(LAYOUTS) + "---:|---:|",
+    ]
+    for n in ns:
+        row = [f"{n:,}"]
+        for layout in LAYOUTS:
+            c = cells[layout].get(str(n), {})
+            spread = f" ({_fmt(c.get('round_median_min_us'))}–{_fmt(c.get('round_median_max_us'))})"
+            row += [_fmt(c.get("median_us")) + spread, _fmt(c.get("p99_us"))]
+        med = {layout: cells[layout].get(str(n), {}).get("median_us", math.nan) for layout in LAYOUTS}
+        row += [_fmt(ratio(med[LINEAR], med[PROJECT]), 2) + "x", _fmt(ratio(med[PROJECT], med[FLOOR]), 2) + "x"]
+        out.append("| " + " | ".join(row) + " |")
+    if LATENCY_PLOT in plots:
+        out += ["", f"![latency against mappings]({plots[LATENCY_PLOT]})"]
+    return out + [""]
+
+
+def short(layout: str) -> str:
+    return layout.split(" (")[0]
+
+
+def _throughput(throughput: dict[str, Any] | None) -> list[str]:
+    if not throughput:
+        return []
+    out = [
+        "## Bulk throughput (iperf3, one TCP stream, client -> ext)", "",
+        f"Median of {throughput['repeats']} runs of {throughput['seconds']} s each.", "",
+        "| path | Gbit/s | runs | vs floor | retransmits |", "|---|---:|---|---:|---:|",
+    ]
+    for path, p in throughput["paths"].items():
+        runs = ", ".join(f"{v:.1f}" for v in p["runs_gbit_s"])
+        out.append(f"| {path} | {p['gbit_s']:.2f} | {runs} | {p['vs_floor']:.2f}x | {_fmt(p['retransmits'], 0)} |")
+    return out + [""]
+
+
+def _apply(apply: dict[str, Any] | None, plots: dict[str, str]) -> list[str]:
+    if not apply:
+        return []
+    out = [
+        "## Apply time against N", "",
+        f"Whole processes into an empty namespace, median of {apply['repeats']}: the router's `init` "
+        "with EGRESS_DESTINATION_FILE (Python start, parse, plan, one `nft -f`, the `ip` batch) and "
+        "`nft -f` of the same mappings as linear rules. The last three columns are the pure core's "
+        "share, in-process (best of 5).", "",
+        "| mappings | router init (ms) | nft -f linear (ms) | ratio | parse (ms) | plan (ms) | render (ms) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, row in sorted(apply["by_n"].items(), key=lambda kv: int(kv[0])):
+        core = row["core"]
+        out.append(
+            f"| {int(n):,} | {row['router_init_s'] * 1e3:.1f} | {row['linear_nft_s'] * 1e3:.1f} | {row['ratio']:.2f}x "
+            f"| {core['parse_ms']:.2f} | {core['plan_ms']:.2f} | {core['render_ms']:.2f} |"
+        )
+    if APPLY_PLOT in plots:
+        out += ["", f"![apply time against mappings]({plots[APPLY_PLOT]})"]
+    live = apply["live_change"]
+    out += [
+        "", f"### A {live['lines_changed']}-line change to a live {live['mappings']:,}-mapping table", "",
+        f"`Router.reconcile` with the real adapters (NftCli, IpRoute2) in the router namespace, "
+        f"{live['rounds']} changes back and forth, medians:", "",
+        "| step | ms |", "|---|---:|",
+        f"| reconcile (plan, diff, one `nft -f`, `ip` batch) | {live['reconcile_ms']:.1f} (p90 {live['reconcile_p90_ms']:.1f}) |",
+        f"| of which `nft -f` | {live['nft_ms']:.1f} |",
+        f"| reading and parsing the {live['mappings']:,}-line file | {live['parse_ms']:.1f} |",
+        f"| file to kernel (both) | {live['parse_and_reconcile_ms']:.1f} |",
+        f"| first apply of the whole table (for scale) | {live['initial_apply_s'] * 1e3:.1f} |",
+        "", f"Element-only transactions: {live['element_only']} ({live['script_lines']} lines), e.g.:", "",
+        "```", live["example_script"].rstrip(), "```",
+    ]
+    return out + [""]
+
+
+def _startup(startup: dict[str, Any] | None) -> list[str]:
+    if not startup:
+        return []
+    imports = startup["imports"]
+    legacy = startup["legacy"]
+    out = [
+        "## Start-up and memory", "",
+        f"`init` for the seed's example, {startup['runs']} whole processes spawned in the router "
+        f"namespace: median {startup['init_median_ms']:.1f} ms, p90 {startup['init_p90_ms']:.1f} ms, "
+        f"fastest {startup['init_min_ms']:.1f} ms; `python -c pass` alone takes "
+        f"{startup['python_floor_median_ms']:.1f} ms.", "",
+        f"`python -X importtime -m egress_router`: {imports['modules']} modules, "
+        f"{imports['total_ms']:.1f} ms of imports in all. Slowest by their own time:", "",
+        "| module | self (ms) |", "|---|---:|",
+    ]
+    out += [f"| {name} | {ms:.2f} |" for name, ms in imports["by_self_ms"]]
+    out += ["", "The project's modules, cumulative:", "", "| module | cumulative (ms) |", "|---|---:|"]
+    out += [f"| {name} | {ms:.2f} |" for name, ms in imports["project_cumulative_ms"]]
+    out += [
+        "", f"`legacy` mode after start: VmRSS {legacy['rss_mb']:.1f} MB (peak {legacy['hwm_mb']:.1f} MB); "
+        f"it left {legacy['sigterm_exit_s'] * 1e3:.0f} ms after SIGTERM.",
+    ]
+    return out + [""]
+
+
+def plot(results: dict[str, Any], folder: Path) -> dict[str, str]:
+    """Write the PNGs; matplotlib is imported here only, so the rest runs without it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: dict[str, str] = {}
+    machine = results["machine"]
+    subtitle = f"{machine['cpu']}, {machine['cores']} cores, Linux {machine['kernel']}, {machine['nft']}"
+    latency = results.get("latency")
+    if latency:
+        fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+        styles = {PROJECT: ("tab:blue", "o"), LINEAR: ("tab:red", "s"), FLOOR: ("tab:gray", "^")}
+        for layout in LAYOUTS:
+            cells = latency["layouts"][layout]
+            ns = sorted(int(n) for n in cells)
+            med = [cells[str(n)]["median_us"] for n in ns]
+            low = [cells[str(n)]["round_median_min_us"] for n in ns]
+            high = [cells[str(n)]["round_median_max_us"] for n in ns]
+            p99 = [cells[str(n)]["p99_us"] for n in ns]
+            color, marker = styles[layout]
+            ax.plot(ns, med, color=color, marker=marker, label=f"{layout}, median")
+            ax.fill_between(ns, low, high, color=color, alpha=0.15, linewidth=0)
+            ax.plot(ns, p99, color=color, linestyle=":", linewidth=1, label=f"{short(layout)}, p99")
+        ax.set_xscale("log")
+        ax.set_xlabel("mappings (the measured one last)")
+        ax.set_ylabel("connect to first byte (µs)")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(f"New-connection latency through the router\n{subtitle}", fontsize=9)
+        ax.legend(fontsize=8, loc="upper left")
+        fig.tight_layout()
+        fig.savefig(folder / LATENCY_PLOT)
+        plt.close(fig)
+        written[LATENCY_PLOT] = LATENCY_PLOT
+    apply = results.get("apply")
+    if apply:
+        fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+        rows = sorted(apply["by_n"].items(), key=lambda kv: int(kv[0]))
+        ns = [int(n) for n, _ in rows]
+        ax.plot(ns, [r["router_init_s"] * 1e3 for _, r in rows], "o-", color="tab:blue", label="egress-router init (whole process)")
+        ax.plot(ns, [r["linear_nft_s"] * 1e3 for _, r in rows], "s-", color="tab:red", label="nft -f, one rule per mapping")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("mappings")
+        ax.set_ylabel("wall time (ms)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(f"Apply time into an empty namespace\n{subtitle}", fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(folder / APPLY_PLOT)
+        plt.close(fig)
+        written[APPLY_PLOT] = APPLY_PLOT
+    return written
