@@ -40,7 +40,7 @@ class _IPv4Server(ThreadingHTTPServer):
 class HealthServer:
     def __init__(self, port: int, stats: Stats, reader: KernelReader, log: Log) -> None:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(Collector(stats, reader))  # type: ignore[arg-type]
+        registry.register(Collector(stats, reader))
         handler = _handler(stats, registry, log)
         try:
             self.server: ThreadingHTTPServer = _Server(("::", port), handler)
@@ -64,7 +64,7 @@ class HealthServer:
 
 def _handler(stats: Stats, registry: CollectorRegistry, log: Log) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:  # http.server's naming
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
                 ok = stats.alive(ALIVE_WITHIN)

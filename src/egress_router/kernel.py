@@ -109,7 +109,7 @@ def render(value: Any) -> str:
         if "concat" in value:
             return " . ".join(render(v) for v in value["concat"])
         if len(value) == 1:  # a verdict: {"return": null}, {"jump": {"target": ...}}
-            return next(iter(value))
+            return str(next(iter(value)))
     return str(value)
 
 

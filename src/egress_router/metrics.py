@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import EgressRouterError
 from .kernel import KernelReader, TableState
 from .model import PROTOCOLS
 from .plan import (
@@ -76,12 +77,12 @@ def traffic(state: TableState) -> Iterator[tuple[dict[str, str], int, int]]:
             for port, element in nat.items():
                 address, _, remote = element.value.partition(" . ")
                 labels = {"protocol": protocol, "port": port, "destination": destination(address, remote)}
-                moved = counted.get(port)
-                yield labels, element.packets, moved.bytes if moved else 0
+                seen = counted.get(port)
+                yield labels, element.packets, seen.bytes if seen else 0
     for family, address in sorted(state.fallbacks.items()):
         connections = state.counters.get(fallback_counter_name(family), (0, 0))[0]
-        moved = state.counters.get(fallback_bytes_counter_name(family), (0, 0))[1]
-        yield {"protocol": "any", "port": "*", "destination": address}, connections, moved
+        size = state.counters.get(fallback_bytes_counter_name(family), (0, 0))[1]
+        yield {"protocol": "any", "port": "*", "destination": address}, connections, size
 
 
 def _read_int(path: str) -> int | None:
@@ -151,7 +152,7 @@ class Collector:
         )
         try:
             state = self.reader.read_table(TABLE_FAMILY, TABLE_NAME)
-        except Exception:  # a scrape must answer even when nft cannot: the daemon logs it
+        except EgressRouterError:  # a scrape must answer even when nft cannot: the daemon logs it
             state = None
         if state is not None:
             for values, count, size in traffic(state):

@@ -38,7 +38,8 @@ def gather(interface: str, net: NetBackend, reader: KernelReader) -> dict[str, A
     link = net.link(interface)
     routes = reader.default_routes()
     table = reader.read_table(TABLE_FAMILY, TABLE_NAME)
-    mappings, fallbacks = [], []
+    mappings: list[dict[str, Any]] = []
+    fallbacks: list[dict[str, Any]] = []
     if table is not None:
         for labels, connections, moved in traffic(table):
             row = {**labels, "connections": connections, "bytes": moved}
@@ -68,7 +69,7 @@ def render(state: dict[str, Any]) -> str:
         link = "up" if i["up"] else "DOWN"
         link += "" if i["carrier"] or not i["up"] else " (no carrier)"
         addresses = ", ".join(i["addresses"]) or "no address"
-        lines = [f"interface  {i['name']}: {link}, {addresses}, mac {i['mac']}"]
+        lines = [f"interface  {i['name']}: {link}, source {addresses}, mac {i['mac']}"]
     else:
         lines = [f"interface  {i['name']}: MISSING"]
     for r in state["routes"] or [{"family": "any", "gateway": None, "device": None}]:
@@ -80,7 +81,8 @@ def render(state: dict[str, Any]) -> str:
     lines.append(f"table      {state['table']}")
     rows = [("PROTOCOL", "PORT", "DESTINATION", "CONNECTIONS", "BYTES")]
     for m in state["mappings"] + state["fallbacks"]:
-        rows.append((m["protocol"], m["port"], m["destination"], str(m["connections"]), str(m["bytes"])))
+        where = m["destination"] + (" (fallback, same port)" if m["port"] == "*" else "")
+        rows.append((m["protocol"], m["port"], where, str(m["connections"]), str(m["bytes"])))
     widths = [max(len(row[c]) for row in rows) for c in range(5)]
     lines.append("")
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
