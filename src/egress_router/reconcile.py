@@ -1,23 +1,31 @@
 """The one reconcile step: desired state -> kernel, safe to call any time, any number of times.
 
-`init` mode calls it once; the daemon calls it on every change and periodically. The order is
-chosen so that a failure leaves as little as possible changed: everything is validated before
-this runs (a bad config never reaches it), the interface is checked before anything is written,
-the NAT table goes in as one all-or-nothing transaction, and only then are the addresses and
-routes set.
+`init` mode calls it once; the daemon calls it on every change and periodically. A bad config
+never gets here (it is refused whole by `config`). The step then runs in an order chosen so that
+a failure leaves nothing half-applied:
+
+1. read what may change (the link, its addresses, the default routes, the sysctls, and the
+   table when this process has not applied it yet) and stop if the interface is missing;
+2. the NAT table, as one all-or-nothing `nft -f` (its forward chain drops whatever no rule
+   redirected, so switching forwarding on afterwards never opens a relay);
+3. the sysctls, then addresses and routes;
+4. on a failure in 2-3, put back everything read in 1, and re-raise;
+5. ask the LAN where the gateway is and whether anyone else holds the source address, and
+   announce the address: warnings, never failures.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface
 
 from .announce import Announcer
-from .errors import SetupError
+from .errors import EgressRouterError, SetupError
 from .log import Log
 from .model import RouterConfig
-from .netlink import NetBackend
-from .nft import NftBackend, TableSpec, diff
+from .netlink import NetBackend, NetSnapshot
+from .nft import NftBackend, TableSpec, Transaction, diff
 from .plan import Plan, build_plan
 
 MISSING_INTERFACE_HINT = (
@@ -26,6 +34,7 @@ MISSING_INTERFACE_HINT = (
     "network (Multus NetworkAttachmentDefinition, or the egress-router-cni plugin); "
     "if it has another name, set EGRESS_INTERFACE"
 )
+GATEWAY_ANSWER_TIMEOUT = 0.5  # seconds; only a gateway that does not answer costs this much
 
 
 @dataclass
@@ -35,6 +44,8 @@ class Outcome:
     nft_script: str = ""
     full_table: bool = False
     announced: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()  # MACs of other hosts answering for the source address
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -47,36 +58,62 @@ class Router:
     applied: TableSpec | None = None  # what this process last put in the kernel (None: unknown)
 
     def reconcile(self, config: RouterConfig, announce: bool = False) -> Outcome:
-        """Make the kernel hold `config`. Raises `SetupError` or `ApplyError`."""
+        """Make the kernel hold `config`. Raises `SetupError` or `ApplyError`, after putting
+        back whatever it had changed."""
         started = time.perf_counter()
         plan = build_plan(config)
-        outcome = Outcome()
-        link = self.net.link(plan.network.interface)
-        if link is None:
+        network = plan.network
+        keys = tuple(key for key, _ in network.sysctls)
+        snapshot = self.net.snapshot(network.interface, config.families, keys)
+        if snapshot.link is None:
             raise SetupError(
-                f"the egress interface {plan.network.interface} does not exist in this pod",
+                f"the egress interface {network.interface} does not exist in this pod",
                 MISSING_INTERFACE_HINT,
             )
-        if plan.table is not None:
-            tx = diff(self.applied, plan.table)
-            outcome.nft_script = str(tx)
-            outcome.full_table = any(kind == "replace" for kind, _ in tx.ops)
-            self.log.debug("applying nftables transaction", operations=len(tx.ops), full=outcome.full_table)
-            self.nft.apply(tx)
-            self.applied = plan.table
-        self._configure_network(plan, link.addresses, link.up)
-        new = [a.ip for a in plan.network.addresses if a not in link.addresses]
-        if new or announce:
-            outcome.announced = tuple(str(a.ip) for a in plan.network.addresses)
-            self._announce(plan, link.mac)
+        before = self.applied
+        listing = self._kernel_table(plan)
+        outcome = Outcome()
+        try:
+            self._apply_table(plan, outcome)
+            self._apply_network(plan, snapshot)
+        except EgressRouterError:
+            self._roll_back(plan, snapshot, before, listing)
+            raise
+        if [a for a in network.addresses if a not in snapshot.link.addresses] or announce:
+            self._neighbours(config, plan, snapshot.link.mac, outcome)
+        if not snapshot.link.carrier and snapshot.link.up:
+            outcome.warnings.append(
+                f"{network.interface} has no carrier: its parent interface on the node may be down"
+            )
+        for warning in outcome.warnings:
+            self.log.warning(warning)
         outcome.seconds = time.perf_counter() - started
         return outcome
 
-    def _configure_network(self, plan: Plan, current: tuple, was_up: bool) -> None:  # type: ignore[type-arg]
+    def _kernel_table(self, plan: Plan) -> str | None:
+        """The table as the kernel holds it, when this process cannot know it otherwise: the
+        state to go back to if this reconcile fails part-way."""
+        if plan.table is None or self.applied is not None:
+            return None
+        return self.nft.list_table(plan.table.family, plan.table.name)
+
+    def _apply_table(self, plan: Plan, outcome: Outcome) -> None:
+        if plan.table is None:
+            return
+        tx = diff(self.applied, plan.table)
+        outcome.nft_script = str(tx)
+        outcome.full_table = any(kind == "replace" for kind, _ in tx.ops)
+        self.log.debug("applying nftables transaction", operations=len(tx.ops), full=outcome.full_table)
+        self.nft.apply(tx)
+        self.applied = plan.table
+
+    def _apply_network(self, plan: Plan, snapshot: NetSnapshot) -> None:
         network = plan.network
-        stale = tuple(a for a in current if a not in network.addresses)
-        if not was_up:
-            self.log.debug("bringing the egress interface up", interface=network.interface)
+        for key, value in network.sysctls:
+            self.net.set_sysctl(key, value)
+            self.log.debug("sysctl set", key=key.replace("/", "."), value=value)
+        assert snapshot.link is not None
+        stale = tuple(a for a in snapshot.link.addresses if a not in network.addresses)
         for a in stale:
             self.log.debug("removing stale address", address=str(a), interface=network.interface)
         self.net.configure(network, stale)
@@ -86,20 +123,59 @@ class Router:
             addresses=",".join(str(a) for a in network.addresses),
             routes=",".join(f"{r.destination} via {r.via}" if r.via else r.destination for r in network.routes),
         )
-        for key, value in network.sysctls:
-            self.net.set_sysctl(key, value)
-            self.log.debug("sysctl set", key=key.replace("/", "."), value=value)
 
-    def _announce(self, plan: Plan, mac: str) -> None:
-        network = plan.network
-        addresses = [a.ip for a in network.addresses]
+    def _roll_back(
+        self, plan: Plan, snapshot: NetSnapshot, before: TableSpec | None, listing: str | None
+    ) -> None:
         try:
-            self.announcer.announce(network.interface, mac, addresses)
+            self.net.restore(snapshot, plan.network)
+            if plan.table is not None and self.applied is plan.table:
+                self.nft.apply(_table_back(plan.table, before, listing))
+                self.applied = before
+        except EgressRouterError as error:
+            self.log.error("could not restore the previous state", error=str(error))
+            self.applied = None  # unknown now: the next reconcile replaces the table whole
+        else:
+            self.log.warning("failed part-way; the previous state is restored")
+
+    def _neighbours(self, config: RouterConfig, plan: Plan, mac: str, outcome: Outcome) -> None:
+        network = plan.network
+        source, gateway = config.source(4), config.gateway(4)
+        try:
+            if isinstance(source, IPv4Interface) and isinstance(gateway, IPv4Address):
+                report = self.announcer.probe(
+                    network.interface, mac, source.ip, gateway, GATEWAY_ANSWER_TIMEOUT
+                )
+                if report.gateway_mac is None:
+                    outcome.warnings.append(
+                        f"the gateway {gateway} did not answer ARP on {network.interface} within "
+                        f"{GATEWAY_ANSWER_TIMEOUT} s: check EGRESS_GATEWAY and the LAN"
+                    )
+                outcome.conflicts = report.conflicts
+                for other in report.conflicts:
+                    outcome.warnings.append(
+                        f"another host ({other}) answers for {source.ip} on the LAN: if it is the "
+                        "previous router pod going away this passes, otherwise two hosts share "
+                        "the reserved address"
+                    )
+            self.announcer.announce(network.interface, mac, [a.ip for a in network.addresses])
+            outcome.announced = tuple(str(a.ip) for a in network.addresses)
+            self.log.debug("announced", addresses=",".join(outcome.announced), mac=mac)
         except OSError as error:
             # Not fatal: the LAN learns the address on its own once its neighbour entry expires.
-            self.log.warning(
-                "could not announce the source address; the LAN may take a while to learn it",
-                error=error.strerror or str(error),
+            outcome.warnings.append(
+                "could not announce the source address, the LAN may take a while to learn it: "
+                f"{error.strerror or error}"
             )
-        else:
-            self.log.debug("announced", addresses=",".join(map(str, addresses)), mac=mac)
+
+
+def _table_back(table: TableSpec, before: TableSpec | None, listing: str | None) -> Transaction:
+    """The transaction from `table` back to what the kernel held before it."""
+    if before is not None:
+        return diff(table, before)
+    tx = Transaction()
+    if listing is None:
+        tx.delete_table(table.family, table.name)
+    else:
+        tx.restore_listing(table.family, table.name, listing)
+    return tx

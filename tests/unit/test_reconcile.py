@@ -120,3 +120,60 @@ def test_proxy_modes_touch_no_nat_table(router: Router) -> None:
     router.reconcile(config(EGRESS_ROUTER_MODE="http-proxy"))
     assert isinstance(router.nft, FakeNft)
     assert router.nft.tables == {}
+
+
+def test_failure_part_way_restores_the_previous_state(router: Router) -> None:
+    net, nft = router.net, router.nft
+    assert isinstance(net, FakeNet) and isinstance(nft, FakeNft)
+    router.reconcile(config())
+    before_table = nft.list_table("inet", "egress_router")
+    before_link = list(net.links["macvlan0"].addresses)
+    net.fail_configure = "RTNETLINK answers: Network is unreachable"
+    with pytest.raises(ApplyError, match="Network is unreachable"):
+        router.reconcile(config("81 tcp 203.0.113.25\n", EGRESS_SOURCE="192.0.2.98/24"))
+    assert nft.list_table("inet", "egress_router") == before_table
+    assert net.links["macvlan0"].addresses == before_link
+    assert tcp4(router) == {"80": "203.0.113.25 . 80", "8080": "203.0.113.26 . 80", "8443": "203.0.113.26 . 443"}
+
+
+def test_failure_on_a_fresh_kernel_leaves_no_table_and_forwarding_off() -> None:
+    net = FakeNet(links={"macvlan0": FakeLink()}, sysctls={"net/ipv4/ip_forward": "0"})
+    nft = FakeNft()
+    router = Router(nft=nft, net=net, announcer=RecordingAnnouncer(), log=Log(stream=_Null()))
+    net.fail_configure = "RTNETLINK answers: File exists"
+    with pytest.raises(ApplyError):
+        router.reconcile(config())
+    assert nft.tables == {}
+    assert net.sysctls["net/ipv4/ip_forward"] == "0"
+    assert not net.links["macvlan0"].up and net.links["macvlan0"].addresses == []
+
+
+def test_a_new_process_restores_the_table_it_found(router: Router) -> None:
+    router.reconcile(config())
+    assert isinstance(router.net, FakeNet) and isinstance(router.nft, FakeNft)
+    found = router.nft.list_table("inet", "egress_router")
+    fresh = Router(nft=router.nft, net=router.net, announcer=RecordingAnnouncer(), log=router.log)
+    router.net.fail_configure = "boom"
+    with pytest.raises(ApplyError):
+        fresh.reconcile(config("81 tcp 203.0.113.25\n"))
+    assert router.nft.list_table("inet", "egress_router") == found
+
+
+def test_gateway_that_does_not_answer_is_a_warning_with_its_address() -> None:
+    from egress_router.announce import NeighbourReport
+
+    announcer = RecordingAnnouncer(NeighbourReport(gateway_mac=None))
+    router = Router(nft=FakeNft(), net=FakeNet(links={"macvlan0": FakeLink()}), announcer=announcer, log=Log(stream=_Null()))
+    outcome = router.reconcile(config())
+    assert any("the gateway 192.0.2.1 did not answer ARP on macvlan0" in w for w in outcome.warnings)
+    assert announcer.sent  # announced all the same
+
+
+def test_another_holder_of_the_source_is_reported() -> None:
+    from egress_router.announce import NeighbourReport
+
+    announcer = RecordingAnnouncer(NeighbourReport("02:00:00:00:00:fe", ("02:aa:00:00:00:01",)))
+    router = Router(nft=FakeNft(), net=FakeNet(links={"macvlan0": FakeLink()}), announcer=announcer, log=Log(stream=_Null()))
+    outcome = router.reconcile(config())
+    assert outcome.conflicts == ("02:aa:00:00:00:01",)
+    assert any("another host (02:aa:00:00:00:01) answers for 192.0.2.99" in w for w in outcome.warnings)

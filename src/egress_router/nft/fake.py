@@ -20,6 +20,7 @@ class FakeNft:
     tables: dict[str, _Table] = field(default_factory=dict)
     scripts: list[str] = field(default_factory=list)  # every transaction applied, as text
     fail_with: str | None = None  # the next apply is refused with this message
+    listings: dict[str, _Table] = field(default_factory=dict)
 
     def apply(self, tx: Transaction) -> None:
         if not tx:
@@ -34,6 +35,9 @@ class FakeNft:
                 tables[arg.ref] = _Table(
                     arg.skeleton(), {m.name: dict(m.elements) for m in arg.maps}
                 )
+            elif kind == "restore":
+                family, name, listing = arg  # type: ignore[misc]
+                tables[f"{family} {name}"] = copy.deepcopy(self.listings[listing])
             elif kind == "delete":
                 family, name = arg  # type: ignore[misc]
                 tables.pop(f"{family} {name}", None)
@@ -65,9 +69,11 @@ class FakeNft:
         table = self.tables.get(f"{family} {name}")
         if table is None:
             return None
-        return table.skeleton + "".join(
+        listing = table.skeleton + "".join(
             f"\n{m}: {sorted(e.items())}" for m, e in sorted(table.maps.items())
         )
+        self.listings[listing] = copy.deepcopy(table)  # what a "restore" of this text puts back
+        return listing
 
     def elements(self, family: str, name: str, map_name: str) -> dict[str, str]:
         return dict(self.tables[f"{family} {name}"].maps[map_name])

@@ -67,6 +67,10 @@ class Transaction:
     def delete_table(self, family: str, name: str) -> None:
         self.ops.append(("delete", (family, name)))
 
+    def restore_listing(self, family: str, name: str, listing: str) -> None:
+        """Put back a table exactly as `NftBackend.list_table` showed it."""
+        self.ops.append(("restore", (family, name, listing)))
+
     def add_elements(self, table: TableSpec, map_name: str, elements: Mapping[str, str]) -> None:
         if elements:
             self.ops.append(("add", (table.ref, map_name, dict(elements))))
@@ -88,6 +92,10 @@ class Transaction:
                 family, name = arg  # type: ignore[misc]
                 # "add" first so that deleting a table that is not there is not an error.
                 out.append(f"add table {family} {name}\ndelete table {family} {name}\n")
+            elif kind == "restore":
+                family, name, listing = arg  # type: ignore[misc]
+                # nft prints a table in the syntax it reads, counters included.
+                out.append(f"add table {family} {name}\ndelete table {family} {name}\n{listing}\n")
             elif kind == "add":
                 ref, map_name, elements = arg  # type: ignore[misc]
                 items = [f"{k} : {v}" for k, v in elements.items()]
