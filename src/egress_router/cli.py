@@ -116,8 +116,15 @@ def run_environment(env: Mapping[str, str]) -> int:
     if config.mode is Mode.UNIT_TEST:
         sys.stdout.write(render_plan(config))
         return 0
+    from .preflight import check_capabilities, conntrack_warning
+
+    check_capabilities()
     router = make_router(log)
     outcome = router.reconcile(config)
+    if config.mode.redirects:
+        warning = conntrack_warning(config.expected_connections)
+        if warning:
+            log.warning(warning)
     log.debug("set up", mode=config.mode.value, seconds=f"{outcome.seconds:.4f}")
     if config.mode is Mode.LEGACY:
         from .daemon import run

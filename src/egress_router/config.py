@@ -17,6 +17,7 @@ from functools import lru_cache
 from .errors import ConfigError, Problem
 from .model import (
     DEFAULT_EGRESS_INTERFACE,
+    DEFAULT_EXPECTED_CONNECTIONS,
     DEFAULT_HTTP_PORT,
     DEFAULT_POD_INTERFACE,
     PROTOCOLS,
@@ -38,6 +39,7 @@ DEBUG = "EGRESS_ROUTER_DEBUG"
 EGRESS_INTERFACE = "EGRESS_INTERFACE"
 POD_INTERFACE = "EGRESS_POD_INTERFACE"
 HTTP_PORT = "EGRESS_ROUTER_HTTP_PORT"
+EXPECTED_CONNECTIONS = "EGRESS_ROUTER_EXPECTED_CONNECTIONS"
 
 
 class _Invalid(ValueError):
@@ -244,6 +246,7 @@ def load_environment(environ: EnvMapping[str, str]) -> RouterConfig:
     egress_if = field(EGRESS_INTERFACE, parse_interface_name, DEFAULT_EGRESS_INTERFACE)
     pod_if = field(POD_INTERFACE, parse_interface_name, DEFAULT_POD_INTERFACE)
     http_port = field(HTTP_PORT, _parse_http_port, DEFAULT_HTTP_PORT)
+    expected = field(EXPECTED_CONNECTIONS, _parse_count, DEFAULT_EXPECTED_CONNECTIONS)
     for name, value in ((SOURCE, sources), (GATEWAY, gateways)):
         if environ.get(name) is None:
             problems.append(Problem(name, "is not set"))
@@ -276,11 +279,18 @@ def load_environment(environ: EnvMapping[str, str]) -> RouterConfig:
         http_port=http_port,
         debug=bool(environ.get(DEBUG)),
         destination_file=destination_file,
+        expected_connections=expected,
     )
 
 
 def _parse_http_port(text: str) -> int:
     return 0 if text == "0" else parse_port(text, "HTTP port")
+
+
+def _parse_count(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise _Invalid(f"{text!r} is not a whole number")
+    return int(text)
 
 
 def _destination_variable(path: str | None) -> str:

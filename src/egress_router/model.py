@@ -20,6 +20,9 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 DEFAULT_EGRESS_INTERFACE = "macvlan0"
 DEFAULT_POD_INTERFACE = "eth0"
 DEFAULT_HTTP_PORT = 9090
+# Warn when the kernel tracks fewer connections at once: the default of a small node's kernel
+# is 65536 or more, and a full conntrack table drops new connections.
+DEFAULT_EXPECTED_CONNECTIONS = 16384
 
 
 class Mode(Enum):
@@ -85,6 +88,7 @@ class RouterConfig:
     http_port: int = DEFAULT_HTTP_PORT
     debug: bool = False
     destination_file: str | None = None
+    expected_connections: int = DEFAULT_EXPECTED_CONNECTIONS
 
     @property
     def families(self) -> tuple[int, ...]:
