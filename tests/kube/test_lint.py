@@ -1,0 +1,206 @@
+"""`egress-router lint`: each classic mistake in crafted YAML, found on the right line."""
+
+from __future__ import annotations
+
+import pytest
+
+from egress_router.kube import lint
+from egress_router.kube.lint import lint_texts
+
+from kube_helpers import EXAMPLES
+
+POD = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: egress-1
+  labels:
+    name: egress-1
+  annotations:
+    pod.network.openshift.io/assign-macvlan: {annotation}
+spec:
+  initContainers:
+  - name: egress-router
+    image: example.org/egress-router
+    securityContext:
+      {security}
+    env:
+    - name: EGRESS_SOURCE
+      value: {source}
+    - name: EGRESS_GATEWAY
+      value: 192.168.12.1
+    - name: EGRESS_DESTINATION
+      value: |
+        80   tcp 203.0.113.25
+        {rule2}
+        8443 tcp 203.0.113.26 443
+    - name: EGRESS_ROUTER_MODE
+      value: {init_mode}
+  containers:
+  - name: egress-router-wait
+    image: registry.k8s.io/pause:3.10
+"""
+GOOD = dict(annotation='"true"', security="privileged: true", source="192.168.12.99/24",
+            rule2="8080 tcp 203.0.113.26 80", init_mode="init")
+
+
+def pod(**changes: str) -> str:
+    return POD.format(**{**GOOD, **changes})
+
+
+def findings(*files: tuple[str, str]) -> list[tuple[str, int, str]]:
+    return [(f.path, f.line, f.message) for f in lint_texts(list(files))]
+
+
+def test_good_pod_is_clean():
+    assert findings(("pod.yaml", pod())) == []
+
+
+MISTAKES = {
+    "annotation-boolean": (dict(annotation="true"), 8, "assign-macvlan: true is not a string"),
+    "annotation-yes": (dict(annotation="yes"), 8, 'write "true" (quoted)'),
+    "bad-source": (dict(source="192.168.12.999/24"), 17, "EGRESS_SOURCE: '192.168.12.999' is not a valid IP address"),
+    "bad-rule-line": (dict(rule2="8080 tcp 203.0.113.26 99999"), 23, "EGRESS_DESTINATION line 2: remote port 99999"),
+    "fallback-not-last": (dict(rule2="203.0.113.27"), 24, "the fallback on line 2 must be the last rule"),
+    "legacy-in-init": (dict(init_mode="legacy"), 26, "EGRESS_ROUTER_MODE=legacy in initContainers never exits"),
+    "no-privileges": (dict(security="runAsUser: 0"), 14, "neither privileged nor granted NET_ADMIN and NET_RAW"),
+    "half-capabilities": (dict(security="capabilities: {add: [NET_ADMIN]}"), 14, "(missing NET_RAW)"),
+    "capabilities-on-sdn": (dict(security="capabilities: {add: [NET_ADMIN, NET_RAW]}"), 14,
+                            "nothing else enables net.ipv4.ip_forward"),
+}
+
+
+@pytest.mark.parametrize("changes, line, message", MISTAKES.values(), ids=MISTAKES.keys())
+def test_finds_each_mistake_on_its_line(changes, line, message):
+    found = findings(("pod.yaml", pod(**changes)))
+    assert any(l == line and message in m for _, l, m in found), found
+
+
+def test_missing_variables():
+    text = pod().replace("    - name: EGRESS_GATEWAY\n      value: 192.168.12.1\n", "")
+    assert ("pod.yaml", 11, "container egress-router: EGRESS_GATEWAY: is not set") in findings(("pod.yaml", text))
+
+
+def test_init_mode_in_a_long_lived_container():
+    text = pod() + "    env:\n    - name: EGRESS_ROUTER_MODE\n      value: init\n"
+    found = findings(("pod.yaml", text))
+    assert any(l == 32 and "EGRESS_ROUTER_MODE=init in containers" in m for _, l, m in found), found
+
+
+def test_nothing_creates_the_interface():
+    text = pod().replace('  annotations:\n    pod.network.openshift.io/assign-macvlan: "true"\n', "")
+    assert any(l == 4 and "nothing creates macvlan0" in m for _, l, m in findings(("pod.yaml", text)))
+
+
+def test_multus_without_the_interface_name():
+    text = pod().replace('pod.network.openshift.io/assign-macvlan: "true"', "k8s.v1.cni.cncf.io/networks: egress-net")
+    assert any(l == 8 and "names no interface macvlan0" in m for _, l, m in findings(("pod.yaml", text)))
+    text = pod().replace('pod.network.openshift.io/assign-macvlan: "true"', "k8s.v1.cni.cncf.io/networks: egress-net@macvlan0")
+    assert findings(("pod.yaml", text)) == []
+
+
+SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: egress-1
+spec:
+  selector:
+    name: egress-1
+  ports:
+  - name: http
+    port: 80
+  - name: https
+    port: 443
+    targetPort: 8443
+  - name: dns
+    port: 53
+    protocol: UDP
+"""
+
+
+def test_service_ports_that_do_not_match():
+    found = findings(("pod.yaml", pod()), ("svc.yaml", SERVICE))
+    assert ("svc.yaml", 14, "Service egress-1: port 53/UDP (targetPort 53) matches no rule of Pod egress-1 and "
+            "there is no fallback: connections to it are refused") in found
+    assert any(p == "svc.yaml" and l == 8 and "mapped port 8080/tcp of Pod egress-1 is not exposed" in m
+               for p, l, m in found), found
+    assert len(found) == 2
+
+
+def test_fallback_serves_other_service_ports():
+    text = pod().replace("        8443 tcp 203.0.113.26 443\n", "        8443 tcp 203.0.113.26 443\n        203.0.113.27\n")
+    found = findings(("pod.yaml", text), ("svc.yaml", SERVICE))
+    assert [m for _, _, m in found] == ["Service egress-1: mapped port 8080/tcp of Pod egress-1 is not exposed "
+                                        "(no port with targetPort 8080 and protocol TCP)"]
+
+
+CONFIG_MAP = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: egress-routes
+data:
+  destinations: |
+    80   tcp 203.0.113.25
+    203.0.113.27
+    8080 tcp 203.0.113.26 80
+"""
+
+
+def test_destinations_from_a_configmap_key_ref():
+    text = pod().replace("""      value: |
+        80   tcp 203.0.113.25
+        8080 tcp 203.0.113.26 80
+        8443 tcp 203.0.113.26 443
+""", "      valueFrom:\n        configMapKeyRef: {name: egress-routes, key: destinations}\n")
+    assert findings(("pod.yaml", text)) == []  # the ConfigMap is not given: nothing to judge
+    found = findings(("pod.yaml", text), ("cm.yaml", CONFIG_MAP))
+    assert found == [("cm.yaml", 9, "container egress-router: ConfigMap egress-routes key destinations line 3: "
+                      "the fallback on line 2 must be the last rule: '8080 tcp 203.0.113.26 80'")]
+
+
+def test_destinations_from_a_mounted_configmap():
+    text = pod().replace("""    - name: EGRESS_DESTINATION
+      value: |
+        80   tcp 203.0.113.25
+        8080 tcp 203.0.113.26 80
+        8443 tcp 203.0.113.26 443
+    - name: EGRESS_ROUTER_MODE
+      value: init
+""", """    - name: EGRESS_DESTINATION_FILE
+      value: /etc/egress/rules
+    - name: EGRESS_ROUTER_MODE
+      value: init
+    volumeMounts:
+    - {name: rules, mountPath: /etc/egress}
+""") + "  volumes:\n  - name: rules\n    configMap:\n      name: egress-routes\n      items:\n      - {key: destinations, path: rules}\n"
+    found = findings(("pod.yaml", text), ("cm.yaml", CONFIG_MAP))
+    assert [(p, l) for p, l, _ in found] == [("cm.yaml", 9)]
+    unmounted = text.replace("/etc/egress/rules", "/elsewhere/rules")
+    assert any(l == 21 and "is in no volume mounted" in m for _, l, m in findings(("pod.yaml", unmounted)))
+
+
+def test_invalid_yaml_is_a_finding():
+    (path, line, message), = findings(("x.yaml", "a: 1\nb: [2,\nc: 3\n"))
+    assert path == "x.yaml" and line >= 2 and message.startswith("not valid YAML")
+
+
+def test_seed_examples_parse():
+    multi = EXAMPLES / "seed-egress-multi.yaml"
+    assert lint_texts([(str(multi), multi.read_text())]) == []
+    first = EXAMPLES / "seed-egress-1.yaml"
+    found = lint_texts([(str(first), first.read_text())])
+    # Only the placeholders <egress_router>, <egress_gateway>, <egress_destination>.
+    assert [f.line for f in found] == [17, 19, 21]
+
+
+def test_main_exit_codes(capsys, tmp_path):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(pod())
+    bad.write_text(pod(annotation="true"))
+    assert lint.main([str(good)], {}) == 0
+    assert lint.main([str(bad)], {}) == 1
+    assert capsys.readouterr().out.startswith(f"{bad}:8: ")
+    assert lint.main([str(tmp_path / "missing.yaml")], {}) == 2
+    assert lint.main([], {}) == 2

@@ -1,0 +1,243 @@
+"""`egress-router manifests`: every rendered document is one an API server would accept
+(official schemas, offline), the CRDs match their shape, and the output lints clean."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from egress_router.kube import manifests
+from egress_router.kube.lint import lint_texts
+
+from kube_helpers import EXAMPLES, SEED_ARGS, render
+
+K8S_VERSION = kubernetes_validate.latest_version()
+
+VARIANTS = {
+    "openshift-pod-env": [],
+    "openshift-deployment-file": ["--deployment", "--config-via", "file"],
+    "openshift-other-nic": ["--parent", "eth1", "--namespace", "egress"],
+    "multus-pod": ["--flavor", "multus", "--parent", "eth1"],
+    "multus-deployment-file": ["--flavor", "multus", "--deployment", "--config-via", "file", "--macvlan-mode", "private"],
+    "multus-reference-macvlan": ["--flavor", "multus", "--cni-type", "macvlan", "--parent", "ens4"],
+}
+
+# The NetworkAttachmentDefinition is a CRD: its shape as Multus' CRD declares it, plus what
+# the config inside must hold for either plugin.
+NAD_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "k8s.cni.cncf.io/v1"},
+        "kind": {"const": "NetworkAttachmentDefinition"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {"type": "object", "required": ["config"], "properties": {"config": {"type": "string"}},
+                 "additionalProperties": False},
+    },
+}
+CNI_CONFIG_SCHEMA = {
+    "type": "object",
+    "required": ["cniVersion", "name", "type", "mode"],
+    "properties": {
+        "cniVersion": {"const": "1.0.0"},
+        "type": {"enum": ["egress-router-cni", "macvlan"]},
+        "mode": {"enum": ["bridge", "private", "vepa", "passthru"]},
+        "master": {"type": "string", "maxLength": 15},
+    },
+}
+EGRESS_ROUTER_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "network.operator.openshift.io/v1"},
+        "kind": {"const": "EgressRouter"},
+        "spec": {
+            "type": "object",
+            "required": ["addresses", "mode", "networkInterface"],
+            "properties": {
+                "mode": {"enum": ["Redirect"]},
+                "addresses": {"type": "array", "items": {"type": "object", "required": ["ip", "gateway"]}},
+                "redirect": {"type": "object", "properties": {
+                    "fallbackIP": {"type": "string"},
+                    "redirectRules": {"type": "array", "items": {
+                        "type": "object", "required": ["destinationIP", "port", "protocol"],
+                        "properties": {"protocol": {"enum": ["TCP", "UDP", "SCTP"]},
+                                       "port": {"type": "integer"}, "targetPort": {"type": "integer"}}}},
+                }},
+                "networkInterface": {"type": "object"},
+            },
+        },
+    },
+}
+
+
+def validate(document: dict) -> None:  # type: ignore[type-arg]
+    if document["kind"] == "NetworkAttachmentDefinition":
+        jsonschema.validate(document, NAD_SCHEMA)
+        jsonschema.validate(json.loads(document["spec"]["config"]), CNI_CONFIG_SCHEMA)
+    else:
+        kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("extra", VARIANTS.values(), ids=VARIANTS.keys())
+def test_every_document_validates_and_lints_clean(capsys, extra):
+    text, docs = render(capsys, SEED_ARGS + extra)
+    for document in docs:
+        validate(document)
+    assert lint_texts([("rendered.yaml", text)]) == []
+
+
+@pytest.mark.parametrize("extra", VARIANTS.values(), ids=VARIANTS.keys())
+def test_kinds_in_apply_order(capsys, extra):
+    _, docs = render(capsys, SEED_ARGS + extra)
+    kinds = [d["kind"] for d in docs]
+    workload = "Deployment" if "--deployment" in extra else "Pod"
+    attachment = ["NetworkAttachmentDefinition"] if "multus" in extra else []
+    assert kinds == ["ConfigMap", *attachment, workload, "Service"]
+
+
+def pod_of(docs):  # type: ignore[no-untyped-def]
+    for d in docs:
+        if d["kind"] == "Pod":
+            return d["metadata"], d["spec"]
+        if d["kind"] == "Deployment":
+            return d["spec"]["template"]["metadata"], d["spec"]["template"]["spec"]
+    raise AssertionError("no workload")
+
+
+def test_openshift_pod_is_the_seeds(capsys):
+    text, docs = render(capsys, SEED_ARGS)
+    meta, spec = pod_of(docs)
+    assert meta["annotations"] == {"pod.network.openshift.io/assign-macvlan": "true"}
+    (router,) = spec["initContainers"]
+    assert router["securityContext"] == {"privileged": True}
+    env = {e["name"]: e for e in router["env"]}
+    assert env["EGRESS_ROUTER_MODE"]["value"] == "init"
+    assert env["EGRESS_DESTINATION"]["valueFrom"]["configMapKeyRef"]["key"] == "destinations"
+    assert [c["name"] for c in spec["containers"]] == ["egress-router-wait"]
+    assert "# privileged is still required on OpenShift SDN" in text
+    # The annotation is written as a string, never a bare boolean.
+    assert "assign-macvlan: 'true'" in text
+
+
+def test_multus_grants_only_capabilities(capsys):
+    text, docs = render(capsys, SEED_ARGS + ["--flavor", "multus", "--parent", "eth1"])
+    meta, spec = pod_of(docs)
+    selection = json.loads(meta["annotations"]["k8s.v1.cni.cncf.io/networks"])
+    assert selection == [{"name": "egress-router-macvlan", "interface": "macvlan0"}]
+    context = spec["initContainers"][0]["securityContext"]
+    assert context["capabilities"]["add"] == ["NET_ADMIN", "NET_RAW"]
+    assert "privileged" not in context
+    nad = next(d for d in docs if d["kind"] == "NetworkAttachmentDefinition")
+    config = json.loads(nad["spec"]["config"])
+    assert config == {"cniVersion": "1.0.0", "name": "egress-router-macvlan", "type": "egress-router-cni",
+                      "master": "eth1", "mode": "bridge", "forwarding": True}
+    assert "# NET_ADMIN: addresses" in text
+
+
+def test_reference_macvlan_asks_for_the_sysctl(capsys):
+    text, docs = render(capsys, SEED_ARGS + ["--flavor", "multus", "--cni-type", "macvlan"])
+    _, spec = pod_of(docs)
+    assert spec["securityContext"]["sysctls"] == [{"name": "net.ipv4.ip_forward", "value": "1"}]
+    assert "--allowed-unsafe-sysctls" in text
+
+
+def test_deployment_is_one_replica_recreated(capsys):
+    _, docs = render(capsys, SEED_ARGS + ["--deployment"])
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_service_exposes_each_mapped_port_with_its_protocol(capsys):
+    text, docs = render(capsys, SEED_ARGS)
+    service = next(d for d in docs if d["kind"] == "Service")
+    ports = {(p["port"], p["protocol"], p["targetPort"]) for p in service["spec"]["ports"]}
+    assert ports == {(80, "TCP", 80), (8080, "TCP", 8080), (8443, "TCP", 8443), (53, "UDP", 53)}
+    assert "# The fallback receives only the ports a Service exposes" in text
+
+
+def test_config_via_file_mounts_the_configmap(capsys):
+    _, docs = render(capsys, SEED_ARGS + ["--config-via", "file"])
+    _, spec = pod_of(docs)
+    router = spec["initContainers"][0]
+    env = {e["name"]: e.get("value") for e in router["env"]}
+    assert env["EGRESS_DESTINATION_FILE"] == "/etc/egress-router/destinations"
+    assert router["volumeMounts"][0]["mountPath"] == "/etc/egress-router"
+    config_map = docs[0]
+    assert config_map["data"]["destinations"].splitlines()[-1] == "203.0.113.27"
+
+
+def test_egress_router_resource_every_field(capsys):
+    document = yaml.safe_load((EXAMPLES / "egressrouter.yaml").read_text())
+    jsonschema.validate(document, EGRESS_ROUTER_SCHEMA)
+    text, docs = render(capsys, ["--from", str(EXAMPLES / "egressrouter.yaml")])
+    rules = docs[0]["data"]["destinations"].splitlines()
+    # targetPort kept, and fallbackIP last (OVN-Kubernetes' plugin drops it).
+    assert rules == ["80 tcp 203.0.113.25", "8080 tcp 203.0.113.26 80", "8443 tcp 203.0.113.26 443", "203.0.113.27"]
+    assert all(d["metadata"]["namespace"] == "egress" for d in docs)
+    config = json.loads(docs[1]["spec"]["config"])
+    assert (config["master"], config["mode"]) == ("eth1", "bridge")
+    _, spec = pod_of(docs)
+    env = {e["name"]: e.get("value") for e in spec["initContainers"][0]["env"]}
+    assert (env["EGRESS_SOURCE"], env["EGRESS_GATEWAY"]) == ("192.168.12.99/24", "192.168.12.1")
+    assert lint_texts([("out.yaml", text)]) == []
+
+
+def test_egress_router_flags_override(capsys, tmp_path):
+    _, docs = render(capsys, ["--from", str(EXAMPLES / "egressrouter.yaml"), "--flavor", "openshift", "--name", "other"])
+    meta, _ = pod_of(docs)
+    assert meta["annotations"] == {"pod.network.openshift.io/assign-macvlan": "eth1"}  # master honoured
+    assert meta["name"] == "other"
+
+
+def test_spec_file(capsys):
+    text, docs = render(capsys, ["--from", str(EXAMPLES / "router-spec.yaml")])
+    assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "Service"]
+    assert lint_texts([("out.yaml", text)]) == []
+
+
+BAD = {
+    "fallback-not-last": (["--destination", "203.0.113.27", "--destination", "80 tcp 203.0.113.25"],
+                          "EGRESS_DESTINATION line 2: the fallback on line 1 must be the last rule"),
+    "bad-port": (["--destination", "99999 tcp 203.0.113.25"], "port 99999 is out of range"),
+    "bad-protocol": (["--destination", "80 icmp 203.0.113.25"], "protocol 'icmp' is not one of"),
+    "family": (["--destination", "80 tcp 2001:db8::1"], "is IPv6 but EGRESS_SOURCE has no IPv6 address"),
+}
+
+
+@pytest.mark.parametrize("args, message", BAD.values(), ids=BAD.keys())
+def test_bad_destinations_exit_2_with_the_cores_message(capsys, args, message):
+    code = manifests.main(["--source", "192.0.2.99/24", "--gateway", "192.0.2.1", *args], {})
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert message in err
+    assert all(line.startswith("egress-router: ") for line in err.splitlines())
+
+
+def test_bad_source_gateway_and_usage(capsys):
+    assert manifests.main(["--source", "192.0.2.99/33", "--gateway", "192.0.2.99", "--destination", "203.0.113.27"], {}) == 2
+    assert "EGRESS_SOURCE: prefix length '33'" in capsys.readouterr().err
+    assert manifests.main(["--flavor", "nope"], {}) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
+    assert manifests.main(["--from", "/nonexistent.yaml"], {}) == 2
+    assert "cannot read /nonexistent.yaml" in capsys.readouterr().err
+
+
+def test_bad_egress_router_resource(capsys, tmp_path):
+    path = tmp_path / "er.yaml"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "network.operator.openshift.io/v1", "kind": "EgressRouter", "metadata": {"name": "x"},
+        "spec": {"mode": "HTTPProxy", "addresses": [{"ip": "192.0.2.99/24"}],
+                 "networkInterface": {"macvlan": {"mode": "Source"}}},
+    }))
+    assert manifests.main(["--from", str(path)], {}) == 2
+    err = capsys.readouterr().err
+    for expected in ("spec.mode", "spec.addresses[0].gateway", "spec.redirect", "spec.networkInterface.macvlan.mode"):
+        assert expected in err
