@@ -30,6 +30,7 @@ def parse_args(argv: list[str]) -> tuple[Options, Path]:
     parser.add_argument("--connects", type=int, help="timed connections per round and layout")
     parser.add_argument("--warmup", type=int, help="untimed connections before them")
     parser.add_argument("--rounds", type=int, help="latency rounds")
+    parser.add_argument("--blocking", action="store_true", help="latency probes sleep instead of busy-polling (noisier)")
     parser.add_argument("--iperf-seconds", type=int)
     parser.add_argument("--iperf-repeats", type=int)
     parser.add_argument("--apply-repeats", type=int)
@@ -60,6 +61,8 @@ def parse_args(argv: list[str]) -> tuple[Options, Path]:
             if value < (0 if name == "warmup" else 1):
                 parser.error(f"--{name.replace('_', '-')} must be positive")
             changes[name] = value
+    if args.blocking:
+        changes["blocking"] = True
     return dataclasses.replace(options, **changes), Path(args.out)
 
 

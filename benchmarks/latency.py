@@ -65,6 +65,7 @@ def run(bench: Bench) -> dict[str, object]:
         stop(server)
     return {
         "connects_per_round": options.connects,
+        "method": "blocking sockets" if options.blocking else "busy-polling sockets at both ends",
         "rounds": options.rounds,
         "layouts": {
             layout: {str(n): cell.summary() for n, cell in by_n.items()} for layout, by_n in cells.items()
@@ -74,7 +75,8 @@ def run(bench: Bench) -> dict[str, object]:
 
 
 def start_server(bench: Bench):  # type: ignore[no-untyped-def]
-    argv = [sys.executable, str(PROBES / "one_byte_server.py"), bench.lan.server, str(SERVER_PORT), "1800"]
+    mode = "block" if bench.options.blocking else "spin"
+    argv = [sys.executable, str(PROBES / "one_byte_server.py"), bench.lan.server, str(SERVER_PORT), "1800", mode]
     return bench.start("ext", argv)
 
 
@@ -100,7 +102,8 @@ def measure(bench: Bench, n: int, cell: Cell) -> None:
     result = bench.probe(
         "client",
         "connect_latency.py",
-        [bench.lan.router, str(measured_port(n)), str(options.connects), str(options.warmup), str(budget)],
+        [bench.lan.router, str(measured_port(n)), str(options.connects), str(options.warmup), str(budget),
+         "block" if options.blocking else "spin"],
         timeout=budget + 30,
     )
     samples = result["samples_ns"]

@@ -12,7 +12,8 @@ class Options:
     mappings: tuple[int, ...] = (1, 100, 1000, 10000, 50000)
     connects: int = 2000  # timed connections per round and layout
     warmup: int = 200  # untimed connections before them
-    rounds: int = 5  # the reported figure is the median of the rounds' figures
+    rounds: int = 5
+    blocking: bool = False  # sleep in accept()/recv() instead of busy-polling (noisier)  # the reported figure is the median of the rounds' figures
     iperf_seconds: int = 3
     iperf_repeats: int = 3
     apply_repeats: int = 5
