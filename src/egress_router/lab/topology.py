@@ -217,7 +217,7 @@ class Lab:
         self.exec("router", ["nft", "delete", "table", *TABLE], check=False)
         if self.has_link("router", "macvlan0"):
             # Down takes the routes through macvlan0 (the default route) with it.
-            lines = ["address flush dev macvlan0", "link set macvlan0 down", "route del default", "-6 route del default"]
+            lines = ["address flush dev macvlan0", "link set macvlan0 down", "route del default", "route del ::/0"]
             ip(["-n", self.ns("router"), "-force", "-batch", "-"], "".join(f"{x}\n" for x in lines), check=False)
         elif self.with_macvlan:
             self.create_macvlan()

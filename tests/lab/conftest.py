@@ -1,0 +1,55 @@
+"""Shared fixtures of the lab tests (root only; tests/conftest.py skips them otherwise).
+
+One lab per test module keeps the suite fast (building one takes about a second, mostly the
+kernel's linkwatch delay on the bridge); tests that share it start from `router_lab`, which
+puts the router namespace back as a fresh pod has it. The session checks that no namespace of
+this run outlives it, also after failing tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from egress_router.lab import Lab, sweep_stale
+from egress_router.lab.netns import delete_namespaces, list_namespaces
+
+# Every endpoint the router tests talk to, in the ext namespace.
+SERVERS = [
+    ("203.0.113.25", 80, "tcp"),
+    ("203.0.113.25", 7000, "tcp"),
+    ("203.0.113.25", 5353, "udp"),
+    ("203.0.113.26", 80, "tcp"),
+    ("203.0.113.26", 443, "tcp"),
+    ("203.0.113.27", 5000, "tcp"),
+    ("203.0.113.27", 5001, "udp"),
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_lab_left_behind() -> Iterator[None]:
+    if os.geteuid() != 0:
+        yield
+        return
+    sweep_stale()  # what runs killed with SIGKILL left behind; live runs are kept
+    yield
+    ours = [name for name in list_namespaces() if name.startswith(f"erl-{os.getpid()}-")]
+    delete_namespaces(ours)
+    assert not ours, f"lab namespaces outlived their tests (now removed): {ours}"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab() as built:
+        built.serve(SERVERS)
+        yield built
+
+
+@pytest.fixture
+def router_lab(lab: Lab) -> Lab:
+    """The module's lab with the router namespace as a new pod has it: no table, macvlan0
+    present, down and without address, no default route, forwarding off."""
+    lab.reset_router()
+    return lab
