@@ -74,7 +74,7 @@ class Router:
         listing = self._kernel_table(plan)
         outcome = Outcome()
         try:
-            self._apply_table(plan, outcome)
+            self._apply_table(plan, outcome, absent=before is None and listing is None)
             self._apply_network(plan, snapshot)
         except EgressRouterError:
             self._roll_back(plan, snapshot, before, listing)
@@ -97,12 +97,16 @@ class Router:
             return None
         return self.nft.list_table(plan.table.family, plan.table.name)
 
-    def _apply_table(self, plan: Plan, outcome: Outcome) -> None:
+    def _apply_table(self, plan: Plan, outcome: Outcome, absent: bool) -> None:
         if plan.table is None:
             return
-        tx = diff(self.applied, plan.table)
+        if absent:
+            tx = Transaction()
+            tx.create_table(plan.table)
+        else:
+            tx = diff(self.applied, plan.table)
         outcome.nft_script = str(tx)
-        outcome.full_table = any(kind == "replace" for kind, _ in tx.ops)
+        outcome.full_table = any(kind in ("replace", "create") for kind, _ in tx.ops)
         self.log.debug("applying nftables transaction", operations=len(tx.ops), full=outcome.full_table)
         self.nft.apply(tx)
         self.applied = plan.table

@@ -30,7 +30,9 @@ class FakeNft:
             raise ApplyError("apply the nftables transaction", message)
         tables = copy.deepcopy(self.tables)
         for kind, arg in tx.ops:
-            if kind == "replace":
+            if kind == "create" and isinstance(arg, TableSpec) and arg.ref in tables:
+                raise ApplyError("apply the nftables transaction", f"File exists: table {arg.ref}")
+            if kind in ("replace", "create"):
                 assert isinstance(arg, TableSpec)
                 tables[arg.ref] = _Table(
                     arg.skeleton(), {m.name: dict(m.elements) for m in arg.maps}
