@@ -42,7 +42,21 @@ def lab6() -> Iterator[Lab]:
 @pytest.fixture
 def dual_stack(lab6: Lab) -> Lab:
     lab6.reset_router()
-    lab6.exec("gw", ["ip", "neigh", "replace", A.SOURCE6, "lladdr", "02:00:00:00:00:01", "dev", "lan0", "nud", "stale"])
+    lab6.exec(
+        "gw",
+        [
+            "ip",
+            "neigh",
+            "replace",
+            A.SOURCE6,
+            "lladdr",
+            "02:00:00:00:00:01",
+            "dev",
+            "lan0",
+            "nud",
+            "stale",
+        ],
+    )
     done = lab6.run_router(seed_env("init", **DUAL_STACK))
     assert done.returncode == 0, done.stderr
     return lab6
@@ -50,8 +64,12 @@ def dual_stack(lab6: Lab) -> Lab:
 
 @pytest.mark.parametrize(
     ("port", "protocol", "server"),
-    [(80, "tcp", ("2001:db8:2::25", 80)), (8080, "tcp", ("2001:db8:2::26", 80)),
-     (53, "udp", ("2001:db8:2::25", 5353)), (5000, "tcp", ("2001:db8:2::27", 5000))],
+    [
+        (80, "tcp", ("2001:db8:2::25", 80)),
+        (8080, "tcp", ("2001:db8:2::26", 80)),
+        (53, "udp", ("2001:db8:2::25", 5353)),
+        (5000, "tcp", ("2001:db8:2::27", 5000)),
+    ],
     ids=["same-port", "remote-port", "udp", "fallback"],
 )
 def test_ipv6_rules_reach_their_servers_from_the_ipv6_source(
@@ -68,7 +86,9 @@ def test_the_same_port_goes_to_each_family_s_own_destination(dual_stack: Lab) ->
     assert dual_stack.connect(5000).error == "refused"
 
 
-def test_the_router_switches_ipv6_forwarding_on_and_announces_the_ipv6_source(dual_stack: Lab) -> None:
+def test_the_router_switches_ipv6_forwarding_on_and_announces_the_ipv6_source(
+    dual_stack: Lab,
+) -> None:
     assert dual_stack.sysctl("router", "net/ipv6/conf/all/forwarding") == "1"
     entry = dual_stack.exec("gw", ["ip", "-6", "neigh", "show", A.SOURCE6, "dev", "lan0"]).stdout
     assert dual_stack.mac("router", "macvlan0") in entry, entry

@@ -133,9 +133,21 @@ def test_a_new_source_address_replaces_the_old_one(router_lab: Lab) -> None:
 @pytest.mark.parametrize(
     ("overrides", "variable", "where"),
     [
-        ({"EGRESS_DESTINATION": "80 tcp 203.0.113.25\n8080 tcp 999.1.2.3 80\n"}, "EGRESS_DESTINATION", "line 2"),
-        ({"EGRESS_DESTINATION": "203.0.113.27\n80 tcp 203.0.113.25\n"}, "EGRESS_DESTINATION", "line 2"),
-        ({"EGRESS_DESTINATION": "80 tcp 203.0.113.25\n80 TCP 203.0.113.26\n"}, "EGRESS_DESTINATION", "line 2"),
+        (
+            {"EGRESS_DESTINATION": "80 tcp 203.0.113.25\n8080 tcp 999.1.2.3 80\n"},
+            "EGRESS_DESTINATION",
+            "line 2",
+        ),
+        (
+            {"EGRESS_DESTINATION": "203.0.113.27\n80 tcp 203.0.113.25\n"},
+            "EGRESS_DESTINATION",
+            "line 2",
+        ),
+        (
+            {"EGRESS_DESTINATION": "80 tcp 203.0.113.25\n80 TCP 203.0.113.26\n"},
+            "EGRESS_DESTINATION",
+            "line 2",
+        ),
         ({"EGRESS_DESTINATION": "70000 tcp 203.0.113.25\n"}, "EGRESS_DESTINATION", "line 1"),
         ({"EGRESS_SOURCE": "192.0.2.99/33"}, "EGRESS_SOURCE", ""),
         ({"EGRESS_ROUTER_MODE": "redirect"}, "EGRESS_ROUTER_MODE", ""),
@@ -195,7 +207,9 @@ def test_rules_can_come_from_a_file(router_lab: Lab, tmp_path: Path) -> None:
     assert router_lab.connect(8080).error == "refused"
 
 
-def test_setting_both_the_variable_and_the_file_is_an_error(router_lab: Lab, tmp_path: Path) -> None:
+def test_setting_both_the_variable_and_the_file_is_an_error(
+    router_lab: Lab, tmp_path: Path
+) -> None:
     rules = tmp_path / "destination"
     rules.write_text("80 tcp 203.0.113.26\n")
     done = router_lab.run_router(seed_env("init", EGRESS_DESTINATION_FILE=str(rules)))
@@ -212,18 +226,22 @@ def test_the_router_switches_forwarding_on_itself(router_lab: Lab) -> None:
 
 def test_the_gateway_learns_the_new_owner_of_the_source_address_at_once(router_lab: Lab) -> None:
     # The gateway still believes the address belongs to a previous pod's MAC.
-    router_lab.exec("gw", ["ip", "neigh", "replace", SOURCE, "lladdr", WRONG_MAC, "dev", "lan0", "nud", "stale"])
+    router_lab.exec(
+        "gw", ["ip", "neigh", "replace", SOURCE, "lladdr", WRONG_MAC, "dev", "lan0", "nud", "stale"]
+    )
     init(router_lab)
     entry = router_lab.exec("gw", ["ip", "neigh", "show", SOURCE, "dev", "lan0"]).stdout
     assert router_lab.mac("router", "macvlan0") in entry, entry
     assert WRONG_MAC not in entry
 
 
-def test_a_source_without_prefix_reaches_only_the_gateway_yet_traffic_flows(router_lab: Lab) -> None:
+def test_a_source_without_prefix_reaches_only_the_gateway_yet_traffic_flows(
+    router_lab: Lab,
+) -> None:
     init(router_lab, EGRESS_SOURCE=SOURCE)
     assert macvlan_addresses(router_lab) == [f"{SOURCE}/32"]
     routes = router_lab.exec("router", ["ip", "route", "show", "dev", "macvlan0"]).stdout
-    assert re.search(rf"^{re.escape(A.GATEWAY)} .*scope link", routes, re.M), routes
+    assert re.search(rf"^{re.escape(A.GATEWAY)} .*scope link", routes, re.MULTILINE), routes
     assert "192.0.2.0/24" not in routes
     assert_redirected(router_lab, 80, ("203.0.113.25", 80))
 
@@ -232,7 +250,9 @@ def test_a_source_without_prefix_reaches_only_the_gateway_yet_traffic_flows(rout
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_legacy_mode_stays_up_and_leaves_promptly_on_a_signal(router_lab: Lab, stop: signal.Signals) -> None:
+def test_legacy_mode_stays_up_and_leaves_promptly_on_a_signal(
+    router_lab: Lab, stop: signal.Signals
+) -> None:
     router = router_lab.start_router(seed_env("legacy", EGRESS_ROUTER_HTTP_PORT="0"))
     deadline = time.monotonic() + 10
     while not router_lab.connect(80, timeout=0.5).ok and time.monotonic() < deadline:

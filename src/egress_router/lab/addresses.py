@@ -32,7 +32,9 @@ EXTERNAL6 = ("2001:db8:2::25", "2001:db8:2::26", "2001:db8:2::27")
 V6_PREFIX = 64
 
 # The seed's example, verbatim but for the LAN addresses (192.168.12.x -> 192.0.2.x).
-SEED_DESTINATION = "80   tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n8443 tcp 203.0.113.26 443\n203.0.113.27\n"
+SEED_DESTINATION = (
+    "80   tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n8443 tcp 203.0.113.26 443\n203.0.113.27\n"
+)
 
 # What each seed rule does, as (local port, protocol, server address, server port). The last
 # one is an example of the fallback: any other port, same port number on 203.0.113.27.

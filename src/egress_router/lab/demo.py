@@ -125,8 +125,14 @@ def redirections(lab: Lab) -> list[str]:
             port = key["elem"]["val"] if isinstance(key, dict) else key
             target = " port ".join(str(v) for v in value.get("concat", [value]))
             out.append(f"map {spec['name']}: {port} -> {target}")
-    text = lab.exec("router", ["nft", "list", "chain", "inet", "egress_router", "prerouting"]).stdout
-    out += [f"rule: {line.strip()}" for line in text.splitlines() if "dnat" in line and "map" not in line]
+    text = lab.exec(
+        "router", ["nft", "list", "chain", "inet", "egress_router", "prerouting"]
+    ).stdout
+    out += [
+        f"rule: {line.strip()}"
+        for line in text.splitlines()
+        if "dnat" in line and "map" not in line
+    ]
     return out
 
 

@@ -46,7 +46,7 @@ def in_netns(namespace: str, function: Callable[[], T]) -> T:
             finally:
                 os.close(fd)
             outcome["value"] = function()
-        except BaseException as error:  # handed to the caller's thread below
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread below
             outcome["error"] = error
 
     # Never reuse this thread: it is in the other namespace until it ends.
@@ -79,9 +79,13 @@ def read_sysctl(namespace: str, key: str) -> str:
     return in_netns(namespace, read)
 
 
-def ip(args: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def ip(
+    args: list[str], stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run `ip`; on failure raise with ip's own message (and, for a batch, the failing line)."""
-    done = subprocess.run(["ip", *args], input=stdin, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["ip", *args], check=False, input=stdin, capture_output=True, text=True, timeout=30
+    )
     if check and done.returncode != 0:
         raise NetnsError(f"failed to run ip {' '.join(args)}: {done.stderr.strip()}")
     return done
@@ -163,4 +167,3 @@ def sweep_stale() -> list[str]:
     stale = stale_namespaces()
     delete_namespaces(stale)
     return stale
-

@@ -16,6 +16,7 @@ import errno
 import socket
 import time
 from dataclasses import dataclass
+from typing import Self
 
 UDP_ATTEMPTS = 3
 MAX_LINE = 256
@@ -52,14 +53,18 @@ def report_line(peer: tuple[str, int], local: tuple[str, int]) -> bytes:
 
 
 def parse_report(line: bytes) -> Probe:
-    fields = dict(word.split("=", 1) for word in line.decode(errors="replace").split() if "=" in word)
+    fields = dict(
+        word.split("=", 1) for word in line.decode(errors="replace").split() if "=" in word
+    )
     if "peer" not in fields or "local" not in fields:
         return Probe(False, error=f"unexpected answer {line[:80]!r}")
-    return Probe(True, source=parse_endpoint(fields["peer"])[0], server=parse_endpoint(fields["local"]))
+    return Probe(
+        True, source=parse_endpoint(fields["peer"])[0], server=parse_endpoint(fields["local"])
+    )
 
 
 def describe_error(error: OSError) -> str:
-    if isinstance(error, (TimeoutError, socket.timeout)):
+    if isinstance(error, TimeoutError):
         return "timeout"
     words = {
         errno.ECONNREFUSED: "refused",
@@ -81,7 +86,9 @@ def _read_line(sock: socket.socket) -> bytes:
     return bytes(data)
 
 
-def probe_tcp(sock: socket.socket, address: str, port: int, timeout: float, payload: bytes = b"") -> Probe:
+def probe_tcp(
+    sock: socket.socket, address: str, port: int, timeout: float, payload: bytes = b""
+) -> Probe:
     """Connect, read the server's report, optionally send `payload` and check it comes back."""
     with sock:
         sock.settimeout(timeout)
@@ -98,7 +105,9 @@ def probe_tcp(sock: socket.socket, address: str, port: int, timeout: float, payl
             return Probe(False, error=describe_error(error))
 
 
-def probe_udp(sock: socket.socket, address: str, port: int, timeout: float, payload: bytes = b"") -> Probe:
+def probe_udp(
+    sock: socket.socket, address: str, port: int, timeout: float, payload: bytes = b""
+) -> Probe:
     """Send a datagram and wait for the report; a few attempts in case one is lost while the
     path's neighbours are being resolved. An ICMP port unreachable reads as "refused"."""
     with sock:
@@ -110,7 +119,7 @@ def probe_udp(sock: socket.socket, address: str, port: int, timeout: float, payl
                 sock.send(payload or b"probe\n")
                 try:
                     return parse_report(sock.recv(MAX_LINE))
-                except (TimeoutError, socket.timeout):
+                except TimeoutError:
                     continue
             return Probe(False, error="timeout")
         except OSError as error:
@@ -161,7 +170,7 @@ class Stream:
     def closed(self) -> bool:
         return self.sock.fileno() < 0
 
-    def __enter__(self) -> Stream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

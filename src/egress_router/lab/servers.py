@@ -12,6 +12,7 @@ endpoint listens, and leaves when its stdin closes (the lab that started it is g
 from __future__ import annotations
 
 import argparse
+import os
 import selectors
 import socket
 import sys
@@ -63,7 +64,9 @@ class Server:
     def run(self, max_seconds: float) -> None:
         deadline = time.monotonic() + max_seconds
         while self.running and time.monotonic() < deadline:
-            for key, _ in self.selector.select(timeout=min(1.0, max(0.0, deadline - time.monotonic()))):
+            for key, _ in self.selector.select(
+                timeout=min(1.0, max(0.0, deadline - time.monotonic()))
+            ):
                 key.data(key.fileobj)
 
     def _accept(self, listener: socket.socket) -> None:
@@ -100,7 +103,8 @@ class Server:
             pass
 
     def _stdin(self, stdin: object) -> None:
-        if not sys.stdin.buffer.read1(BUFFER):
+        # os.read, not a buffered read: one readable event must not block for more.
+        if not os.read(sys.stdin.fileno(), BUFFER):
             self.running = False
 
 

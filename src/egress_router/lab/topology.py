@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 from . import addresses as A
 from .netns import delete_namespaces, in_netns, ip, ip_batch, read_sysctl, write_sysctls
@@ -62,7 +63,7 @@ class Lab:
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Self:
         try:
             self.build()
         except BaseException:  # also KeyboardInterrupt: never leave half a lab behind
@@ -96,10 +97,16 @@ class Lab:
     def _configure_parallel(self, roles: list[str]) -> None:
         # One `ip -n NS -batch` per namespace, all at once: they touch disjoint namespaces.
         running = [
-            (role, subprocess.Popen(
-                ["ip", "-n", self.ns(role), "-batch", "-"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            ))
+            (
+                role,
+                subprocess.Popen(
+                    ["ip", "-n", self.ns(role), "-batch", "-"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+            )
             for role in roles
         ]
         failures = []
@@ -164,19 +171,29 @@ class Lab:
     ) -> subprocess.CompletedProcess[str]:
         """Run `argv` in the namespace of `role` and wait for it (output captured, as text)."""
         done = subprocess.run(
-            self._in_ns(role, argv), input=input, capture_output=True, text=True,
-            timeout=timeout, env=None if env is None else dict(env),
+            self._in_ns(role, argv),
+            check=False,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=None if env is None else dict(env),
         )
         if check and done.returncode != 0:
             raise LabCommandError(done.returncode, list(argv), done.stdout, done.stderr)
         return done
 
-    def popen(self, role: str, argv: Sequence[str], env: Mapping[str, str] | None = None, **kw: object) -> subprocess.Popen[str]:
+    def popen(
+        self, role: str, argv: Sequence[str], env: Mapping[str, str] | None = None, **kw: object
+    ) -> subprocess.Popen[str]:
         """Start `argv` in the namespace of `role`; it is stopped when the lab is destroyed."""
         kw.setdefault("text", True)
         # Its own session, so that stopping it also stops whatever it started.
         process: subprocess.Popen[str] = subprocess.Popen(  # type: ignore[call-overload]
-            self._in_ns(role, argv), env=None if env is None else dict(env), start_new_session=True, **kw
+            self._in_ns(role, argv),
+            env=None if env is None else dict(env),
+            start_new_session=True,
+            **kw,
         )
         self._processes.append(process)
         return process
@@ -192,19 +209,32 @@ class Lab:
     # -- the router ---------------------------------------------------------------------------
 
     def router_env(self, env: Mapping[str, str]) -> dict[str, str]:
-        return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONPATH": SOURCE_ROOT, **env}
+        return {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "PYTHONPATH": SOURCE_ROOT,
+            **env,
+        }
 
-    def run_router(self, env: Mapping[str, str], timeout: float = 15) -> subprocess.CompletedProcess[str]:
+    def run_router(
+        self, env: Mapping[str, str], timeout: float = 15
+    ) -> subprocess.CompletedProcess[str]:
         """Run the router once in the router namespace with `env` (plus PATH, and PYTHONPATH
         pointing at this checkout); a non-zero exit is returned, not raised."""
-        return self.exec("router", [sys.executable, "-m", "egress_router"], check=False,
-                         timeout=timeout, env=self.router_env(env))
+        return self.exec(
+            "router",
+            [sys.executable, "-m", "egress_router"],
+            check=False,
+            timeout=timeout,
+            env=self.router_env(env),
+        )
 
     def start_router(self, env: Mapping[str, str], **kw: object) -> subprocess.Popen[str]:
         """Start the router in the background (legacy mode), stdout and stderr piped."""
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
-        return self.popen("router", [sys.executable, "-m", "egress_router"], env=self.router_env(env), **kw)
+        return self.popen(
+            "router", [sys.executable, "-m", "egress_router"], env=self.router_env(env), **kw
+        )
 
     def nft_table(self) -> str | None:
         """`nft list table inet egress_router` in the router namespace, None if there is none."""
@@ -217,8 +247,17 @@ class Lab:
         self.exec("router", ["nft", "delete", "table", *TABLE], check=False)
         if self.has_link("router", "macvlan0"):
             # Down takes the routes through macvlan0 (the default route) with it.
-            lines = ["address flush dev macvlan0", "link set macvlan0 down", "route del default", "route del ::/0"]
-            ip(["-n", self.ns("router"), "-force", "-batch", "-"], "".join(f"{x}\n" for x in lines), check=False)
+            lines = [
+                "address flush dev macvlan0",
+                "link set macvlan0 down",
+                "route del default",
+                "route del ::/0",
+            ]
+            ip(
+                ["-n", self.ns("router"), "-force", "-batch", "-"],
+                "".join(f"{x}\n" for x in lines),
+                check=False,
+            )
         elif self.with_macvlan:
             self.create_macvlan()
         write_sysctls(self.ns("router"), sysctls("router"))
@@ -230,10 +269,13 @@ class Lab:
         as `name`, as the assign-macvlan annotation does on a real node; returns its MAC."""
         self._macvlans += 1
         temporary = f"mv{self._macvlans}"
-        ip_batch([
-            f"link add {temporary} link nic0 type macvlan mode bridge",
-            f"link set {temporary} netns {self.ns('router')}",
-        ], self.ns("node"))
+        ip_batch(
+            [
+                f"link add {temporary} link nic0 type macvlan mode bridge",
+                f"link set {temporary} netns {self.ns('router')}",
+            ],
+            self.ns("node"),
+        )
         ip(["-n", self.ns("router"), "link", "set", temporary, "name", name])
         return self.mac("router", name)
 
@@ -253,36 +295,65 @@ class Lab:
 
     # -- traffic ------------------------------------------------------------------------------
 
-    def serve(self, endpoints: Iterable[tuple[str, int, str]], max_seconds: float = 3600) -> subprocess.Popen[str]:
+    def serve(
+        self, endpoints: Iterable[tuple[str, int, str]], max_seconds: float = 3600
+    ) -> subprocess.Popen[str]:
         """Start reporting servers in the ext namespace; return once all of them listen."""
         specs = [format_spec(address, port, protocol) for address, port, protocol in endpoints]
-        argv = [sys.executable, "-m", "egress_router.lab.servers", "--max-seconds", str(max_seconds), *specs]
+        argv = [
+            sys.executable,
+            "-m",
+            "egress_router.lab.servers",
+            "--max-seconds",
+            str(max_seconds),
+            *specs,
+        ]
         env = {**os.environ, "PYTHONPATH": SOURCE_ROOT}
-        process = self.popen("ext", argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+        process = self.popen(
+            "ext",
+            argv,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         assert process.stdout is not None
         ready, _, _ = select.select([process.stdout], [], [], 10)
         line = process.stdout.readline() if ready else ""
         if line.strip() != "ready":
             _stop(process)
             err = process.stderr.read() if process.stderr else ""
-            raise LabError(f"failed to start servers {' '.join(specs)}: {err.strip() or 'not ready in 10s'}")
+            raise LabError(
+                f"failed to start servers {' '.join(specs)}: {err.strip() or 'not ready in 10s'}"
+            )
         return process
 
-    def socket(self, role: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    def socket(
+        self, role: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM
+    ) -> socket.socket:
         """A socket that lives in the namespace of `role` (its routes, its addresses)."""
         return in_netns(self.ns(role), lambda: socket.socket(family, kind))
 
-    def connect(self, port: int, protocol: str = "tcp", address: str | None = None,
-                timeout: float = 3.0, payload: bytes = b"") -> Probe:
+    def connect(
+        self,
+        port: int,
+        protocol: str = "tcp",
+        address: str | None = None,
+        timeout: float = 3.0,
+        payload: bytes = b"",
+    ) -> Probe:
         """Connect from the client to the router's eth0 (or `address`) and report what the
         server at the other end saw."""
         target = address or A.ROUTER_IP
         family = socket.AF_INET6 if ":" in target else socket.AF_INET
         if protocol == "tcp":
-            return probe_tcp(self.socket("client", family, socket.SOCK_STREAM), target, port, timeout, payload)
+            return probe_tcp(
+                self.socket("client", family, socket.SOCK_STREAM), target, port, timeout, payload
+            )
         if protocol == "udp":
-            return probe_udp(self.socket("client", family, socket.SOCK_DGRAM), target, port, timeout, payload)
+            return probe_udp(
+                self.socket("client", family, socket.SOCK_DGRAM), target, port, timeout, payload
+            )
         raise ValueError(f"the lab can probe tcp and udp, not {protocol!r}")
 
     def open_stream(self, port: int, address: str | None = None, timeout: float = 3.0) -> Stream:
@@ -354,18 +425,33 @@ def pod_addresses(role: str, ipv6: bool) -> list[str]:
         "node": [_addr(A.NODE_IP, A.LAN_PREFIX, "nic0"), f"route replace default via {A.GATEWAY}"],
         "lan": [],
         "router": [_addr(A.ROUTER_IP, A.POD_PREFIX, "eth0")],
-        "client": [_addr(A.CLIENT_IP, A.POD_PREFIX, "eth0"), f"route replace default via {A.ROUTER_IP}"],
+        "client": [
+            _addr(A.CLIENT_IP, A.POD_PREFIX, "eth0"),
+            f"route replace default via {A.ROUTER_IP}",
+        ],
         # Deliberately no route back to the pod network: only the router's SNAT brings replies home.
         "gw": [_addr(A.GATEWAY, A.LAN_PREFIX, "lan0"), _addr(A.OUTSIDE_GATEWAY, 24, "ext0")],
-        "ext": [*(_addr(a, 24, "eth0") for a in A.EXTERNAL), f"route replace default via {A.OUTSIDE_GATEWAY}"],
+        "ext": [
+            *(_addr(a, 24, "eth0") for a in A.EXTERNAL),
+            f"route replace default via {A.OUTSIDE_GATEWAY}",
+        ],
     }
     v6: dict[str, list[str]] = {
         "node": [_addr(A.NODE_IP6, A.V6_PREFIX, "nic0"), f"route replace default via {A.GATEWAY6}"],
         "lan": [],
         "router": [_addr(A.ROUTER_IP6, A.V6_PREFIX, "eth0")],
-        "client": [_addr(A.CLIENT_IP6, A.V6_PREFIX, "eth0"), f"route replace default via {A.ROUTER_IP6}"],
-        "gw": [_addr(A.GATEWAY6, A.V6_PREFIX, "lan0"), _addr(A.OUTSIDE_GATEWAY6, A.V6_PREFIX, "ext0")],
-        "ext": [*(_addr(a, A.V6_PREFIX, "eth0") for a in A.EXTERNAL6), f"route replace default via {A.OUTSIDE_GATEWAY6}"],
+        "client": [
+            _addr(A.CLIENT_IP6, A.V6_PREFIX, "eth0"),
+            f"route replace default via {A.ROUTER_IP6}",
+        ],
+        "gw": [
+            _addr(A.GATEWAY6, A.V6_PREFIX, "lan0"),
+            _addr(A.OUTSIDE_GATEWAY6, A.V6_PREFIX, "ext0"),
+        ],
+        "ext": [
+            *(_addr(a, A.V6_PREFIX, "eth0") for a in A.EXTERNAL6),
+            f"route replace default via {A.OUTSIDE_GATEWAY6}",
+        ],
     }
     lines = list(v4[role])
     if ipv6:
