@@ -13,7 +13,14 @@ import time
 
 from . import stats
 from .context import ROUTER_TABLE, Bench, BenchError
-from .layouts import FLOOR_TABLE, LINEAR_TABLE, SERVER_PORT, clear_script, destination_text, linear_script
+from .layouts import (
+    FLOOR_TABLE,
+    LINEAR_TABLE,
+    SERVER_PORT,
+    clear_script,
+    destination_text,
+    linear_script,
+)
 
 
 def run(bench: Bench) -> dict[str, object]:

@@ -17,7 +17,17 @@ from dataclasses import dataclass, field
 
 from . import stats
 from .context import PROBES, Bench, BenchError, stop
-from .layouts import FLOOR, LAYOUTS, LINEAR, PROJECT, SERVER_PORT, destination_text, floor_script, linear_script, measured_port
+from .layouts import (
+    FLOOR,
+    LAYOUTS,
+    LINEAR,
+    PROJECT,
+    SERVER_PORT,
+    destination_text,
+    floor_script,
+    linear_script,
+    measured_port,
+)
 
 
 @dataclass

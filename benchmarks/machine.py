@@ -46,7 +46,7 @@ def _os_name() -> str:
 
 def _version(argv: list[str], contains: str = "") -> str:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "not installed"
     lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]

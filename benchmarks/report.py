@@ -99,9 +99,9 @@ def _latency(latency: dict[str, Any] | None, plots: dict[str, str]) -> list[str]
     ns = sorted({int(n) for by_n in cells.values() for n in by_n})
     out = [
         "## New-connection latency (connect to first byte)", "",
-        f"Median over {latency['rounds']} rounds of each round's median and p99, "
+        (f"Median over {latency['rounds']} rounds of each round's median and p99, "
         f"{latency['connects_per_round']} connections per round and layout; microseconds. "
-        "The measured mapping is the last of N. \"spread\" is the lowest and highest round median.", "",
+        "The measured mapping is the last of N. \"spread\" is the lowest and highest round median."), "",
         "| mappings | " + " | ".join(f"{short(layout)} median | p99" for layout in LAYOUTS)
         + " | linear / maps | maps / floor |",
         "|---:|" + "---:|---:|" * len(LAYOUTS) + "---:|---:|",
@@ -143,10 +143,10 @@ def _apply(apply: dict[str, Any] | None, plots: dict[str, str]) -> list[str]:
         return []
     out = [
         "## Apply time against N", "",
-        f"Whole processes into an empty namespace, median of {apply['repeats']}: the router's `init` "
+        (f"Whole processes into an empty namespace, median of {apply['repeats']}: the router's `init` "
         "with EGRESS_DESTINATION_FILE (Python start, parse, plan, one `nft -f`, the `ip` batch) and "
         "`nft -f` of the same mappings as linear rules. The last three columns are the pure core's "
-        "share, in-process (best of 5).", "",
+        "share, in-process (best of 5)."), "",
         "| mappings | router init (ms) | nft -f linear (ms) | ratio | parse (ms) | plan (ms) | render (ms) |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -161,8 +161,8 @@ def _apply(apply: dict[str, Any] | None, plots: dict[str, str]) -> list[str]:
     live = apply["live_change"]
     out += [
         "", f"### A {live['lines_changed']}-line change to a live {live['mappings']:,}-mapping table", "",
-        f"`Router.reconcile` with the real adapters (NftCli, IpRoute2) in the router namespace, "
-        f"{live['rounds']} changes back and forth, medians:", "",
+        (f"`Router.reconcile` with the real adapters (NftCli, IpRoute2) in the router namespace, "
+        f"{live['rounds']} changes back and forth, medians:"), "",
         "| step | ms |", "|---|---:|",
         f"| reconcile (plan, diff, one `nft -f`, `ip` batch) | {live['reconcile_ms']:.1f} (p90 {live['reconcile_p90_ms']:.1f}) |",
         f"| of which `nft -f` | {live['nft_ms']:.1f} |",
@@ -182,20 +182,20 @@ def _startup(startup: dict[str, Any] | None) -> list[str]:
     legacy = startup["legacy"]
     out = [
         "## Start-up and memory", "",
-        f"`init` for the seed's example, {startup['runs']} whole processes spawned in the router "
+        (f"`init` for the seed's example, {startup['runs']} whole processes spawned in the router "
         f"namespace: median {startup['init_median_ms']:.1f} ms, p90 {startup['init_p90_ms']:.1f} ms, "
         f"fastest {startup['init_min_ms']:.1f} ms; `python -c pass` alone takes "
-        f"{startup['python_floor_median_ms']:.1f} ms.", "",
-        f"`python -X importtime -m egress_router`: {imports['modules']} modules, "
-        f"{imports['total_ms']:.1f} ms of imports in all. Slowest by their own time:", "",
+        f"{startup['python_floor_median_ms']:.1f} ms."), "",
+        (f"`python -X importtime -m egress_router`: {imports['modules']} modules, "
+        f"{imports['total_ms']:.1f} ms of imports in all. Slowest by their own time:"), "",
         "| module | self (ms) |", "|---|---:|",
     ]
     out += [f"| {name} | {ms:.2f} |" for name, ms in imports["by_self_ms"]]
     out += ["", "The project's modules, cumulative:", "", "| module | cumulative (ms) |", "|---|---:|"]
     out += [f"| {name} | {ms:.2f} |" for name, ms in imports["project_cumulative_ms"]]
     out += [
-        "", f"`legacy` mode after start: VmRSS {legacy['rss_mb']:.1f} MB (peak {legacy['hwm_mb']:.1f} MB); "
-        f"it left {legacy['sigterm_exit_s'] * 1e3:.0f} ms after SIGTERM.",
+        "", (f"`legacy` mode after start: VmRSS {legacy['rss_mb']:.1f} MB (peak {legacy['hwm_mb']:.1f} MB); "
+        f"it left {legacy['sigterm_exit_s'] * 1e3:.0f} ms after SIGTERM."),
     ]
     return out + [""]
 

@@ -7,8 +7,8 @@ floor: after the first packet conntrack carries the connection whichever rules s
 from __future__ import annotations
 
 import json
-from subprocess import DEVNULL
 from collections.abc import Callable
+from subprocess import DEVNULL
 
 from . import stats
 from .context import Bench, BenchError, stop
@@ -63,7 +63,8 @@ def run(bench: Bench) -> dict[str, object]:
                         stop(proxy)  # type: ignore[arg-type]
                 results[path].append(gbits)
                 retransmits[path].append(retrans)
-            bench.say("throughput round %d: %s" % (repeat + 1, ", ".join(f"{p} {results[p][-1]:.1f} Gbit/s" for p in PATHS)))
+            figures = ", ".join(f"{p} {results[p][-1]:.1f} Gbit/s" for p in PATHS)
+            bench.say(f"throughput round {repeat + 1}: {figures}")
     finally:
         stop(server)
         bench.clear_tables()

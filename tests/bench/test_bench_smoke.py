@@ -14,9 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.__main__ import main  # noqa: E402
-from benchmarks.layouts import LAYOUTS  # noqa: E402
-from benchmarks.throughput import PATHS  # noqa: E402
+from benchmarks.__main__ import main
+from benchmarks.layouts import LAYOUTS
+from benchmarks.throughput import PATHS
 
 pytestmark = pytest.mark.lab
 
