@@ -79,12 +79,15 @@ class Router:
         except EgressRouterError:
             self._roll_back(plan, snapshot, before, listing)
             raise
-        if [a for a in network.addresses if a not in snapshot.link.addresses] or announce:
-            self._neighbours(config, plan, snapshot.link.mac, outcome)
-        if not snapshot.link.carrier and snapshot.link.up:
+        if self.net.has_carrier(network.interface) is False:
             outcome.warnings.append(
                 f"{network.interface} has no carrier: its parent interface on the node may be down"
             )
+        # Announce whenever the LAN may still map the address elsewhere: a new address, or a
+        # link that was down (the address may have been there, unannounced, before).
+        new = [a for a in network.addresses if a not in snapshot.link.addresses]
+        if new or not snapshot.link.up or announce:
+            self._neighbours(config, plan, snapshot.link.mac, outcome)
         for warning in outcome.warnings:
             self.log.warning(warning)
         outcome.seconds = time.perf_counter() - started
@@ -131,15 +134,23 @@ class Router:
     def _roll_back(
         self, plan: Plan, snapshot: NetSnapshot, before: TableSpec | None, listing: str | None
     ) -> None:
+        """Put back the network and the table, each on its own: one failing to come back must
+        not keep the other from it."""
+        restored = True
         try:
             self.net.restore(snapshot, plan.network)
-            if plan.table is not None and self.applied is plan.table:
+        except EgressRouterError as error:
+            restored = False
+            self.log.error("could not restore the previous network setup", error=str(error))
+        if plan.table is not None and self.applied is plan.table:
+            try:
                 self.nft.apply(_table_back(plan.table, before, listing))
                 self.applied = before
-        except EgressRouterError as error:
-            self.log.error("could not restore the previous state", error=str(error))
-            self.applied = None  # unknown now: the next reconcile replaces the table whole
-        else:
+            except EgressRouterError as error:
+                restored = False
+                self.applied = None  # unknown now: the next reconcile replaces the table whole
+                self.log.error("could not restore the previous nftables table", error=str(error))
+        if restored:
             self.log.warning("failed part-way; the previous state is restored")
 
     def _neighbours(self, config: RouterConfig, plan: Plan, mac: str, outcome: Outcome) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from egress_router.config import load_environment
-from egress_router.netlink import DefaultRoute, LinkState, NetSnapshot
+from egress_router.netlink import LinkState, NetSnapshot, SavedRoute
 from egress_router.netlink.iproute2 import batch, restore_batch
 from egress_router.plan import build_network
 
@@ -36,14 +36,20 @@ def test_restore_puts_back_addresses_routes_and_link_state() -> None:
     old = ipaddress.ip_interface("192.0.2.50/24")
     snapshot = NetSnapshot(
         link=LinkState("macvlan0", False, False, "02:00:00:00:00:01", 1500, (old,)),
-        default_routes=(DefaultRoute(4, "198.51.100.1", "eth0"),),
+        routes=(
+            SavedRoute(4, "default", "198.51.100.1", "eth0"),
+            SavedRoute(4, "192.0.2.7", None, "macvlan0", "link"),
+        ),
         sysctls=(("net/ipv4/ip_forward", "0"),),
     )
     assert restore_batch(snapshot, network) == [
         "address del 192.0.2.99/24 dev macvlan0",
         "address del 2001:db8:1::99/64 dev macvlan0",
         "address replace 192.0.2.50/24 dev macvlan0",
+        "route del 192.0.2.1/32 dev macvlan0",
+        "route del 2001:db8:1::1/128 dev macvlan0",
+        "route del ::/0 dev macvlan0",
         "route replace 0.0.0.0/0 via 198.51.100.1 dev eth0",
-        "route del ::/0",
+        "route replace 192.0.2.7 dev macvlan0 scope link",
         "link set dev macvlan0 down",
     ]

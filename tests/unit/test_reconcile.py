@@ -177,3 +177,18 @@ def test_another_holder_of_the_source_is_reported() -> None:
     outcome = router.reconcile(config())
     assert outcome.conflicts == ("02:aa:00:00:00:01",)
     assert any("another host (02:aa:00:00:00:01) answers for 192.0.2.99" in w for w in outcome.warnings)
+
+
+def test_a_link_without_carrier_is_reported() -> None:
+    net = FakeNet(links={"macvlan0": FakeLink(carrier=False)})
+    router = Router(nft=FakeNft(), net=net, announcer=RecordingAnnouncer(), log=Log(stream=_Null()))
+    outcome = router.reconcile(config())
+    assert any("macvlan0 has no carrier" in w for w in outcome.warnings)
+
+
+def test_an_address_that_was_there_on_a_down_link_is_announced() -> None:
+    link = FakeLink(up=False, addresses=[ipaddress.ip_interface("192.0.2.99/24")])
+    announcer = RecordingAnnouncer()
+    router = Router(nft=FakeNft(), net=FakeNet(links={"macvlan0": link}), announcer=announcer, log=Log(stream=_Null()))
+    router.reconcile(config())
+    assert announcer.sent and announcer.sent[0][2] == (ipaddress.ip_address("192.0.2.99"),)

@@ -25,10 +25,25 @@ class LinkState:
 
 
 @dataclass(frozen=True)
-class DefaultRoute:
+class SavedRoute:
+    """A route as `ip -j route show` gives it: the default route, or one through the egress
+    interface that the kernel did not add by itself for an address."""
+
     family: int
+    destination: str  # "default" or an address with or without a prefix length
     via: str | None
     dev: str | None
+    scope: str | None = None
+
+    def replace_command(self) -> str:
+        # No per-line options in a batch: "default" would mean IPv4; the prefix says the family.
+        destination = self.destination
+        if destination == "default":
+            destination = "::/0" if self.family == 6 else "0.0.0.0/0"
+        via = f" via {self.via}" if self.via else ""
+        dev = f" dev {self.dev}" if self.dev else ""
+        scope = f" scope {self.scope}" if self.scope and self.scope != "global" else ""
+        return f"route replace {destination}{via}{dev}{scope}"
 
 
 @dataclass(frozen=True)
@@ -37,14 +52,15 @@ class NetSnapshot:
     can put it back."""
 
     link: LinkState | None
-    default_routes: tuple[DefaultRoute, ...]
+    routes: tuple[SavedRoute, ...]
     sysctls: tuple[tuple[str, str | None], ...]
 
 
 class NetBackend(Protocol):
     def snapshot(self, name: str, families: tuple[int, ...], sysctls: tuple[str, ...]) -> NetSnapshot:
-        """The interface (None inside when it does not exist), the default routes of `families`
-        and the values of `sysctls`."""
+        """The interface (None inside when it does not exist), the routes of `families` that a
+        reconcile may change (default ones, and those through the interface) and the values of
+        `sysctls`."""
 
     def restore(self, snapshot: NetSnapshot, plan: NetworkPlan) -> None:
         """Undo what `configure` and `set_sysctl` did since `snapshot`; raises `ApplyError`."""
@@ -57,3 +73,6 @@ class NetBackend(Protocol):
 
     def set_sysctl(self, key: str, value: str) -> None:
         """Write `/proc/sys/<key>` of this namespace; raises `ApplyError`."""
+
+    def has_carrier(self, name: str) -> bool | None:
+        """Whether the link's lower layer is up (None: cannot tell)."""

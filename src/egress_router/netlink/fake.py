@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ..errors import ApplyError
 from ..model import IPInterface
 from ..plan import NetworkPlan, Route
-from . import DefaultRoute, LinkState, NetSnapshot
+from . import LinkState, NetSnapshot, SavedRoute
 
 
 @dataclass
@@ -16,6 +16,7 @@ class FakeLink:
     up: bool = False
     mac: str = "02:00:00:00:00:01"
     mtu: int = 1500
+    carrier: bool = True  # the parent is up
     addresses: list[IPInterface] = field(default_factory=list)
 
 
@@ -25,7 +26,6 @@ class FakeNet:
     routes: dict[tuple[int, str], Route] = field(default_factory=dict)
     sysctls: dict[str, str] = field(default_factory=dict)
     read_only_sysctls: bool = False
-    route_devices: dict[tuple[int, str], str] = field(default_factory=dict)
     fail_configure: str | None = None  # the next configure fails with this message
     calls: int = 0
 
@@ -33,13 +33,13 @@ class FakeNet:
         link = self.links.get(name)
         if link is None:
             return None
-        return LinkState(name, link.up, link.up, link.mac, link.mtu, tuple(link.addresses))
+        return LinkState(name, link.up, link.up and link.carrier, link.mac, link.mtu, tuple(link.addresses))
 
     def snapshot(self, name: str, families: tuple[int, ...], sysctls: tuple[str, ...]) -> NetSnapshot:
         routes = tuple(
-            DefaultRoute(r.family, str(r.via) if r.via else None, self.route_devices.get((r.family, r.destination)))
+            SavedRoute(family, destination, str(r.via) if r.via else None, name)
             for (family, destination), r in self.routes.items()
-            if destination == "default" and family in families
+            if family in families
         )
         return NetSnapshot(self.link(name), routes, tuple((k, self.sysctls.get(k)) for k in sysctls))
 
@@ -55,9 +55,9 @@ class FakeNet:
             link.up = snapshot.link.up
         for r in plan.routes:
             self.routes.pop((r.family, r.destination), None)
-        for d in snapshot.default_routes:
-            via = ipaddress.ip_address(d.via) if d.via else None
-            self.routes[(d.family, "default")] = Route("default", via, d.family)
+        for saved in snapshot.routes:
+            via = ipaddress.ip_address(saved.via) if saved.via else None
+            self.routes[(saved.family, saved.destination)] = Route(saved.destination, via, saved.family)
 
     def configure(self, plan: NetworkPlan, remove: tuple[IPInterface, ...]) -> None:
         link = self.links.get(plan.interface)
@@ -75,6 +75,10 @@ class FakeNet:
                 link.addresses.append(a)
         for r in plan.routes:
             self.routes[(r.family, r.destination)] = r
+
+    def has_carrier(self, name: str) -> bool | None:
+        link = self.links.get(name)
+        return None if link is None else link.up and link.carrier
 
     def set_sysctl(self, key: str, value: str) -> None:
         if self.read_only_sysctls and self.sysctls.get(key) != value:

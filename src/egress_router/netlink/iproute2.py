@@ -9,7 +9,7 @@ import subprocess
 from ..errors import ApplyError, SetupError
 from ..model import IPInterface
 from ..plan import NetworkPlan
-from . import DefaultRoute, LinkState, NetSnapshot
+from . import LinkState, NetSnapshot, SavedRoute
 
 IP_HINT = "install the iproute2 package in the image (apt-get install iproute2)"
 
@@ -36,17 +36,17 @@ class IpRoute2:
         return parse_link(json.loads(done.stdout)[0])
 
     def snapshot(self, name: str, families: tuple[int, ...], sysctls: tuple[str, ...]) -> NetSnapshot:
-        # One process for the link and the IPv4 default route: this runs at every pod start.
-        done = self._run(["-j", "-batch", "-"], f"address show dev {name}\nroute show default\n")
+        # One process for the link and the IPv4 routes: this runs at every pod start.
+        done = self._run(["-j", "-batch", "-"], f"address show dev {name}\nroute show\n")
         if done.returncode != 0:
             if "does not exist" in done.stderr:
                 return NetSnapshot(None, (), ())
             raise ApplyError(f"read interface {name}", done.stderr)
         link_json, routes_json = (json.loads(line) for line in done.stdout.splitlines()[:2])
-        routes = [_default_route(4, r) for r in routes_json] if 4 in families else []
+        routes = saved_routes(4, routes_json, name) if 4 in families else []
         if 6 in families:
-            six = self._run(["-j", "-6", "route", "show", "default"])
-            routes += [_default_route(6, r) for r in json.loads(six.stdout or "[]")]
+            six = self._run(["-j", "-6", "route", "show"])
+            routes += saved_routes(6, json.loads(six.stdout or "[]"), name)
         values = tuple((key, _read(f"{self.proc_sys}/{key}")) for key in sysctls)
         return NetSnapshot(parse_link(link_json[0]), tuple(routes), values)
 
@@ -55,9 +55,11 @@ class IpRoute2:
             if value is not None:
                 self.set_sysctl(key, value)
         commands = restore_batch(snapshot, plan)
-        # -force: go on past a line that fails (a route already gone) and restore the rest.
+        # -force: go on past a line that fails and restore the rest. Deleting what is already
+        # gone (the step that failed never added it) is not a failure of the restore.
         done = self._run(["-force", "-batch", "-"], "".join(f"{c}\n" for c in commands))
-        if done.returncode != 0:
+        failed = [commands[n - 1] for n in _failed_lines(done.stderr) if 0 < n <= len(commands)]
+        if done.returncode != 0 and any(" del " not in f" {c} " for c in failed or commands):
             raise ApplyError("restore the previous network setup", done.stderr)
 
     def configure(self, plan: NetworkPlan, remove: tuple[IPInterface, ...]) -> None:
@@ -65,6 +67,11 @@ class IpRoute2:
         done = self._run(["-batch", "-"], "".join(f"{c}\n" for c in commands))
         if done.returncode != 0:
             raise ApplyError(_failed_step(done.stderr, commands), done.stderr.strip().splitlines()[0] if done.stderr.strip() else "ip failed")
+
+    def has_carrier(self, name: str) -> bool | None:
+        # sysfs rather than another `ip` process; a macvlan's carrier is its parent's.
+        value = _read(f"/sys/class/net/{name}/carrier")
+        return None if value is None else value == "1"
 
     def set_sysctl(self, key: str, value: str) -> None:
         path = f"{self.proc_sys}/{key}"
@@ -110,39 +117,51 @@ def batch(plan: NetworkPlan, remove: tuple[IPInterface, ...]) -> list[str]:
 
 
 def restore_batch(snapshot: NetSnapshot, plan: NetworkPlan) -> list[str]:
-    """`ip -force -batch` lines that put back the default routes, addresses and link state."""
+    """`ip -force -batch` lines that put back the addresses, routes and link state."""
     dev = plan.interface
     before = snapshot.link.addresses if snapshot.link else ()
     lines = [f"address del {a} dev {dev}" for a in plan.addresses if a not in before]
     lines += [f"address replace {a} dev {dev}" for a in before if a not in plan.addresses]
     families = {r.family for r in plan.routes}
-    for family in sorted(families):
-        previous = [r for r in snapshot.default_routes if r.family == family]
-        # No per-line options in a batch: the family is in the prefix.
-        default = "::/0" if family == 6 else "0.0.0.0/0"
-        if not previous:
-            lines.append(f"route del {default}")
-        for r in previous:
-            via = f" via {r.via}" if r.via else ""
-            on = f" dev {r.dev}" if r.dev else ""
-            lines.append(f"route replace {default}{via}{on}")
+    saved = [r for r in snapshot.routes if r.family in families]
+    for r in plan.routes:
+        if not any(s.destination == r.destination for s in saved if s.family == r.family):
+            destination = r.destination
+            if destination == "default":
+                destination = "::/0" if r.family == 6 else "0.0.0.0/0"
+            lines.append(f"route del {destination} dev {dev}")
+    # Removing an interface's last address takes its routes with it: put them all back.
+    lines += [r.replace_command() for r in saved]
     if snapshot.link is not None and not snapshot.link.up:
         lines.append(f"link set dev {dev} down")
     return lines
 
 
-def _default_route(family: int, data: dict) -> DefaultRoute:  # type: ignore[type-arg]
-    return DefaultRoute(family, data.get("gateway"), data.get("dev"))
+def saved_routes(family: int, data: list[dict], interface: str) -> list[SavedRoute]:  # type: ignore[type-arg]
+    """The routes a reconcile may change, from `ip -j route show`; the kernel's own routes
+    for an address come back with the address."""
+    return [
+        SavedRoute(family, r["dst"], r.get("gateway"), r.get("dev"), r.get("scope"))
+        for r in data
+        if r.get("protocol") != "kernel" and (r.get("dst") == "default" or r.get("dev") == interface)
+    ]
+
+
+def _failed_lines(stderr: str) -> list[int]:
+    """ip reports "Command failed -:N" for the Nth line of a batch that failed."""
+    numbers = []
+    for line in stderr.splitlines():
+        if "Command failed -:" in line:
+            tail = line.rsplit(":", 1)[1].strip()
+            if tail.isdigit():
+                numbers.append(int(tail))
+    return numbers
 
 
 def _failed_step(stderr: str, commands: list[str]) -> str:
-    # ip reports "Command failed -:N" for the Nth line of the batch.
-    for line in stderr.splitlines():
-        if "Command failed -:" in line:
-            try:
-                return commands[int(line.rsplit(":", 1)[1]) - 1]
-            except (ValueError, IndexError):
-                break
+    for n in _failed_lines(stderr):
+        if 0 < n <= len(commands):
+            return commands[n - 1]
     return "configure the egress interface"
 
 
