@@ -61,6 +61,8 @@ def parse_table(document: str) -> TableState:
     for obj in objects:
         if "map" in obj:
             maps[obj["map"]["name"]] = _elements(obj["map"].get("elem", []))
+        elif "set" in obj:  # the byte counters: keys only, each with its counter
+            maps[obj["set"]["name"]] = _elements(obj["set"].get("elem", []))
         elif "counter" in obj:
             c = obj["counter"]
             counters[c["name"]] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
@@ -78,6 +80,8 @@ def _shape(objects: list[Any]) -> str:
 def _strip(value: Any) -> Any:
     if isinstance(value, dict):
         stripped = {k: _strip(v) for k, v in value.items() if k not in _VOLATILE}
+        if "dynamic" in (value.get("flags") or []):
+            stripped.pop("elem", None)  # filled by traffic, not by the router
         if isinstance(stripped.get("elem"), list):
             stripped["elem"] = sorted(stripped["elem"], key=lambda e: json.dumps(e, sort_keys=True))
         return stripped
@@ -181,6 +185,9 @@ class FakeKernel:
             }
             for m, elements in table.maps.items()
         }
+        for name_, counted in self.counts.items():  # the traffic-filled byte sets
+            if name_ not in maps:
+                maps[name_] = {k: Element(k, "", *c) for k, c in counted.items()}
         listing = self.nft.list_table(family, name)
         fallbacks = {
             int(f): address

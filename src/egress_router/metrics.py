@@ -22,8 +22,7 @@ from .plan import (
     FAMILIES,
     TABLE_FAMILY,
     TABLE_NAME,
-    bytes_map_name,
-    fallback_bytes_counter_name,
+    bytes_set_name,
     fallback_counter_name,
     map_name,
 )
@@ -69,20 +68,22 @@ def destination(address: str, port: str) -> str:
 
 
 def traffic(state: TableState) -> Iterator[tuple[dict[str, str], int, int]]:
-    """(labels, connections, bytes) for every mapping, then every fallback, in the kernel."""
+    """(labels, connections, bytes) for every mapping, then every fallback, in the kernel.
+    Bytes are counted per local port; a port no mapping names went to the fallback."""
+    unmapped = {family: 0 for family in FAMILIES}
     for family in FAMILIES:
         for protocol in PROTOCOLS:
             nat = state.maps.get(map_name(protocol, family), {})
-            counted = state.maps.get(bytes_map_name(protocol, family), {})
+            counted = state.maps.get(bytes_set_name(protocol, family), {})
             for port, element in nat.items():
                 address, _, remote = element.value.partition(" . ")
                 labels = {"protocol": protocol, "port": port, "destination": destination(address, remote)}
                 seen = counted.get(port)
                 yield labels, element.packets, seen.bytes if seen else 0
+            unmapped[family] += sum(e.bytes for port, e in counted.items() if port not in nat)
     for family, address in sorted(state.fallbacks.items()):
         connections = state.counters.get(fallback_counter_name(family), (0, 0))[0]
-        size = state.counters.get(fallback_bytes_counter_name(family), (0, 0))[1]
-        yield {"protocol": "any", "port": "*", "destination": address}, connections, size
+        yield {"protocol": "any", "port": "*", "destination": address}, connections, unmapped[family]
 
 
 def _read_int(path: str) -> int | None:

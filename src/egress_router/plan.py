@@ -29,16 +29,8 @@ def fallback_counter_name(family: int) -> str:
     return f"fallback{family}"
 
 
-def bytes_map_name(protocol: str, family: int) -> str:
+def bytes_set_name(protocol: str, family: int) -> str:
     return f"bytes_{protocol}{family}"
-
-
-def fallback_bytes_counter_name(family: int) -> str:
-    return f"fallback{family}_bytes"
-
-
-# The verdict of every element of a bytes map: back to the forward chain, which decides.
-BYTES_VERDICT = "return"
 
 
 @dataclass(frozen=True)
@@ -118,25 +110,7 @@ def _maps(config: RouterConfig) -> tuple[MapSpec, ...]:
         for p in PROTOCOLS
         for f in FAMILIES
     )
-    return nat + _bytes_maps(elements)
-
-
-def _bytes_maps(nat: dict[str, dict[str, str]]) -> tuple[MapSpec, ...]:
-    """Per-mapping byte counters: the NAT maps' counters see only a connection's first packet,
-    so the forward path looks every redirected packet (both directions) up again by its
-    conntrack original destination port, the mapping's key. Same keys as the NAT maps, so a
-    reload changes them with the same element-only transaction."""
-    return tuple(
-        MapSpec(
-            name=bytes_map_name(p, f),
-            key_type="inet_service",
-            value_type="verdict",
-            elements={port: BYTES_VERDICT for port in nat[map_name(p, f)]},
-            counter=True,
-        )
-        for p in PROTOCOLS
-        for f in FAMILIES
-    )
+    return nat
 
 
 def _body(config: RouterConfig) -> str:
@@ -147,8 +121,19 @@ def _body(config: RouterConfig) -> str:
     lines = [f'comment "managed by egress-router; do not edit"']
     for family in FAMILIES:
         lines.append(f"counter {fallback_counter_name(family)} {{ }}")
+    # Bytes per local port, counted on the forward path: the NAT maps' counters only see a
+    # connection's first packet. The sets fill themselves from traffic (one element per port
+    # that carried any), so loading or changing the rules never has to write them.
     for family in FAMILIES:
-        lines.append(f"counter {fallback_bytes_counter_name(family)} {{ }}")
+        for protocol in PROTOCOLS:
+            lines += [
+                f"set {bytes_set_name(protocol, family)} {{",
+                "\ttype inet_service",
+                "\tflags dynamic",
+                "\tcounter",
+                "\tsize 65536",
+                "}",
+            ]
 
     # Only connections that come in from the pod network and are addressed to the router
     # itself are redirected: a host that uses the pod as its gateway gets nothing from it.
@@ -201,19 +186,14 @@ def _body(config: RouterConfig) -> str:
 
 
 def _count_rules() -> list[str]:
-    """Bytes of redirected connections: a mapping's bytes map returns on a hit (counting it);
-    what no map knows (the fallback's ports) reaches the fallback's byte counter. A connection
-    keeps counting under its port's current mapping when a reload changes that mapping."""
-    rules = []
-    for family in FAMILIES:
-        for protocol in PROTOCOLS:
-            rules.append(
-                f"meta nfproto {_nfproto(family)} meta l4proto {protocol} "
-                f"ct original proto-dst vmap @{bytes_map_name(protocol, family)}"
-            )
-    for family in FAMILIES:
-        rules.append(f"meta nfproto {_nfproto(family)} counter name {fallback_bytes_counter_name(family)}")
-    return rules
+    """Every packet of a redirected connection, both ways, counted under the connection's
+    original local port; the daemon attributes a port to its mapping, or to the fallback."""
+    return [
+        f"meta nfproto {_nfproto(family)} meta l4proto {protocol} "
+        f"update @{bytes_set_name(protocol, family)} {{ ct original proto-dst }}"
+        for family in FAMILIES
+        for protocol in PROTOCOLS
+    ]
 
 
 def _chain(name: str, kind: str, hook: str, priority: str, policy: str, rules: list[str]) -> list[str]:

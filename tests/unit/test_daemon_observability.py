@@ -37,15 +37,14 @@ NFT_JSON = json.dumps(
             {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
             {"table": {"family": "inet", "name": "egress_router", "handle": 2}},
             {"counter": {"family": "inet", "name": "fallback4", "table": "egress_router", "handle": 5, "packets": 3, "bytes": 180}},
-            {"counter": {"family": "inet", "name": "fallback4_bytes", "table": "egress_router", "handle": 6, "packets": 9, "bytes": 900}},
             {"map": {"family": "inet", "name": "tcp4", "table": "egress_router", "type": "inet_service", "handle": 7,
                      "map": "ipv4_addr . inet_service",
                      "elem": [[{"elem": {"val": 8080, "counter": {"packets": 2, "bytes": 120}}}, {"concat": ["203.0.113.26", 80]}],
                               [{"elem": {"val": 80, "counter": {"packets": 5, "bytes": 300}}}, {"concat": ["203.0.113.25", 80]}]],
                      "stmt": [{"counter": None}]}},
-            {"map": {"family": "inet", "name": "bytes_tcp4", "table": "egress_router", "type": "inet_service", "handle": 8,
-                     "map": "verdict",
-                     "elem": [[{"elem": {"val": 80, "counter": {"packets": 40, "bytes": 4096}}}, {"return": None}]]}},
+            {"set": {"family": "inet", "name": "bytes_tcp4", "table": "egress_router", "type": "inet_service", "handle": 8,
+                     "flags": ["dynamic"], "size": 65536,
+                     "elem": [{"elem": {"val": 80, "counter": {"packets": 40, "bytes": 4096}}}]}},
             {"rule": {"family": "inet", "table": "egress_router", "chain": "prerouting", "handle": 20,
                       "expr": [{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}},
                                {"counter": "fallback4"}, {"dnat": {"family": "ip", "addr": "203.0.113.27"}}]}},
@@ -58,7 +57,7 @@ def test_parse_table_reads_elements_counters_and_the_fallback() -> None:
     state = parse_table(NFT_JSON)
     assert state.maps["tcp4"]["80"].value == "203.0.113.25 . 80"
     assert (state.maps["tcp4"]["80"].packets, state.maps["tcp4"]["8080"].packets) == (5, 2)
-    assert state.maps["bytes_tcp4"]["80"].value == "return"
+    assert state.maps["bytes_tcp4"]["80"].bytes == 4096
     assert state.counters["fallback4"] == (3, 180)
     assert state.fallbacks == {4: "203.0.113.27"}
 
@@ -69,7 +68,9 @@ def test_the_shape_ignores_counters_handles_and_element_order() -> None:
         .replace('"handle": 7', '"handle": 70')
     )
     doc = json.loads(NFT_JSON)
-    doc["nftables"][4]["map"]["elem"].reverse()
+    doc["nftables"][3]["map"]["elem"].reverse()
+    doc["nftables"][4]["set"]["elem"].append({"elem": {"val": 5000, "counter": {"packets": 1, "bytes": 60}}})
+    # Neither counters, handles, element order, nor what traffic added to the byte sets.
     assert parse_table(busier).shape == parse_table(NFT_JSON).shape == parse_table(json.dumps(doc)).shape
     other = NFT_JSON.replace('"203.0.113.26", 80', '"203.0.113.27", 80')
     assert parse_table(other).shape != parse_table(NFT_JSON).shape
@@ -105,8 +106,8 @@ def test_metrics_report_kernel_counters_per_mapping_and_the_daemons_own() -> Non
     from egress_router.metrics import Collector
 
     _, kernel, _ = fake_stack()
-    kernel.counts = {"tcp4": {"80": (7, 420)}, "bytes_tcp4": {"80": (30, 5000)}}
-    kernel.named = {"fallback4": (2, 120), "fallback4_bytes": (10, 777)}
+    kernel.counts = {"tcp4": {"80": (7, 420)}, "bytes_tcp4": {"80": (30, 5000), "5000": (10, 700)}, "bytes_udp4": {"53": (1, 77)}}
+    kernel.named = {"fallback4": (2, 120)}
     stats = Stats()
     stats.reloaded(True)
     stats.reloaded(False)
