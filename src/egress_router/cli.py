@@ -129,7 +129,7 @@ def run_environment(env: Mapping[str, str]) -> int:
     if config.mode is Mode.LEGACY:
         from .daemon import run
 
-        return run(router, config, log, env)
+        return run(router, config, log, env, first=outcome)
     return 0
 
 

@@ -25,7 +25,7 @@ from .log import Log
 from .metrics import Stats
 from .model import RouterConfig
 from .plan import TABLE_FAMILY, TABLE_NAME, build_network
-from .reconcile import Router
+from .reconcile import Outcome, Router
 from .watch import FileWatcher
 
 if TYPE_CHECKING:
@@ -57,9 +57,12 @@ class Daemon:
             self.watcher = FileWatcher(self.config.destination_file)
         self.next_check = self.clock() + CHECK_EVERY
 
-    def started(self) -> None:
+    def started(self, first: Outcome | None = None) -> None:
         """The start-up apply (done by the caller) succeeded: remember what the kernel holds."""
         self.stats.last_reload_success = time.time()
+        if first is not None:
+            self.stats.observe_apply(first.seconds)
+            self.stats.address_conflicts += len(first.conflicts)
         self.baseline = self._shape()
         self.stats.ready = True
 
@@ -102,7 +105,7 @@ class Daemon:
             return
         self.log.warning("the kernel state was changed by someone else; restoring it", drift="; ".join(reasons))
         # Unknown table contents: replace the whole table, in one transaction.
-        self.router.applied = None
+        self.router.forget()
         if self._apply(self.config, "repair"):
             self.stats.drift_repairs += 1
 
@@ -138,13 +141,14 @@ class Daemon:
             outcome = self.router.reconcile(config)
         except EgressRouterError as error:
             # The next check does a full resync of the configuration in force.
-            self.router.applied = None
+            self.router.forget()
             self.config = config
             self.stats.ready = False
             self.log.error(f"{why} failed", error=str(error))
             return False
         self.config = config
         self.stats.observe_apply(outcome.seconds)
+        self.stats.address_conflicts += len(outcome.conflicts)
         self.baseline = self._shape()
         self.stats.ready = True
         self.log.info(
@@ -168,6 +172,7 @@ def run(
     log: Log,
     env: Mapping[str, str],
     reader: KernelReader | None = None,
+    first: Outcome | None = None,
 ) -> int:
     """Stay until SIGTERM or SIGINT; the caller has applied `config` once already."""
     # Blocked before any thread starts, so that every thread inherits the mask and the signals
@@ -178,7 +183,7 @@ def run(
 
         reader = LiveKernel()
     daemon = Daemon(router, config, env, log, reader)
-    daemon.started()
+    daemon.started(first)
     server = _serve(config.served_http_port, daemon, log)
     log.info("router running", mode=config.mode.value, http_port=config.served_http_port,
              watching=config.destination_file or "")
@@ -208,7 +213,8 @@ def _loop(daemon: Daemon) -> None:
 
 def _announce(daemon: Daemon) -> None:
     try:
-        daemon.router.reconcile(daemon.config, announce=True)
+        outcome = daemon.router.reconcile(daemon.config, announce=True)
+        daemon.stats.address_conflicts += len(outcome.conflicts)
     except EgressRouterError as error:
         daemon.log.warning("could not announce again", error=str(error))
 

@@ -38,6 +38,7 @@ class Stats:
     reloads: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
     last_reload_success: float = 0.0  # Unix time; the start-up apply counts
     drift_repairs: int = 0
+    address_conflicts: int = 0  # other hosts found answering for the source address
     ready: bool = False  # the current config is applied and the last check found it in place
     last_tick: float = field(default_factory=time.monotonic)  # the loop's heartbeat
     apply_buckets: list[int] = field(default_factory=lambda: [0] * len(APPLY_BUCKETS))
@@ -125,6 +126,11 @@ class Collector:
                 PREFIX + "drift_repairs",
                 "Times the table or network setup was found altered and restored.",
                 value=s.drift_repairs,
+            )
+            yield CounterMetricFamily(
+                PREFIX + "address_conflicts",
+                "Times another host on the LAN answered an ARP probe for the source address.",
+                value=s.address_conflicts,
             )
             cumulative = [(str(b), c) for b, c in zip(APPLY_BUCKETS, s.apply_buckets)]
             yield HistogramMetricFamily(

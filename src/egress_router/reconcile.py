@@ -26,7 +26,7 @@ from .log import Log
 from .model import RouterConfig
 from .netlink import NetBackend, NetSnapshot
 from .nft import NftBackend, TableSpec, Transaction, diff
-from .plan import Plan, build_plan
+from .plan import NetworkPlan, Plan, build_plan
 
 MISSING_INTERFACE_HINT = (
     'on OpenShift SDN it is created by the Pod annotation pod.network.openshift.io/assign-macvlan: "true" '
@@ -56,6 +56,13 @@ class Router:
     announcer: Announcer
     log: Log = field(default_factory=Log)
     applied: TableSpec | None = None  # what this process last put in the kernel (None: unknown)
+    applied_network: NetworkPlan | None = None  # likewise for the addresses, routes and sysctls
+
+    def forget(self) -> None:
+        """The kernel may no longer hold what was applied (drift, a failure): the next
+        reconcile replaces the table whole and sets the network up again."""
+        self.applied = None
+        self.applied_network = None
 
     def reconcile(self, config: RouterConfig, announce: bool = False) -> Outcome:
         """Make the kernel hold `config`. Raises `SetupError` or `ApplyError`, after putting
@@ -63,6 +70,12 @@ class Router:
         started = time.perf_counter()
         plan = build_plan(config)
         network = plan.network
+        if network == self.applied_network and not announce:
+            # A reload of the rules only: one element transaction, all-or-nothing by itself.
+            outcome = Outcome()
+            self._apply_table(plan, outcome, absent=False)
+            outcome.seconds = time.perf_counter() - started
+            return outcome
         keys = tuple(key for key, _ in network.sysctls)
         snapshot = self.net.snapshot(network.interface, config.families, keys)
         if snapshot.link is None:
@@ -78,7 +91,9 @@ class Router:
             self._apply_network(plan, snapshot)
         except EgressRouterError:
             self._roll_back(plan, snapshot, before, listing)
+            self.applied_network = None
             raise
+        self.applied_network = network
         if self.net.has_carrier(network.interface) is False:
             outcome.warnings.append(
                 f"{network.interface} has no carrier: its parent interface on the node may be down"

@@ -192,3 +192,15 @@ def test_an_address_that_was_there_on_a_down_link_is_announced() -> None:
     router = Router(nft=FakeNft(), net=FakeNet(links={"macvlan0": link}), announcer=announcer, log=Log(stream=_Null()))
     router.reconcile(config())
     assert announcer.sent and announcer.sent[0][2] == (ipaddress.ip_address("192.0.2.99"),)
+
+
+def test_a_reload_of_the_rules_alone_changes_only_map_elements(router: Router) -> None:
+    assert isinstance(router.net, FakeNet)
+    router.reconcile(config())
+    calls = router.net.calls
+    outcome = router.reconcile(config("81 tcp 203.0.113.25\n203.0.113.27\n"))
+    assert router.net.calls == calls and not outcome.full_table
+    assert outcome.nft_script.startswith("delete element inet egress_router tcp4")
+    router.forget()  # after drift: everything again, the table whole
+    outcome = router.reconcile(config("81 tcp 203.0.113.25\n203.0.113.27\n"))
+    assert router.net.calls == calls + 1 and outcome.full_table
