@@ -35,13 +35,17 @@ class NeighbourReport:
 
 
 class Announcer(Protocol):
-    def announce(self, interface: str, mac: str, addresses: Iterable[IPAddress]) -> None:
-        """Tell the LAN that `addresses` are at `mac`; raises OSError when it cannot send."""
-
-    def probe(
-        self, interface: str, mac: str, source: IPv4Address, gateway: IPv4Address, timeout: float
-    ) -> NeighbourReport:
-        """Ask who holds `source` (an RFC 5227 probe) and where `gateway` is, in one exchange."""
+    def exchange(
+        self,
+        interface: str,
+        mac: str,
+        addresses: Iterable[IPAddress],
+        probe: tuple[IPv4Address, IPv4Address] | None = None,
+        timeout: float = 0.5,
+    ) -> NeighbourReport | None:
+        """With `probe` (source, gateway): ask who holds the source (an RFC 5227 probe) and
+        where the gateway is. Then tell the LAN that `addresses` are at `mac`. Raises OSError
+        when it cannot send; returns the probe's report (None without a probe)."""
 
 
 def _arp(op: int, mac: bytes, sender: bytes, target_mac: bytes, target: bytes, dst: bytes = BROADCAST) -> bytes:
@@ -92,36 +96,45 @@ def _checksum(data: bytes) -> int:
 
 
 class PacketSocketAnnouncer:
-    def probe(
-        self, interface: str, mac: str, source: IPv4Address, gateway: IPv4Address, timeout: float
-    ) -> NeighbourReport:
-        raw_mac = bytes.fromhex(mac.replace(":", ""))
-        src, gw = source.packed, gateway.packed
-        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as sock:
-            sock.bind((interface, ETH_P_ARP))
-            for frame in probe_frames(raw_mac, src, gw):
-                sock.send(frame)
-            # Stop as soon as the gateway answers: a host that holds our address answers the
-            # probe about as fast, and a healthy start must not wait out the timeout.
-            frames = _receive_until(
-                sock,
-                time.monotonic() + timeout,
-                lambda got: collect_replies(got[-1:], raw_mac, src, gw)[0] is not None,
-            )
-        gateway_mac, conflicts = collect_replies(frames, raw_mac, src, gw)
-        return NeighbourReport(gateway_mac, tuple(sorted(conflicts)))
+    """One packet socket per exchange: closing one makes the kernel wait out an RCU grace period
+    (10-15 ms here), so probe and announcements share it."""
 
-    def announce(self, interface: str, mac: str, addresses: Iterable[IPAddress]) -> None:
+    def exchange(
+        self,
+        interface: str,
+        mac: str,
+        addresses: Iterable[IPAddress],
+        probe: tuple[IPv4Address, IPv4Address] | None = None,
+        timeout: float = 0.5,
+    ) -> NeighbourReport | None:
         raw_mac = bytes.fromhex(mac.replace(":", ""))
-        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
-            sock.bind((interface, 0))
+        report = None
+        # Protocol 0 at creation and ARP at bind: the receive hook is registered once.
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as sock:
+            sock.bind((interface, ETH_P_ARP))
+            if probe is not None:
+                report = _probe(sock, raw_mac, probe[0].packed, probe[1].packed, timeout)
             for address in addresses:
-                packed = address.packed
                 if address.version == 4:
-                    for frame in arp_frames(raw_mac, packed):
+                    for frame in arp_frames(raw_mac, address.packed):
                         sock.send(frame)
                 else:
-                    sock.send(neighbour_advertisement(raw_mac, packed))
+                    sock.send(neighbour_advertisement(raw_mac, address.packed))
+        return report
+
+
+def _probe(sock: socket.socket, mac: bytes, source: bytes, gateway: bytes, timeout: float) -> NeighbourReport:
+    for frame in probe_frames(mac, source, gateway):
+        sock.send(frame)
+    # Stop as soon as the gateway answers: a host that holds our address answers the probe
+    # about as fast, and a healthy start must not wait out the timeout.
+    frames = _receive_until(
+        sock,
+        time.monotonic() + timeout,
+        lambda got: collect_replies(got[-1:], mac, source, gateway)[0] is not None,
+    )
+    gateway_mac, conflicts = collect_replies(frames, mac, source, gateway)
+    return NeighbourReport(gateway_mac, tuple(sorted(conflicts)))
 
 
 def probe_frames(mac: bytes, source: bytes, gateway: bytes) -> list[bytes]:
@@ -159,18 +172,24 @@ def _receive_until(sock: socket.socket, deadline: float, done: Callable[[list[by
 
 
 class RecordingAnnouncer:
-    """In-memory announcer for tests: remembers what it was asked to announce."""
+    """In-memory announcer for tests: remembers what it was asked, answers probes with
+    `report`."""
 
     def __init__(self, report: NeighbourReport | None = None) -> None:
         self.sent: list[tuple[str, str, tuple[IPAddress, ...]]] = []
         self.report = report or NeighbourReport(gateway_mac="02:00:00:00:00:fe")
         self.probes: list[tuple[str, IPv4Address, IPv4Address]] = []
 
-    def probe(
-        self, interface: str, mac: str, source: IPv4Address, gateway: IPv4Address, timeout: float
-    ) -> NeighbourReport:
-        self.probes.append((interface, source, gateway))
-        return self.report
-
-    def announce(self, interface: str, mac: str, addresses: Iterable[IPAddress]) -> None:
+    def exchange(
+        self,
+        interface: str,
+        mac: str,
+        addresses: Iterable[IPAddress],
+        probe: tuple[IPv4Address, IPv4Address] | None = None,
+        timeout: float = 0.5,
+    ) -> NeighbourReport | None:
         self.sent.append((interface, mac, tuple(addresses)))
+        if probe is None:
+            return None
+        self.probes.append((interface, *probe))
+        return self.report

@@ -85,6 +85,7 @@ def build_table(config: RouterConfig) -> TableSpec:
         name=TABLE_NAME,
         maps=_maps(config),
         body=_body(config),
+        comment="managed by egress-router; do not edit",
     )
 
 
@@ -118,7 +119,7 @@ def _body(config: RouterConfig) -> str:
     pod = _quote(config.pod_interface)
     egress = _quote(config.egress_interface)
     http = config.served_http_port
-    lines = [f'comment "managed by egress-router; do not edit"']
+    lines: list[str] = []
     for family in FAMILIES:
         lines.append(f"counter {fallback_counter_name(family)} {{ }}")
     # Bytes per local port, counted on the forward path: the NAT maps' counters only see a

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 
 from .announce import Announcer
-from .errors import EgressRouterError, SetupError
+from .errors import ApplyError, EgressRouterError, SetupError
 from .log import Log
 from .model import RouterConfig
 from .netlink import NetBackend, NetSnapshot
@@ -73,7 +73,7 @@ class Router:
         if network == self.applied_network and not announce:
             # A reload of the rules only: one element transaction, all-or-nothing by itself.
             outcome = Outcome()
-            self._apply_table(plan, outcome, absent=False)
+            self._apply_table(plan, outcome, [None])
             outcome.seconds = time.perf_counter() - started
             return outcome
         keys = tuple(key for key, _ in network.sysctls)
@@ -84,13 +84,13 @@ class Router:
                 MISSING_INTERFACE_HINT,
             )
         before = self.applied
-        listing = self._kernel_table(plan)
         outcome = Outcome()
+        listing: list[str | None] = [None]  # the table found in the kernel, filled in by the apply
         try:
-            self._apply_table(plan, outcome, absent=before is None and listing is None)
+            self._apply_table(plan, outcome, listing)
             self._apply_network(plan, snapshot)
         except EgressRouterError:
-            self._roll_back(plan, snapshot, before, listing)
+            self._roll_back(plan, snapshot, before, listing[0])
             self.applied_network = None
             raise
         self.applied_network = network
@@ -108,26 +108,32 @@ class Router:
         outcome.seconds = time.perf_counter() - started
         return outcome
 
-    def _kernel_table(self, plan: Plan) -> str | None:
-        """The table as the kernel holds it, when this process cannot know it otherwise: the
-        state to go back to if this reconcile fails part-way."""
-        if plan.table is None or self.applied is not None:
-            return None
-        return self.nft.list_table(plan.table.family, plan.table.name)
-
-    def _apply_table(self, plan: Plan, outcome: Outcome, absent: bool) -> None:
+    def _apply_table(self, plan: Plan, outcome: Outcome, listing: list[str | None]) -> None:
+        """Apply the table; when this process has not applied one yet, put what the kernel
+        held before in `listing[0]`, the state to go back to if the reconcile fails later."""
         if plan.table is None:
             return
-        if absent:
-            tx = Transaction()
-            tx.create_table(plan.table)
-        else:
-            tx = diff(self.applied, plan.table)
+        tx = diff(self.applied, plan.table)
+        if self.applied is None:
+            # A new pod has no table: create it without the costly delete. If there is one
+            # (a restart), the create fails as a whole and the table is read, then replaced.
+            create = Transaction()
+            create.create_table(plan.table)
+            try:
+                self._run(create, outcome, plan.table)
+                return
+            except ApplyError as error:
+                if "File exists" not in error.detail:
+                    raise
+            listing[0] = self.nft.list_table(plan.table.family, plan.table.name)
+        self._run(tx, outcome, plan.table)
+
+    def _run(self, tx: Transaction, outcome: Outcome, table: TableSpec) -> None:
         outcome.nft_script = str(tx)
         outcome.full_table = any(kind in ("replace", "create") for kind, _ in tx.ops)
         self.log.debug("applying nftables transaction", operations=len(tx.ops), full=outcome.full_table)
         self.nft.apply(tx)
-        self.applied = plan.table
+        self.applied = table
 
     def _apply_network(self, plan: Plan, snapshot: NetSnapshot) -> None:
         network = plan.network
@@ -171,31 +177,36 @@ class Router:
     def _neighbours(self, config: RouterConfig, plan: Plan, mac: str, outcome: Outcome) -> None:
         network = plan.network
         source, gateway = config.source(4), config.gateway(4)
+        probe = None
+        if isinstance(source, IPv4Interface) and isinstance(gateway, IPv4Address):
+            probe = (source.ip, gateway)
+        addresses = [a.ip for a in network.addresses]
         try:
-            if isinstance(source, IPv4Interface) and isinstance(gateway, IPv4Address):
-                report = self.announcer.probe(
-                    network.interface, mac, source.ip, gateway, GATEWAY_ANSWER_TIMEOUT
-                )
-                if report.gateway_mac is None:
-                    outcome.warnings.append(
-                        f"the gateway {gateway} did not answer ARP on {network.interface} within "
-                        f"{GATEWAY_ANSWER_TIMEOUT} s: check EGRESS_GATEWAY and the LAN"
-                    )
-                outcome.conflicts = report.conflicts
-                for other in report.conflicts:
-                    outcome.warnings.append(
-                        f"another host ({other}) answers for {source.ip} on the LAN: if it is the "
-                        "previous router pod going away this passes, otherwise two hosts share "
-                        "the reserved address"
-                    )
-            self.announcer.announce(network.interface, mac, [a.ip for a in network.addresses])
-            outcome.announced = tuple(str(a.ip) for a in network.addresses)
-            self.log.debug("announced", addresses=",".join(outcome.announced), mac=mac)
+            report = self.announcer.exchange(
+                network.interface, mac, addresses, probe, GATEWAY_ANSWER_TIMEOUT
+            )
         except OSError as error:
             # Not fatal: the LAN learns the address on its own once its neighbour entry expires.
             outcome.warnings.append(
                 "could not announce the source address, the LAN may take a while to learn it: "
                 f"{error.strerror or error}"
+            )
+            return
+        outcome.announced = tuple(str(a) for a in addresses)
+        self.log.debug("announced", addresses=",".join(outcome.announced), mac=mac)
+        if report is None or probe is None:
+            return
+        if report.gateway_mac is None:
+            outcome.warnings.append(
+                f"the gateway {probe[1]} did not answer ARP on {network.interface} within "
+                f"{GATEWAY_ANSWER_TIMEOUT} s: check EGRESS_GATEWAY and the LAN"
+            )
+        outcome.conflicts = report.conflicts
+        for other in report.conflicts:
+            outcome.warnings.append(
+                f"another host ({other}) answers for {probe[0]} on the LAN: if it is the "
+                "previous router pod going away this passes, otherwise two hosts share the "
+                "reserved address"
             )
 
 

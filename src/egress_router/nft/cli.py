@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 from ..errors import ApplyError, SetupError
@@ -43,9 +42,6 @@ class NftCli:
         if "No such file or directory" in done.stderr:
             return None
         raise ApplyError(f"list table {family} {name}", explain_nft_error(done.stderr))
-
-    def available(self) -> bool:
-        return shutil.which(self.binary) is not None
 
 
 def explain_nft_error(stderr: str) -> str:

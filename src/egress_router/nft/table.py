@@ -35,7 +35,8 @@ class TableSpec:
     family: str
     name: str
     maps: tuple[MapSpec, ...]
-    body: str  # counters, chains and comment: everything but the maps
+    body: str  # counters, sets and chains: everything but the maps and the comment
+    comment: str = ""
 
     @property
     def ref(self) -> str:
@@ -46,7 +47,14 @@ class TableSpec:
         turned into the other by element changes alone."""
         decls = "\n".join(m.declaration() for m in self.maps)
         body = "\n".join(f"\t{line}" for line in self.body.splitlines())
-        return f"table {self.ref} {{\n{decls}\n{body}\n}}"
+        return f"table {self.ref} {{\n{self._comment()}{decls}\n{body}\n}}"
+
+    def _comment(self) -> str:
+        return f'\tcomment "{self.comment}"\n' if self.comment else ""
+
+    def create_line(self) -> str:
+        """`create table`, which fails if the table exists; the comment must come with it."""
+        return f"create table {self.ref} {{\n{self._comment()}}}\n"
 
     def map(self, name: str) -> MapSpec:
         for m in self.maps:
@@ -65,8 +73,9 @@ class Transaction:
         self.ops.append(("replace", table))
 
     def create_table(self, table: TableSpec) -> None:
-        """Like `replace_table`, for a table known to be absent. Deleting a table makes the
-        kernel wait for readers to finish (about 14 ms here), which a pod start need not pay."""
+        """Like `replace_table` where the table should be absent, as in a new pod: the whole
+        transaction fails ("File exists") if it is there. Deleting a table makes the kernel
+        wait for readers to finish (about 14 ms here), which a pod start need not pay."""
         self.ops.append(("create", table))
 
     def delete_table(self, family: str, name: str) -> None:
@@ -118,7 +127,7 @@ def _chunks(items: list[str]) -> list[str]:
 def _replace_script(table: TableSpec, delete_first: bool = True) -> str:
     # "add" makes "delete" safe on a fresh kernel; the whole script is one transaction, so no
     # packet ever sees the table missing or half-built.
-    out = [f"add table {table.ref}\ndelete table {table.ref}\n"] if delete_first else []
+    out = [f"add table {table.ref}\ndelete table {table.ref}\n" if delete_first else table.create_line()]
     out += [table.skeleton(), "\n"]
     for m in table.maps:
         items = [f"{k} : {v}" for k, v in m.elements.items()]
