@@ -8,14 +8,14 @@ arping process, and nothing waits for an answer, so `init` is not held up.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .model import IPAddress
 
@@ -26,8 +26,7 @@ ALL_NODES_MAC = bytes.fromhex("333300000001")
 ALL_NODES = socket.inet_pton(socket.AF_INET6, "ff02::1")
 
 
-@dataclass(frozen=True)
-class NeighbourReport:
+class NeighbourReport(NamedTuple):
     """What the LAN answered to one ARP exchange."""
 
     gateway_mac: str | None  # None: the gateway did not answer in time
@@ -96,8 +95,16 @@ def _checksum(data: bytes) -> int:
 
 
 class PacketSocketAnnouncer:
-    """One packet socket per exchange: closing one makes the kernel wait out an RCU grace period
-    (10-15 ms here), so probe and announcements share it."""
+    """Probe and announce on one packet socket, in a child process.
+
+    Closing a packet socket makes the kernel wait out an RCU grace period (10-15 ms on these
+    machines), and so does a process exit that closes one: a third of a pod start. The child
+    sends the frames, hands the probe's answer back through a pipe and closes it, and only then
+    exits; the router goes on at once and never waits for that last close.
+    """
+
+    def __init__(self) -> None:
+        self._children: list[int] = []
 
     def exchange(
         self,
@@ -107,20 +114,101 @@ class PacketSocketAnnouncer:
         probe: tuple[IPv4Address, IPv4Address] | None = None,
         timeout: float = 0.5,
     ) -> NeighbourReport | None:
-        raw_mac = bytes.fromhex(mac.replace(":", ""))
-        report = None
-        # Protocol 0 at creation and ARP at bind: the receive hook is registered once.
-        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as sock:
-            sock.bind((interface, ETH_P_ARP))
-            if probe is not None:
-                report = _probe(sock, raw_mac, probe[0].packed, probe[1].packed, timeout)
-            for address in addresses:
-                if address.version == 4:
-                    for frame in arp_frames(raw_mac, address.packed):
-                        sock.send(frame)
-                else:
-                    sock.send(neighbour_advertisement(raw_mac, address.packed))
-        return report
+        self._reap()
+        frames = list(addresses)
+        read_end, write_end = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_end)
+            os.close(write_end)
+            try:
+                return _exchange(interface, mac, frames, probe, timeout)
+            finally:
+                while _keep:
+                    _keep.pop().close()
+        if pid == 0:  # the child: never returns
+            os.close(read_end)
+            # Whoever waits for the router's output must not wait for this child's exit.
+            os.closerange(0, 3)
+            _child(write_end, lambda: _exchange(interface, mac, frames, probe, timeout))
+        os.close(write_end)
+        self._children.append(pid)
+        with os.fdopen(read_end, "rb") as pipe:
+            answer = pipe.read()
+        return _decode(answer)
+
+    def _reap(self) -> None:
+        for pid in list(self._children):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self._children.remove(pid)
+
+
+def _child(write_end: int, work: Callable[[], NeighbourReport | None]) -> None:
+    code = 0
+    try:
+        report = work()
+        message = b"-" if report is None else _encode(report)
+    except OSError as error:
+        message = b"!" + (error.strerror or str(error)).encode()
+        code = 1
+    except BaseException as error:  # never let the child run on into the router's own code
+        message = b"!" + repr(error).encode()
+        code = 1
+    try:
+        os.write(write_end, message)
+        os.close(write_end)
+    finally:
+        os._exit(code)
+
+
+def _encode(report: NeighbourReport) -> bytes:
+    return f"{report.gateway_mac or ''} {','.join(report.conflicts)}".encode()
+
+
+def _decode(answer: bytes) -> NeighbourReport | None:
+    if answer.startswith(b"!"):
+        raise OSError(answer[1:].decode(errors="replace"))
+    if answer == b"-":
+        return None
+    if not answer:
+        raise OSError("the announcing process ended without an answer")
+    gateway, _, conflicts = answer.decode().partition(" ")
+    return NeighbourReport(gateway or None, tuple(c for c in conflicts.split(",") if c))
+
+
+def _exchange(
+    interface: str,
+    mac: str,
+    addresses: list[IPAddress],
+    probe: tuple[IPv4Address, IPv4Address] | None,
+    timeout: float,
+) -> NeighbourReport | None:
+    """Probe and announce; the socket is left open on purpose: the caller's process exit
+    closes it (see `PacketSocketAnnouncer`)."""
+    raw_mac = bytes.fromhex(mac.replace(":", ""))
+    report = None
+    # Protocol 0 at creation and ARP at bind: the receive hook is registered once.
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    sock.bind((interface, ETH_P_ARP))
+    if probe is not None:
+        report = _probe(sock, raw_mac, probe[0].packed, probe[1].packed, timeout)
+    for address in addresses:
+        if address.version == 4:
+            for frame in arp_frames(raw_mac, address.packed):
+                sock.send(frame)
+        else:
+            sock.send(neighbour_advertisement(raw_mac, address.packed))
+    _keep.append(sock)
+    return report
+
+
+# Sockets of `_exchange`, closed by the exit of the (child) process that made them.
+_keep: list[socket.socket] = []
 
 
 def _probe(sock: socket.socket, mac: bytes, source: bytes, gateway: bytes, timeout: float) -> NeighbourReport:

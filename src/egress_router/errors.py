@@ -13,14 +13,13 @@ problem; nothing below it prints or exits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     """One thing wrong with the input, located as precisely as the input allows."""
 
     variable: str

@@ -7,7 +7,6 @@ protocol and family, a destination address of the same family as a source, ...).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
@@ -61,8 +60,7 @@ class Mapping(NamedTuple):
         return self.address.version
 
 
-@dataclass(frozen=True)
-class Destinations:
+class Destinations(NamedTuple):
     """All redirection rules, in input order, and at most one fallback per address family."""
 
     mappings: tuple[Mapping, ...] = ()
@@ -75,14 +73,13 @@ class Destinations:
         return None
 
 
-@dataclass(frozen=True)
-class RouterConfig:
+class RouterConfig(NamedTuple):
     """Everything the environment says, validated."""
 
     mode: Mode
     sources: tuple[IPInterface, ...]
     gateways: tuple[IPAddress, ...]
-    destinations: Destinations = field(default_factory=Destinations)
+    destinations: Destinations = Destinations()
     egress_interface: str = DEFAULT_EGRESS_INTERFACE
     pod_interface: str = DEFAULT_POD_INTERFACE
     http_port: int = DEFAULT_HTTP_PORT

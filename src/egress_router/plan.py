@@ -9,7 +9,7 @@ element, not a rebuilt table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .model import PROTOCOLS, IPAddress, IPInterface, Mode, RouterConfig
 from .nft.table import MapSpec, TableSpec
@@ -33,15 +33,13 @@ def bytes_set_name(protocol: str, family: int) -> str:
     return f"bytes_{protocol}{family}"
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     destination: str  # "default" or an address with prefix length
     via: IPAddress | None
     family: int
 
 
-@dataclass(frozen=True)
-class NetworkPlan:
+class NetworkPlan(NamedTuple):
     """What the egress interface and the namespace's routing must look like."""
 
     interface: str
@@ -50,8 +48,7 @@ class NetworkPlan:
     sysctls: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     network: NetworkPlan
     table: TableSpec | None  # None in the proxy modes, which set up the network only
 

@@ -17,7 +17,6 @@ a failure leaves nothing half-applied:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 
 from .announce import Announcer
@@ -37,26 +36,31 @@ MISSING_INTERFACE_HINT = (
 GATEWAY_ANSWER_TIMEOUT = 0.5  # seconds; only a gateway that does not answer costs this much
 
 
-@dataclass
 class Outcome:
     """What one reconcile did, for logs and metrics."""
 
-    nft_script: str = ""
-    full_table: bool = False
-    announced: tuple[str, ...] = ()
-    conflicts: tuple[str, ...] = ()  # MACs of other hosts answering for the source address
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    def __init__(self) -> None:
+        self.nft_script = ""
+        self.full_table = False
+        self.announced: tuple[str, ...] = ()
+        self.conflicts: tuple[str, ...] = ()  # MACs of other hosts answering for the source
+        self.warnings: list[str] = []
+        self.seconds = 0.0
 
 
-@dataclass
 class Router:
-    nft: NftBackend
-    net: NetBackend
-    announcer: Announcer
-    log: Log = field(default_factory=Log)
-    applied: TableSpec | None = None  # what this process last put in the kernel (None: unknown)
-    applied_network: NetworkPlan | None = None  # likewise for the addresses, routes and sysctls
+    """The reconcile step with its adapters, and what it last applied.
+
+    Plain classes rather than dataclasses on this path: importing `dataclasses` (and the
+    `inspect` it pulls in) costs every pod start several milliseconds."""
+
+    def __init__(
+        self, nft: NftBackend, net: NetBackend, announcer: Announcer, log: Log | None = None
+    ) -> None:
+        self.nft, self.net, self.announcer = nft, net, announcer
+        self.log = log if log is not None else Log()
+        self.applied: TableSpec | None = None  # what this process last put in the kernel
+        self.applied_network: NetworkPlan | None = None  # likewise for addresses and routes
 
     def forget(self) -> None:
         """The kernel may no longer hold what was applied (drift, a failure): the next

@@ -61,3 +61,27 @@ def test_neighbour_advertisement_is_a_valid_icmpv6_packet() -> None:
     assert icmp[8:24] == address and icmp[24:26] == b"\x02\x01" and icmp[26:32] == MAC
     pseudo = ip6[8:40] + struct.pack("!I3xB", len(icmp), 58)
     assert _checksum(pseudo + icmp) == 0  # a correct checksum sums to zero
+
+
+def test_the_child_hands_back_the_report_and_errors() -> None:
+    from egress_router.announce import NeighbourReport, _decode, _encode
+
+    report = NeighbourReport("02:00:00:00:00:fe", ("02:aa:00:00:00:01", "02:aa:00:00:00:02"))
+    assert _decode(_encode(report)) == report
+    assert _decode(_encode(NeighbourReport(None))) == NeighbourReport(None)
+    assert _decode(b"-") is None
+    try:
+        _decode(b"!Operation not permitted")
+    except OSError as error:
+        assert "Operation not permitted" in str(error)
+    else:
+        raise AssertionError("an error in the child must reach the router")
+
+
+def test_a_failing_exchange_is_an_oserror_in_the_router() -> None:
+    import pytest
+
+    from egress_router.announce import PacketSocketAnnouncer
+
+    with pytest.raises(OSError):  # no such interface (and, without root, no packet socket)
+        PacketSocketAnnouncer().exchange("no-such-if0", "02:00:00:00:00:01", [])

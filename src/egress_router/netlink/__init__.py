@@ -7,15 +7,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..model import IPInterface
 from ..plan import NetworkPlan
 
 
-@dataclass(frozen=True)
-class LinkState:
+class LinkState(NamedTuple):
     name: str
     up: bool  # administratively up
     carrier: bool  # the lower layer is up too
@@ -24,8 +22,7 @@ class LinkState:
     addresses: tuple[IPInterface, ...]  # global scope only: link-local ones are the kernel's
 
 
-@dataclass(frozen=True)
-class SavedRoute:
+class SavedRoute(NamedTuple):
     """A route as `ip -j route show` gives it: the default route, or one through the egress
     interface that the kernel did not add by itself for an address."""
 
@@ -46,8 +43,7 @@ class SavedRoute:
         return f"route replace {destination}{via}{dev}{scope}"
 
 
-@dataclass(frozen=True)
-class NetSnapshot:
+class NetSnapshot(NamedTuple):
     """What a reconcile may change, read before it changes anything, so that a failure part-way
     can put it back."""
 

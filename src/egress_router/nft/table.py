@@ -9,19 +9,18 @@ replacement of the whole table otherwise.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # One `elements = { ... }` line per this many elements keeps scripts readable and nft's error
 # positions useful; nft reads any number of lines in one transaction.
 _CHUNK = 500
 
 
-@dataclass(frozen=True)
-class MapSpec:
+class MapSpec(NamedTuple):
     name: str
     key_type: str
     value_type: str
-    elements: Mapping[str, str] = field(default_factory=dict)
+    elements: Mapping[str, str]
     counter: bool = False
 
     def declaration(self) -> str:
@@ -30,8 +29,7 @@ class MapSpec:
         return f"\tmap {self.name} {{\n\t\ttype {self.key_type} : {self.value_type}\n{counter}\t}}"
 
 
-@dataclass(frozen=True)
-class TableSpec:
+class TableSpec(NamedTuple):
     family: str
     name: str
     maps: tuple[MapSpec, ...]
@@ -63,11 +61,11 @@ class TableSpec:
         raise KeyError(name)
 
 
-@dataclass
 class Transaction:
     """Operations queued for one `nft -f`; render with `str()`."""
 
-    ops: list[tuple[str, object]] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.ops: list[tuple[str, object]] = []
 
     def replace_table(self, table: TableSpec) -> None:
         self.ops.append(("replace", table))
