@@ -34,3 +34,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]"
   touch "$stamp"
 fi
+# Bytecode for the editable install: where PYTHONDONTWRITEBYTECODE is set (as on these
+# machines) Python would otherwise compile the router at every start.
+"$venv/bin/python" -m compileall -q src >/dev/null || true
