@@ -56,8 +56,10 @@ def parse_port(text: str, what: str = "port") -> int:
 
 
 @lru_cache(maxsize=65536)
-def parse_address(text: str) -> IPAddress:
-    """A unicast address a packet can be routed to; rules share few addresses, hence the cache."""
+def parse_address(text: str, on_link: bool = False) -> IPAddress:
+    """A unicast address a packet can be routed to; rules share few addresses, hence the cache.
+    `on_link` admits link-local addresses: a gateway is reached on the egress interface itself,
+    and IPv6 gateways are most often link-local (fe80::1)."""
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
@@ -66,7 +68,7 @@ def parse_address(text: str) -> IPAddress:
         raise _Invalid(f"{text!r}: a zone index (%...) is not allowed")
     if address.is_unspecified or address.is_loopback or address.is_multicast:
         raise _Invalid(f"{text} is not a unicast address that can be routed to")
-    if address.is_link_local:
+    if address.is_link_local and not on_link:
         raise _Invalid(f"{text} is link-local and cannot be reached through the gateway")
     if isinstance(address, ipaddress.IPv4Address) and address == ipaddress.IPv4Address(
         "255.255.255.255"
@@ -190,7 +192,7 @@ def parse_sources(text: str) -> tuple[IPInterface, ...]:
 
 
 def parse_gateways(text: str) -> tuple[IPAddress, ...]:
-    gateways = tuple(parse_address(item) for item in _split_list(text))
+    gateways = tuple(parse_address(item, on_link=True) for item in _split_list(text))
     _one_per_family(list(gateways), "gateway")
     return gateways
 

@@ -92,3 +92,22 @@ def test_the_router_switches_ipv6_forwarding_on_and_announces_the_ipv6_source(
     assert dual_stack.sysctl("router", "net/ipv6/conf/all/forwarding") == "1"
     entry = dual_stack.exec("gw", ["ip", "-6", "neigh", "show", A.SOURCE6, "dev", "lan0"]).stdout
     assert dual_stack.mac("router", "macvlan0") in entry, entry
+
+
+def test_an_ipv6_only_router_behind_a_link_local_gateway(lab6: Lab) -> None:
+    # IPv6 gateways are usually known by their link-local address, as a router advertises it.
+    lab6.reset_router()
+    shown = lab6.exec("gw", ["ip", "-6", "-br", "address", "show", "dev", "lan0", "scope", "link"])
+    gateway = shown.stdout.split()[2].split("/")[0]
+    assert gateway.startswith("fe80:")
+    done = lab6.run_router(
+        seed_env(
+            "init",
+            EGRESS_SOURCE=f"{A.SOURCE6}/64",
+            EGRESS_GATEWAY=gateway,
+            EGRESS_DESTINATION="8080 tcp 2001:db8:2::26 80\n",
+        )
+    )
+    assert done.returncode == 0, done.stderr
+    probe = lab6.connect(8080, address=A.ROUTER_IP6)
+    assert probe.server == ("2001:db8:2::26", 80) and probe.source == A.SOURCE6

@@ -254,3 +254,12 @@ def test_dual_stack_source_and_gateway() -> None:
 def test_at_most_one_source_per_family(value: str) -> None:
     with pytest.raises(ConfigError):
         load_environment(env(EGRESS_SOURCE=value))
+
+
+def test_an_ipv6_gateway_may_be_link_local_a_destination_may_not() -> None:
+    config = load_environment(
+        {"EGRESS_SOURCE": "2001:db8:1::99/64", "EGRESS_GATEWAY": "fe80::1", "EGRESS_DESTINATION": "80 tcp 2001:db8:2::25"}
+    )
+    assert str(config.gateway(6)) == "fe80::1"
+    with pytest.raises(ConfigError, match="link-local"):
+        load_environment({"EGRESS_SOURCE": "2001:db8:1::99/64", "EGRESS_GATEWAY": "fe80::1", "EGRESS_DESTINATION": "80 tcp fe80::25"})
