@@ -23,6 +23,7 @@ from .plan import (
     TABLE_FAMILY,
     TABLE_NAME,
     bytes_set_name,
+    connections_set_name,
     fallback_counter_name,
     map_name,
 )
@@ -76,11 +77,12 @@ def traffic(state: TableState) -> Iterator[tuple[dict[str, str], int, int]]:
         for protocol in PROTOCOLS:
             nat = state.maps.get(map_name(protocol, family), {})
             counted = state.maps.get(bytes_set_name(protocol, family), {})
+            made = state.maps.get(connections_set_name(protocol, family), {})
             for port, element in nat.items():
                 address, _, remote = element.value.partition(" . ")
                 labels = {"protocol": protocol, "port": port, "destination": destination(address, remote)}
-                seen = counted.get(port)
-                yield labels, element.packets, seen.bytes if seen else 0
+                seen, new = counted.get(port), made.get(port)
+                yield labels, new.packets if new else 0, seen.bytes if seen else 0
             unmapped[family] += sum(e.bytes for port, e in counted.items() if port not in nat)
     for family, address in sorted(state.fallbacks.items()):
         connections = state.counters.get(fallback_counter_name(family), (0, 0))[0]

@@ -33,6 +33,10 @@ def bytes_set_name(protocol: str, family: int) -> str:
     return f"bytes_{protocol}{family}"
 
 
+def connections_set_name(protocol: str, family: int) -> str:
+    return f"conns_{protocol}{family}"
+
+
 class Route(NamedTuple):
     destination: str  # "default" or an address with prefix length
     via: IPAddress | None
@@ -103,7 +107,6 @@ def _maps(config: RouterConfig) -> tuple[MapSpec, ...]:
             key_type="inet_service",
             value_type=f"{_NFT_ADDRESS_TYPE[f]} . inet_service",
             elements=elements[map_name(p, f)],
-            counter=True,
         )
         for p in PROTOCOLS
         for f in FAMILIES
@@ -119,19 +122,13 @@ def _body(config: RouterConfig) -> str:
     lines: list[str] = []
     for family in FAMILIES:
         lines.append(f"counter {fallback_counter_name(family)} {{ }}")
-    # Bytes per local port, counted on the forward path: the NAT maps' counters only see a
-    # connection's first packet. The sets fill themselves from traffic (one element per port
-    # that carried any), so loading or changing the rules never has to write them.
+    # Connections and bytes per local port, counted on the forward path in sets that fill
+    # themselves from traffic (one element per port that carried any): loading or changing the
+    # rules never writes them, and the NAT maps carry no counters (a tenth of their load time).
     for family in FAMILIES:
         for protocol in PROTOCOLS:
-            lines += [
-                f"set {bytes_set_name(protocol, family)} {{",
-                "\ttype inet_service",
-                "\tflags dynamic",
-                "\tcounter",
-                "\tsize 65536",
-                "}",
-            ]
+            for name in (connections_set_name(protocol, family), bytes_set_name(protocol, family)):
+                lines += [f"set {name} {{", "\ttype inet_service", "\tflags dynamic", "\tcounter", "\tsize 65536", "}"]
 
     # Only connections that come in from the pod network and are addressed to the router
     # itself are redirected: a host that uses the pod as its gateway gets nothing from it.
@@ -186,12 +183,15 @@ def _body(config: RouterConfig) -> str:
 def _count_rules() -> list[str]:
     """Every packet of a redirected connection, both ways, counted under the connection's
     original local port; the daemon attributes a port to its mapping, or to the fallback."""
-    return [
-        f"meta nfproto {_nfproto(family)} meta l4proto {protocol} "
-        f"update @{bytes_set_name(protocol, family)} {{ ct original proto-dst }}"
-        for family in FAMILIES
-        for protocol in PROTOCOLS
-    ]
+    rules = []
+    for family in FAMILIES:
+        for protocol in PROTOCOLS:
+            match = f"meta nfproto {_nfproto(family)} meta l4proto {protocol}"
+            rules += [
+                f"ct state new {match} update @{connections_set_name(protocol, family)} {{ ct original proto-dst }}",
+                f"{match} update @{bytes_set_name(protocol, family)} {{ ct original proto-dst }}",
+            ]
+    return rules
 
 
 def _chain(name: str, kind: str, hook: str, priority: str, policy: str, rules: list[str]) -> list[str]:

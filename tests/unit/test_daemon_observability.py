@@ -106,7 +106,7 @@ def test_metrics_report_kernel_counters_per_mapping_and_the_daemons_own() -> Non
     from egress_router.metrics import Collector
 
     _, kernel, _ = fake_stack()
-    kernel.counts = {"tcp4": {"80": (7, 420)}, "bytes_tcp4": {"80": (30, 5000), "5000": (10, 700)}, "bytes_udp4": {"53": (1, 77)}}
+    kernel.counts = {"conns_tcp4": {"80": (7, 420)}, "bytes_tcp4": {"80": (30, 5000), "5000": (10, 700)}, "bytes_udp4": {"53": (1, 77)}}
     kernel.named = {"fallback4": (2, 120)}
     stats = Stats()
     stats.reloaded(True)
@@ -148,7 +148,7 @@ def test_health_ready_and_metrics_over_http() -> None:
 
 def test_status_table_and_json_read_the_kernel() -> None:
     _, kernel, net = fake_stack()
-    kernel.counts = {"tcp4": {"80": (7, 420)}, "bytes_tcp4": {"80": (30, 5000)}}
+    kernel.counts = {"conns_tcp4": {"80": (7, 420)}, "bytes_tcp4": {"80": (30, 5000)}}
     state = gather("macvlan0", net, kernel)
     assert state["interface"]["addresses"] == ["192.0.2.99/24"]
     assert state["routes"] == [{"family": "ipv4", "gateway": "192.0.2.1", "device": None}]
