@@ -71,7 +71,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     startup = results.get("startup")
     if startup:
         m = startup["init_median_ms"]
-        out.append(("init, seed example (median)", f"{m:.1f} ms", "<= 50 ms", m <= 50))
+        out.append(("init, seed example, new pod (median)", f"{m:.1f} ms", "<= 50 ms", m <= 50))
         rss = startup["legacy"]["rss_mb"]
         out.append(("legacy mode resident memory", f"{rss:.1f} MB", "<= 40 MB", rss <= 40))
     return out
@@ -183,9 +183,10 @@ def _startup(startup: dict[str, Any] | None) -> list[str]:
     out = [
         "## Start-up and memory", "",
         (f"`init` for the seed's example, {startup['runs']} whole processes spawned in the router "
-        f"namespace: median {startup['init_median_ms']:.1f} ms, p90 {startup['init_p90_ms']:.1f} ms, "
-        f"fastest {startup['init_min_ms']:.1f} ms; `python -c pass` alone takes "
-        f"{startup['python_floor_median_ms']:.1f} ms."), "",
+        f"namespace, each on the namespace as a new pod has it: median {startup['init_median_ms']:.1f} ms, "
+        f"p90 {startup['init_p90_ms']:.1f} ms, fastest {startup['init_min_ms']:.1f} ms. Run again in "
+        f"the same pod (the table there, replaced whole): median {startup['rerun_median_ms']:.1f} ms. "
+        f"`python -c pass` alone takes {startup['python_floor_median_ms']:.1f} ms."), "",
         (f"`python -X importtime -m egress_router`: {imports['modules']} modules, "
         f"{imports['total_ms']:.1f} ms of imports in all. Slowest by their own time:"), "",
         "| module | self (ms) |", "|---|---:|",

@@ -13,13 +13,23 @@ from . import stats
 from .context import Bench, BenchError, stop
 
 TOP_IMPORTS = 10
+NEW_POD = [
+    "sh", "-c",
+    "nft delete table inet egress_router 2>/dev/null; "
+    "ip address flush dev macvlan0 && ip link set macvlan0 down",
+]
 
 
 def run(bench: Bench) -> dict[str, object]:
     options = bench.options
     env = bench.router_env(EGRESS_ROUTER_MODE="init")
-    bench.clear_tables()
-    init = bench.timed_runs([sys.executable, "-m", "egress_router"], env, options.init_runs)["seconds"]
+    argv = [sys.executable, "-m", "egress_router"]
+    # A pod start: the router namespace as a new pod has it (no table, macvlan0 down and
+    # without address), put back before each timed run.
+    init = bench.timed_runs(argv, env, options.init_runs, before=NEW_POD)["seconds"]
+    # A restart in the same pod (the init container run again): the table is there, and is
+    # replaced whole.
+    rerun = bench.timed_runs(argv, env, options.init_runs)["seconds"]
     interpreter = bench.timed_runs([sys.executable, "-c", "pass"], env, options.init_runs)["seconds"]
     importtime = bench.timed_runs([sys.executable, "-X", "importtime", "-m", "egress_router"], env, 1)["stderr"]
     summary: dict[str, object] = {
@@ -27,6 +37,7 @@ def run(bench: Bench) -> dict[str, object]:
         "init_median_ms": stats.median(init) * 1e3,
         "init_p90_ms": stats.percentile(init, 90) * 1e3,
         "init_min_ms": min(init) * 1e3,
+        "rerun_median_ms": stats.median(rerun) * 1e3,
         "python_floor_median_ms": stats.median(interpreter) * 1e3,
         "imports": top_imports(importtime),
         "legacy": legacy_memory(bench),
