@@ -94,13 +94,16 @@ def _maps(config: RouterConfig) -> tuple[MapSpec, ...]:
     elements: dict[str, dict[str, str]] = {
         map_name(p, f): {} for p in PROTOCOLS for f in FAMILIES
     }
-    names = {(p, f): map_name(p, f) for p in PROTOCOLS for f in FAMILIES}
-    text: dict[IPAddress, str] = {}  # str() of an address is slow and rules share few of them
+    # The hot loop of a large rule set. str() of an address, its hash and its version are all
+    # Python-level and slow, and rules share few addresses: each address object (the parser
+    # hands out one per distinct address) is looked up by identity, once.
+    targets = {(p, f): elements[map_name(p, f)] for p in PROTOCOLS for f in FAMILIES}
+    seen: dict[int, tuple[str, int]] = {}
     for port, protocol, address, remote_port, _ in config.destinations.mappings:
-        shown = text.get(address)
-        if shown is None:
-            shown = text[address] = str(address)
-        elements[names[protocol, address.version]][str(port)] = f"{shown} . {remote_port}"
+        known = seen.get(id(address))
+        if known is None:
+            known = seen[id(address)] = (str(address), address.version)
+        targets[protocol, known[1]][str(port)] = f"{known[0]} . {remote_port}"
     nat = tuple(
         MapSpec(
             name=map_name(p, f),
