@@ -6,10 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-test}
 
-packages=(nftables iproute2 python3-venv)
-case "$what" in
-  bench) packages+=(iperf3 haproxy socat) ;;
-esac
+# The router needs nft and ip; the tests also run a small benchmark (iperf3, and the
+# userspace proxies it is compared with), so that `make bench` keeps working.
+packages=(nftables iproute2 python3-venv iperf3 haproxy socat)
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -27,7 +26,6 @@ fi
 
 venv=${VENV:-.venv}
 extras=test
-[ "$what" = bench ] && extras=test,bench
 stamp="$venv/.installed-$extras"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
