@@ -241,3 +241,15 @@ def test_bad_egress_router_resource(capsys, tmp_path):
     err = capsys.readouterr().err
     for expected in ("spec.mode", "spec.addresses[0].gateway", "spec.redirect", "spec.networkInterface.macvlan.mode"):
         assert expected in err
+
+
+def test_render_uses_the_models_interface_name(capsys):
+    # One name for macvlan0, the model's; render must not define its own EGRESS_INTERFACE,
+    # which would shadow config.EGRESS_INTERFACE (the variable's name) for its importers.
+    from egress_router.kube import render as render_module
+    from egress_router.model import DEFAULT_EGRESS_INTERFACE
+
+    assert not hasattr(render_module, "EGRESS_INTERFACE")
+    _, docs = render(capsys, SEED_ARGS + ["--flavor", "multus"])
+    meta, _ = pod_of(docs)
+    assert json.loads(meta["annotations"]["k8s.v1.cni.cncf.io/networks"])[0]["interface"] == DEFAULT_EGRESS_INTERFACE

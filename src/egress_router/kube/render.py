@@ -13,12 +13,11 @@ from typing import Any
 import yaml
 
 from ..config import DESTINATION, DESTINATION_FILE, GATEWAY, MODE, SOURCE
-from ..model import RouterConfig
+from ..model import DEFAULT_EGRESS_INTERFACE, RouterConfig
 from .spec import RouterSpec
 
 ASSIGN_MACVLAN = "pod.network.openshift.io/assign-macvlan"
 NETWORKS = "k8s.v1.cni.cncf.io/networks"
-EGRESS_INTERFACE = "macvlan0"
 DESTINATIONS_KEY = "destinations"
 DESTINATIONS_DIR = "/etc/egress-router"
 NAD_API_VERSION = "k8s.cni.cncf.io/v1"
@@ -115,7 +114,7 @@ def _annotations(spec: RouterSpec) -> dict[str, str]:
         # Always a string: a bare `true` is a boolean and OpenShift ignores it. A NIC name
         # instead of "true" puts the macvlan on that NIC.
         return {ASSIGN_MACVLAN: spec.parent or "true"}
-    selection = [{"name": attachment_name(spec), "interface": EGRESS_INTERFACE}]
+    selection = [{"name": attachment_name(spec), "interface": DEFAULT_EGRESS_INTERFACE}]
     return {NETWORKS: json.dumps(selection)}
 
 
