@@ -204,3 +204,50 @@ def test_main_exit_codes(capsys, tmp_path):
     assert capsys.readouterr().out.startswith(f"{bad}:8: ")
     assert lint.main([str(tmp_path / "missing.yaml")], {}) == 2
     assert lint.main([], {}) == 2
+
+
+PROXY_POD = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: egress-proxy
+  annotations:
+    pod.network.openshift.io/assign-macvlan: "true"
+spec:
+  initContainers:
+  - name: egress-router
+    image: registry.redhat.io/openshift4/ose-egress-router
+    securityContext:
+      privileged: true
+    env:
+    - name: EGRESS_SOURCE
+      value: 192.168.12.99/24
+    - name: EGRESS_GATEWAY
+      value: 192.168.12.1
+    - name: EGRESS_ROUTER_MODE
+      value: {mode}
+  containers:
+  - name: egress-proxy
+    image: registry.redhat.io/openshift4/ose-egress-{proxy}
+    env:
+    - name: {variable}
+      value: |
+        {value}
+"""
+PROXIES = {
+    "http": dict(mode="http-proxy", proxy="http-proxy", variable="EGRESS_HTTP_PROXY_DESTINATION", value="!*.example.com"),
+    "dns": dict(mode="dns-proxy", proxy="dns-proxy", variable="EGRESS_DNS_PROXY_DESTINATION", value="80 203.0.113.25"),
+}
+
+
+@pytest.mark.parametrize("fields", PROXIES.values(), ids=PROXIES.keys())
+def test_proxy_containers_are_not_routers(fields):
+    # The router in a proxy mode needs no EGRESS_DESTINATION, and the proxy beside it, which
+    # reads EGRESS_*_PROXY_* variables, is not a router missing its settings.
+    assert findings(("pod.yaml", PROXY_POD.format(**fields))) == []
+
+
+def test_a_router_variable_alone_makes_a_router():
+    text = PROXY_POD.format(**PROXIES["http"]).replace("EGRESS_HTTP_PROXY_DESTINATION", "EGRESS_ROUTER_MODE")
+    found = findings(("pod.yaml", text))
+    assert any("container egress-proxy: EGRESS_SOURCE: is not set" in m for _, _, m in found), found

@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 
 from yaml.nodes import Node
 
-from ..config import DESTINATION, DESTINATION_FILE, EGRESS_INTERFACE, MODE, load_environment, parse_destinations
+from ..config import (
+    DESTINATION,
+    DESTINATION_FILE,
+    EGRESS_INTERFACE,
+    GATEWAY,
+    MODE,
+    SOURCE,
+    load_environment,
+    parse_destinations,
+)
 from ..errors import ConfigError, Problem
 from ..model import DEFAULT_EGRESS_INTERFACE, Destinations
 from . import nodes, resolve
@@ -21,6 +30,10 @@ from .render import ASSIGN_MACVLAN, NETWORKS
 from .resolve import UNKNOWN, ConfigMaps, Env, Value
 
 NEEDED_CAPABILITIES = ("NET_ADMIN", "NET_RAW")
+# The variables that make a container the router. Not any EGRESS_*: OpenShift's proxy
+# containers (ose-egress-http-proxy, ose-egress-dns-proxy) that run beside a router in
+# http-proxy or dns-proxy mode read EGRESS_HTTP_PROXY_DESTINATION, EGRESS_DNS_PROXY_*.
+ROUTER_VARIABLES = (SOURCE, GATEWAY, DESTINATION, DESTINATION_FILE, MODE)
 
 
 @dataclass(frozen=True, order=True)
@@ -47,7 +60,7 @@ class Workload:
 
 def is_router(container: Node, env: Env) -> bool:
     image = nodes.text(nodes.get(container, "image")) or ""
-    return any(name.startswith("EGRESS_") for name in env.names) or "egress-router" in image.rsplit("/", 1)[-1]
+    return any(name in env.names for name in ROUTER_VARIABLES) or "egress-router" in image.rsplit("/", 1)[-1]
 
 
 def check_container(w: Workload, container: Node, init: bool, maps: ConfigMaps) -> list[Finding]:
