@@ -66,12 +66,7 @@ def _mac_text(raw: bytes) -> str:
 def arp_frames(mac: bytes, address: bytes) -> list[bytes]:
     """An ARP request and an ARP reply, both naming `address` as sender and target: some
     devices update their cache on one kind only."""
-    frames = []
-    for op, target_mac in ((1, b"\x00" * 6), (2, mac)):
-        eth = BROADCAST + mac + struct.pack("!H", ETH_P_ARP)
-        arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + mac + address + target_mac + address
-        frames.append(eth + arp)
-    return frames
+    return [_arp(1, mac, address, b"\x00" * 6, address), _arp(2, mac, address, mac, address)]
 
 
 def neighbour_advertisement(mac: bytes, address: bytes) -> bytes:

@@ -51,11 +51,23 @@ Added by this project:
   EGRESS_ROUTER_HTTP_PORT  legacy mode's health and metrics port; default 9090, 0 for none.
                            This port is never redirected.
   EGRESS_ROUTER_LOG_FORMAT text (default) or json: one event per line on stderr.
+  EGRESS_ROUTER_EXPECTED_CONNECTIONS  warn when the kernel's nf_conntrack_max is below
+                           this many connections; default 16384.
 
 Exit status: 0 done, 1 the kernel or the pod could not be set up, 2 invalid configuration.
 Each problem is reported on one line of stderr, naming the variable and the line.
 """
 
+
+VALIDATE_USAGE = """\
+usage: egress-router validate [FILE...]
+Check destination files (the EGRESS_DESTINATION format), or, without FILE, the whole
+environment. Prints one line per file; exit 2 with every problem, one per line."""
+
+PLAN_USAGE = """\
+usage: egress-router plan
+Print what the environment asks for: the network steps as comments, then the exact nftables
+script the router would apply. Changes nothing and needs no privileges."""
 
 # Commands that live in their own modules, imported only when asked for.
 SUBCOMMANDS = {
@@ -112,7 +124,7 @@ def run_environment(env: Mapping[str, str]) -> int:
     from .model import Mode
 
     config = load_environment(env)
-    log = Log(debug=config.debug, json=env.get("EGRESS_ROUTER_LOG_FORMAT") == "json")
+    log = Log(debug=config.debug, json=config.log_format == "json")
     if config.mode is Mode.UNIT_TEST:
         sys.stdout.write(render_plan(config))
         return 0
@@ -163,6 +175,9 @@ def validate(paths: list[str], env: Mapping[str, str]) -> int:
     from .config import DESTINATION_FILE, load_environment, parse_destinations, read_destination_file
     from .errors import ConfigError
 
+    if paths and paths[0] in ("-h", "--help"):
+        print(VALIDATE_USAGE)
+        return 0
     if not paths:
         config = load_environment(env)
         rules = config.destinations
@@ -192,6 +207,9 @@ def _fallback_words(rules: object) -> str:
 def plan(args: list[str], env: Mapping[str, str]) -> int:
     from .config import load_environment
 
+    if args and args[0] in ("-h", "--help"):
+        print(PLAN_USAGE)
+        return 0
     if args:
         sys.stderr.write("egress-router: plan takes no arguments; it reads the environment\n")
         return 2

@@ -39,6 +39,8 @@ DEBUG = "EGRESS_ROUTER_DEBUG"
 EGRESS_INTERFACE = "EGRESS_INTERFACE"
 POD_INTERFACE = "EGRESS_POD_INTERFACE"
 HTTP_PORT = "EGRESS_ROUTER_HTTP_PORT"
+LOG_FORMAT = "EGRESS_ROUTER_LOG_FORMAT"
+LOG_FORMATS = ("text", "json")
 EXPECTED_CONNECTIONS = "EGRESS_ROUTER_EXPECTED_CONNECTIONS"
 
 
@@ -86,7 +88,8 @@ def parse_destinations(text: str, variable: str = DESTINATION) -> Destinations:
     mappings: list[Mapping] = []
     fallbacks: list[tuple[int, IPAddress]] = []
     seen: dict[tuple[str, int, int], int] = {}
-    for number, raw in enumerate(text.split("\n"), start=1):
+    # A byte-order mark is what some Windows editors put first; it is not part of line 1.
+    for number, raw in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):
         fields = raw.split()
         if not fields or fields[0].startswith("#"):
             continue
@@ -213,9 +216,12 @@ def _one_per_family(addresses: list[IPAddress], what: str) -> None:
 
 def parse_interface_name(text: str) -> str:
     # The kernel's own rule (dev_valid_name): 1-15 bytes, no '/', ':' or whitespace.
+    # Quotes and backslashes too: the name goes into the nft script, which cannot quote them.
     bad = not 0 < len(text.encode()) <= 15 or text in (".", "..")
-    if bad or "/" in text or ":" in text or any(c.isspace() for c in text):
-        raise _Invalid(f"{text!r} is not a valid interface name (1-15 characters, no '/', ':' or spaces)")
+    if bad or any(c in text for c in '/:"\\') or any(c.isspace() or not c.isprintable() for c in text):
+        raise _Invalid(
+            f"{text!r} is not a valid interface name (1-15 characters, no '/', ':', quotes or spaces)"
+        )
     return text
 
 
@@ -249,6 +255,7 @@ def load_environment(environ: EnvMapping[str, str]) -> RouterConfig:
     pod_if = field(POD_INTERFACE, parse_interface_name, DEFAULT_POD_INTERFACE)
     http_port = field(HTTP_PORT, _parse_http_port, DEFAULT_HTTP_PORT)
     expected = field(EXPECTED_CONNECTIONS, _parse_count, DEFAULT_EXPECTED_CONNECTIONS)
+    log_format = field(LOG_FORMAT, _parse_log_format, "text")
     for name, value in ((SOURCE, sources), (GATEWAY, gateways)):
         if environ.get(name) is None:
             problems.append(Problem(name, "is not set"))
@@ -282,11 +289,18 @@ def load_environment(environ: EnvMapping[str, str]) -> RouterConfig:
         debug=bool(environ.get(DEBUG)),
         destination_file=destination_file,
         expected_connections=expected,
+        log_format=log_format,
     )
 
 
 def _parse_http_port(text: str) -> int:
     return 0 if text == "0" else parse_port(text, "HTTP port")
+
+
+def _parse_log_format(text: str) -> str:
+    if text not in LOG_FORMATS:
+        raise _Invalid(f"{text!r} is not one of {', '.join(LOG_FORMATS)}")
+    return text
 
 
 def _parse_count(text: str) -> int:

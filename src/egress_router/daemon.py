@@ -50,6 +50,7 @@ class Daemon:
     clock: Callable[[], float] = time.monotonic
     watcher: FileWatcher | None = None
     baseline: str | None = None  # the table's shape right after our last apply
+    pending: RouterConfig | None = None  # a valid new configuration the kernel refused
     next_check: float = 0.0
 
     def __post_init__(self) -> None:
@@ -99,8 +100,11 @@ class Daemon:
             self.stats.ready = False
             return
         if not reasons:
+            if self.pending is not None:  # the kernel refused it once: it may take it now
+                self._apply(self.pending, "retry of the new configuration")
+                return
             self.stats.ready = self.router.applied is not None or not self.config.mode.redirects
-            if not self.stats.ready:  # a failed apply: retry the configuration in force
+            if not self.stats.ready:  # a failed repair: retry the configuration in force
                 self._apply(self.config, "retry")
             return
         self.log.warning("the kernel state was changed by someone else; restoring it", drift="; ".join(reasons))
@@ -140,13 +144,18 @@ class Daemon:
         try:
             outcome = self.router.reconcile(config)
         except EgressRouterError as error:
-            # The next check does a full resync of the configuration in force.
-            self.router.forget()
-            self.config = config
-            self.stats.ready = False
             self.log.error(f"{why} failed", error=str(error))
+            if config != self.config:
+                # A new configuration the kernel refused: the reconcile put the one in force
+                # back, which keeps serving; the new one is tried again at each check.
+                self.pending = config
+                return False
+            # The configuration in force is not in the kernel: the next check does a full resync.
+            self.router.forget()
+            self.stats.ready = False
             return False
         self.config = config
+        self.pending = None
         self.stats.observe_apply(outcome.seconds)
         self.stats.address_conflicts += len(outcome.conflicts)
         self.baseline = self._shape()

@@ -38,10 +38,6 @@ class Mode(Enum):
         """The proxy modes only set up the network: the image's proxies do the rest."""
         return self not in (Mode.HTTP_PROXY, Mode.DNS_PROXY)
 
-    @property
-    def stays(self) -> bool:
-        return self is Mode.LEGACY
-
 
 class Mapping(NamedTuple):
     """`<port> <protocol> <ip> [<remote_port>]`: connections to `port` go to `address:remote_port`.
@@ -86,6 +82,7 @@ class RouterConfig(NamedTuple):
     debug: bool = False
     destination_file: str | None = None
     expected_connections: int = DEFAULT_EXPECTED_CONNECTIONS
+    log_format: str = "text"  # or "json"
 
     @property
     def families(self) -> tuple[int, ...]:

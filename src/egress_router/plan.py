@@ -157,9 +157,15 @@ def _body(config: RouterConfig) -> str:
         for s in config.sources
     ]
 
-    # Without a fallback, a connection to a port that no rule names is refused at once rather
-    # than left to time out. The router's own HTTP port stays open.
-    inp = [f"iifname != {pod} return", "ct state != new return"]
+    # Nothing listens for the LAN: the health and metrics port (which lists every
+    # destination) and anything else the pod may run are not offered on the trusted address.
+    # From the pod network, without a fallback, a connection to a port that no rule names is
+    # refused at once rather than left to time out; the router's own HTTP port stays open.
+    inp = [
+        f"iifname {egress} ct state new meta l4proto {{ tcp, udp, sctp }} drop",
+        f"iifname != {pod} return",
+        "ct state != new return",
+    ]
     if http:
         inp.append(f"tcp dport {http} return")
     inp += [

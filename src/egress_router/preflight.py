@@ -16,10 +16,6 @@ CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
 REQUIRED = {CAP_NET_ADMIN: "NET_ADMIN", CAP_NET_RAW: "NET_RAW"}
 
-# Below this many tracked connections a busy router starts dropping new ones; the value of a
-# default kernel on a small node is 65536 or more. EGRESS_ROUTER_EXPECTED_CONNECTIONS raises it.
-DEFAULT_EXPECTED_CONNECTIONS = 16384
-
 
 def _read(path: str) -> str | None:
     try:

@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -200,3 +201,35 @@ def test_unmapped_udp_is_refused_without_a_fallback(router_lab: Lab) -> None:
     probe = router_lab.connect(5001, protocol="udp", timeout=1.0)
     assert not probe.ok and probe.error == "refused"
     assert socket.has_ipv6  # the kernel has IPv6: the dual-stack lab tests depend on it
+
+
+def test_health_and_metrics_answer_the_pod_network_but_not_the_lan(router_lab: Lab) -> None:
+    router = router_lab.start_router(seed_env("legacy"))
+    try:
+        inside = _connect_when_listening(router_lab, ("198.51.100.2", 9090))
+        inside.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert inside.recv(100).startswith(b"HTTP/1.0 200")
+        inside.close()
+        outside = router_lab.socket("gw")
+        outside.settimeout(1.0)
+        with pytest.raises(OSError):  # dropped: a timeout, not even a refusal
+            outside.connect((SOURCE, 9090))
+        outside.close()
+    finally:
+        router.terminate()
+        router.wait(5)
+
+
+def _connect_when_listening(lab: Lab, address: tuple[str, int], within: float = 10.0) -> socket.socket:
+    deadline = time.monotonic() + within
+    while True:
+        sock = lab.socket("client")
+        sock.settimeout(2)
+        try:
+            sock.connect(address)
+            return sock
+        except ConnectionRefusedError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

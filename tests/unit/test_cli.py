@@ -79,3 +79,20 @@ def test_failure_to_apply_is_one_line_and_exit_1() -> None:
     assert done.returncode == 1
     assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
     assert "the ip command was not found" in done.stderr
+
+
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_subcommands_explain_themselves(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--help"], {}) == 0
+    assert capsys.readouterr().out.startswith(f"usage: egress-router {command}")
+
+
+def test_help_lists_every_variable_the_readme_documents(capsys: pytest.CaptureFixture[str]) -> None:
+    import pathlib
+    import re
+
+    main(["--help"], {})
+    out = capsys.readouterr().out
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(EGRESS_[A-Z_]+)` \|", readme, re.M))
+    assert documented and all(name in out for name in documented), documented - set(out.split())

@@ -263,3 +263,19 @@ def test_an_ipv6_gateway_may_be_link_local_a_destination_may_not() -> None:
     assert str(config.gateway(6)) == "fe80::1"
     with pytest.raises(ConfigError, match="link-local"):
         load_environment({"EGRESS_SOURCE": "2001:db8:1::99/64", "EGRESS_GATEWAY": "fe80::1", "EGRESS_DESTINATION": "80 tcp fe80::25"})
+
+
+@pytest.mark.parametrize("name", ['e"th0', "eth\\0", "eth\t0"])
+def test_interface_names_nft_cannot_quote_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="EGRESS_POD_INTERFACE: .* is not a valid interface name"):
+        load_environment(env(EGRESS_POD_INTERFACE=name))
+
+
+def test_log_format_is_checked() -> None:
+    assert load_environment(env(EGRESS_ROUTER_LOG_FORMAT="json")).log_format == "json"
+    with pytest.raises(ConfigError, match="EGRESS_ROUTER_LOG_FORMAT: 'yaml' is not one of text, json"):
+        load_environment(env(EGRESS_ROUTER_LOG_FORMAT="yaml"))
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_rule() -> None:
+    assert parse_destinations("\ufeff80 tcp 203.0.113.25\r\n").mappings[0].port == 80

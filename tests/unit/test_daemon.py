@@ -103,10 +103,14 @@ def test_an_invalid_update_keeps_the_old_rules_and_is_counted(mounted: Path) -> 
 
 def test_a_refused_apply_is_counted_and_retried_by_the_next_check(mounted: Path) -> None:
     daemon, nft, _, _, clock = make_daemon(mounted)
+    in_force = daemon.config
     nft.fail_with = "Could not process rule: No buffer space available"
     configmap(mounted, RULES + "443 tcp 203.0.113.25\n", "2024_01_01_00_00_01.2")
     daemon.tick()
-    assert daemon.stats.reloads["failure"] == 1 and not daemon.stats.ready
+    assert daemon.stats.reloads["failure"] == 1
+    # The old rules still serve: the pod stays ready, and nothing takes them for drift.
+    assert daemon.stats.ready and daemon.config == in_force
+    assert "443" not in nft.elements("inet", "egress_router", "tcp4")
     clock.now += CHECK_EVERY
     daemon.tick()
     assert "443" in nft.elements("inet", "egress_router", "tcp4")

@@ -115,3 +115,9 @@ def test_describe_says_what_happens() -> None:
         "refuse connections to any other port",
         "serve health and metrics on port 9090/tcp",
     ]
+
+
+def test_nothing_on_the_router_answers_new_connections_from_the_lan() -> None:
+    inp = script(EGRESS_ROUTER_MODE="legacy").split("chain input")[1]
+    drop = 'iifname "macvlan0" ct state new meta l4proto { tcp, udp, sctp } drop'
+    assert drop in inp and inp.index(drop) < inp.index("tcp dport 9090 return")
