@@ -251,3 +251,61 @@ def test_a_router_variable_alone_makes_a_router():
     text = PROXY_POD.format(**PROXIES["http"]).replace("EGRESS_HTTP_PROXY_DESTINATION", "EGRESS_ROUTER_MODE")
     found = findings(("pod.yaml", text))
     assert any("container egress-proxy: EGRESS_SOURCE: is not set" in m for _, _, m in found), found
+
+
+ENV_FROM_POD = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: egress-1
+  annotations:
+    pod.network.openshift.io/assign-macvlan: "true"
+spec:
+  initContainers:
+  - name: egress-router
+    image: example.org/egress-router
+    securityContext:
+      privileged: true
+    envFrom:
+{sources}
+    env:
+    - name: EGRESS_ROUTER_MODE
+      value: init
+"""
+
+
+def env_from(*sources: str) -> str:
+    return ENV_FROM_POD.format(sources="\n".join(f"    - {s}" for s in sources))
+
+
+@pytest.mark.parametrize("source", ["secretRef: {name: egress-settings}", "configMapRef: {name: not-given}",
+                                    "{prefix: EGRESS_, secretRef: {name: egress-settings}}"])
+def test_envfrom_lint_cannot_read_sets_what_it_may(source):
+    # EGRESS_SOURCE, EGRESS_GATEWAY and the rules may all come from it: nothing is "not set".
+    assert findings(("pod.yaml", env_from(source))) == []
+
+
+def test_envfrom_lint_cannot_read_keeps_the_other_findings():
+    text = env_from("secretRef: {name: egress-settings}").replace("value: init", "value: nonsense")
+    found = findings(("pod.yaml", text))
+    assert [m for _, _, m in found] == ["container egress-router: EGRESS_ROUTER_MODE: unknown mode 'nonsense' "
+                                        "(valid: init, legacy, unit-test, http-proxy, dns-proxy)"]
+    # A prefix that no EGRESS_* variable can carry hides nothing.
+    text = env_from("{prefix: APP_, secretRef: {name: app}}")
+    assert any("EGRESS_SOURCE: is not set" in m for _, _, m in findings(("pod.yaml", text)))
+
+
+def test_envfrom_a_later_unreadable_source_may_override_an_earlier_one():
+    config_map = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  EGRESS_SOURCE: nonsense\n"
+    text = env_from("configMapRef: {name: settings}", "secretRef: {name: egress-settings}")
+    assert findings(("pod.yaml", text), ("cm.yaml", config_map)) == []
+    text = env_from("secretRef: {name: egress-settings}", "configMapRef: {name: settings}")
+    found = findings(("pod.yaml", text), ("cm.yaml", config_map))
+    assert [(p, m) for p, _, m in found] == [("cm.yaml", "container egress-router: EGRESS_SOURCE: "
+                                              "'nonsense' is not a valid IP address")], found
+
+
+def test_envfrom_lint_cannot_read_may_rename_the_interface():
+    text = env_from("secretRef: {name: egress-settings}").replace(
+        'pod.network.openshift.io/assign-macvlan: "true"', "k8s.v1.cni.cncf.io/networks: egress-net@net1")
+    assert findings(("pod.yaml", text)) == []  # EGRESS_INTERFACE=net1 may be in the Secret

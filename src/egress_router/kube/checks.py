@@ -17,6 +17,7 @@ from ..config import (
     DESTINATION_FILE,
     EGRESS_INTERFACE,
     GATEWAY,
+    HTTP_PORT,
     MODE,
     SOURCE,
     load_environment,
@@ -80,7 +81,7 @@ def check_container(w: Workload, container: Node, init: bool, maps: ConfigMaps) 
     if mode == "init" and not init:
         findings.append(w.at(where, f"{label}: EGRESS_ROUTER_MODE=init in containers sets up and exits, "
                              "so Kubernetes restarts it over and over: put it in initContainers"))
-    if mode == "legacy" and init and MODE not in env.unknown:
+    if mode == "legacy" and init and not env.maybe(MODE):
         findings.append(w.at(where, f"{label}: EGRESS_ROUTER_MODE={mode_value.text if mode_value else 'legacy (the default)'} "
                              "in initContainers never exits, so the pod never starts: set it to init"))
     if mode != "unit-test":
@@ -96,6 +97,8 @@ def _destination(w: Workload, container: Node, env: Env, maps: ConfigMaps, label
     inline = env.values.get(DESTINATION)
     if DESTINATION_FILE in env.unknown or DESTINATION in env.unknown:
         return UNKNOWN
+    if file_value is None and inline is None and env.opaque:
+        return UNKNOWN  # the rules may come from the envFrom source lint cannot read
     if file_value is None or not file_value.text.strip():
         return inline
     if inline is not None and inline.text.strip():
@@ -116,11 +119,18 @@ def _core(w: Workload, container: Node, env: Env, destination: Value | None | ob
             w.destinations.append(parse_destinations(destination.text))
         except ConfigError:
             pass  # reported below, by load_environment
+    if env.maybe(MODE):
+        # Judge as the most lenient redirect mode: legacy-only checks (the HTTP port) and the
+        # proxy modes' skipping of the rules depend on a value lint cannot see.
+        environ[MODE] = "init"
+    if env.maybe(HTTP_PORT):
+        environ[HTTP_PORT] = "0"
     skip = set(env.unknown) | ({DESTINATION} if destination is UNKNOWN else set())
     try:
         load_environment(environ)
     except ConfigError as error:
-        return [_locate(w, container, env, destination, label, p) for p in error.problems if p.variable not in skip]
+        return [_locate(w, container, env, destination, label, p) for p in error.problems
+                if p.variable not in skip and not (env.opaque and p.message.startswith("is not set"))]
     return []
 
 
@@ -190,7 +200,7 @@ def _networks(w: Workload) -> list[dict[str, str]] | None:
 
 def _interface(w: Workload, env: Env) -> list[Finding]:
     """Something must create the egress interface, under the name the router looks for."""
-    wanted = env.values[EGRESS_INTERFACE].text.strip() if EGRESS_INTERFACE in env.values else DEFAULT_EGRESS_INTERFACE
+    wanted = _wanted_interface(env)
     annotations = nodes.get(w.meta, "annotations")
     assign = nodes.get(annotations, ASSIGN_MACVLAN)
     if assign is not None:
@@ -200,12 +210,19 @@ def _interface(w: Workload, env: Env) -> list[Finding]:
         return []
     selections = _networks(w)
     if selections is None:
-        return [w.at(w.meta, f'nothing creates {wanted}: add the annotation {ASSIGN_MACVLAN}: "true" (OpenShift SDN) '
+        return [w.at(w.meta, f'nothing creates {wanted or DEFAULT_EGRESS_INTERFACE}: add the annotation {ASSIGN_MACVLAN}: "true" (OpenShift SDN) '
                      f"or {NETWORKS} with a macvlan attachment (Multus)")]
-    if not any(s.get("interface") == wanted for s in selections):
+    if wanted is not None and not any(s.get("interface") == wanted for s in selections):
         return [w.at(nodes.get(annotations, NETWORKS), f'{NETWORKS} names no interface {wanted}: Multus calls it '
                      f'net1, net2... unless the selection says "interface": "{wanted}"')]
     return []
+
+
+def _wanted_interface(env: Env) -> str | None:
+    """The egress interface the router looks for; None when lint cannot see it."""
+    if EGRESS_INTERFACE in env.values:
+        return env.values[EGRESS_INTERFACE].text.strip() or DEFAULT_EGRESS_INTERFACE
+    return None if env.maybe(EGRESS_INTERFACE) else DEFAULT_EGRESS_INTERFACE
 
 
 def check_service(doc: Document, workloads: list[Workload]) -> list[Finding]:

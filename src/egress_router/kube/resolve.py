@@ -2,7 +2,9 @@
 `valueFrom.configMapKeyRef` or `envFrom`, or a ConfigMap mounted as `EGRESS_DESTINATION_FILE`.
 
 A value is resolved only when its ConfigMap is among the files given to `lint`; otherwise it is
-`None`, and checks that need it are skipped rather than guessed.
+`None`, and checks that need it are skipped rather than guessed. An `envFrom` that lint cannot
+read (a Secret, a ConfigMap in no file given) may set any variable: the environment is then
+`opaque`, and a variable not seen set may still be set (`Env.maybe`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ class Env:
     values: dict[str, Value] = field(default_factory=dict)
     unknown: set[str] = field(default_factory=set)
     names: dict[str, Node] = field(default_factory=dict)  # variable -> the entry that sets it
+    opaque: bool = False  # an envFrom source lint cannot read may set any variable
+
+    def maybe(self, name: str) -> bool:
+        """Whether `name` may be set to a value lint cannot see."""
+        return name in self.unknown or (self.opaque and name not in self.values)
 
 
 @dataclass(frozen=True)
@@ -67,11 +74,20 @@ def environment(container: Node, maps: ConfigMaps, namespace: str | None, path: 
         ref = nodes.get(source, "configMapRef")
         prefix = nodes.text(nodes.get(source, "prefix")) or ""
         data = maps.data(nodes.text(nodes.get(ref, "name")), namespace) if ref is not None else None
-        for key, node, path in data or []:
+        if data is None:
+            unreadable = ref is not None or nodes.get(source, "secretRef") is not None
+            if unreadable and ("EGRESS_".startswith(prefix) or prefix.startswith("EGRESS_")):
+                # It may set any EGRESS_* variable, and overrides the envFrom sources before it.
+                env.opaque = True
+                env.unknown.update(env.values)
+                env.values.clear()
+            continue
+        for key, node, path in data:
             if (prefix + key).startswith("EGRESS_") and nodes.text(node) is not None:
                 name = prefix + key
                 env.values[name] = Value(nodes.text(node) or "", node, path, name)
                 env.names[name] = node
+                env.unknown.discard(name)
     for entry in nodes.items(nodes.get(container, "env")):
         name = nodes.text(nodes.get(entry, "name"))
         if name is None:
