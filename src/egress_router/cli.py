@@ -11,7 +11,14 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
+from typing import TYPE_CHECKING
+
 from .errors import EXIT_FAILURE, EgressRouterError
+
+if TYPE_CHECKING:  # names for annotations only: the modules load when a command needs them
+    from .log import Log
+    from .model import Destinations, RouterConfig
+    from .reconcile import Router
 
 HELP = """\
 usage: egress-router                      run from the environment (the container entrypoint)
@@ -145,23 +152,23 @@ def run_environment(env: Mapping[str, str]) -> int:
     return 0
 
 
-def make_router(log: object) -> object:
+def make_router(log: Log) -> Router:
     from .announce import PacketSocketAnnouncer
     from .netlink.iproute2 import IpRoute2
     from .nft.cli import NftCli
     from .reconcile import Router
 
-    return Router(nft=NftCli(), net=IpRoute2(), announcer=PacketSocketAnnouncer(), log=log)  # type: ignore[arg-type]
+    return Router(nft=NftCli(), net=IpRoute2(), announcer=PacketSocketAnnouncer(), log=log)
 
 
-def render_plan(config: object) -> str:
+def render_plan(config: RouterConfig) -> str:
     """The plan as a valid nft script: the network steps as comments, then the transaction."""
     from .netlink.iproute2 import batch
     from .nft import Transaction
     from .plan import build_plan, describe
 
-    plan = build_plan(config)  # type: ignore[arg-type]
-    out = [f"# {line}\n" for line in describe(config)]  # type: ignore[arg-type]
+    plan = build_plan(config)
+    out = [f"# {line}\n" for line in describe(config)]
     out += [f"# ip {line}\n" for line in batch(plan.network, ())]
     out += [f"# sysctl {k.replace('/', '.')}={v}\n" for k, v in plan.network.sysctls]
     if plan.table is not None:
@@ -199,8 +206,8 @@ def validate(paths: list[str], env: Mapping[str, str]) -> int:
     return 0
 
 
-def _fallback_words(rules: object) -> str:
-    fallbacks = getattr(rules, "fallbacks", ())
+def _fallback_words(rules: Destinations) -> str:
+    fallbacks = rules.fallbacks
     return ", ".join(map(str, fallbacks)) if fallbacks else "none (other ports refused)"
 
 

@@ -134,7 +134,7 @@ class Router:
 
     def _run(self, tx: Transaction, outcome: Outcome, table: TableSpec) -> None:
         outcome.nft_script = str(tx)
-        outcome.full_table = any(kind in ("replace", "create") for kind, _ in tx.ops)
+        outcome.full_table = tx.writes_table
         self.log.debug("applying nftables transaction", operations=len(tx.ops), full=outcome.full_table)
         self.nft.apply(tx)
         self.applied = table

@@ -6,7 +6,14 @@ import copy
 from dataclasses import dataclass, field
 
 from ..errors import ApplyError
-from .table import TableSpec, Transaction
+from .table import (
+    AddElements,
+    DeleteTable,
+    Operation,
+    RestoreTable,
+    Transaction,
+    WriteTable,
+)
 
 
 @dataclass
@@ -29,37 +36,32 @@ class FakeNft:
             message, self.fail_with = self.fail_with, None
             raise ApplyError("apply the nftables transaction", message)
         tables = copy.deepcopy(self.tables)
-        for kind, arg in tx.ops:
-            if kind == "create" and isinstance(arg, TableSpec) and arg.ref in tables:
-                raise ApplyError("apply the nftables transaction", f"File exists: table {arg.ref}")
-            if kind in ("replace", "create"):
-                assert isinstance(arg, TableSpec)
-                tables[arg.ref] = _Table(
-                    arg.skeleton(), {m.name: dict(m.elements) for m in arg.maps}
-                )
-            elif kind == "restore":
-                family, name, listing = arg  # type: ignore[misc]
-                tables[f"{family} {name}"] = copy.deepcopy(self.listings[listing])
-            elif kind == "delete":
-                family, name = arg  # type: ignore[misc]
-                tables.pop(f"{family} {name}", None)
-            else:
-                ref, map_name, items = arg  # type: ignore[misc]
-                elements = self._map(tables, ref, map_name)
-                if kind == "add":
-                    for key, value in items.items():
-                        if elements.get(key, value) != value:
-                            raise ApplyError("apply the nftables transaction", f"File exists: {key}")
-                        elements[key] = value
-                else:
-                    for key in items:
-                        if key not in elements:
-                            raise ApplyError(
-                                "apply the nftables transaction", f"No such file or directory: {key}"
-                            )
-                        del elements[key]
+        for op in tx.ops:
+            self._apply_one(tables, op)
         self.tables = tables
         self.scripts.append(str(tx))
+
+    def _apply_one(self, tables: dict[str, _Table], op: Operation) -> None:
+        if isinstance(op, WriteTable):
+            if not op.replace and op.table.ref in tables:
+                raise ApplyError("apply the nftables transaction", f"File exists: table {op.table.ref}")
+            tables[op.table.ref] = _Table(op.table.skeleton(), {m.name: dict(m.elements) for m in op.table.maps})
+        elif isinstance(op, RestoreTable):
+            tables[f"{op.family} {op.name}"] = copy.deepcopy(self.listings[op.listing])
+        elif isinstance(op, DeleteTable):
+            tables.pop(f"{op.family} {op.name}", None)
+        elif isinstance(op, AddElements):
+            elements = self._map(tables, op.ref, op.map_name)
+            for key, value in op.elements.items():
+                if elements.get(key, value) != value:  # nft: "add" of a key with another value
+                    raise ApplyError("apply the nftables transaction", f"File exists: {key}")
+                elements[key] = value
+        else:
+            elements = self._map(tables, op.ref, op.map_name)
+            for key in op.keys:
+                if key not in elements:
+                    raise ApplyError("apply the nftables transaction", f"No such file or directory: {key}")
+                del elements[key]
 
     @staticmethod
     def _map(tables: dict[str, _Table], ref: str, name: str) -> dict[str, str]:

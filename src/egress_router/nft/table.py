@@ -61,71 +61,105 @@ class TableSpec(NamedTuple):
         raise KeyError(name)
 
 
+class WriteTable(NamedTuple):
+    """The whole table: created (`replace` False: it must be absent) or replaced."""
+
+    table: TableSpec
+    replace: bool
+
+
+class DeleteTable(NamedTuple):
+    family: str
+    name: str
+
+
+class RestoreTable(NamedTuple):
+    """A table put back exactly as `NftBackend.list_table` showed it."""
+
+    family: str
+    name: str
+    listing: str
+
+
+class AddElements(NamedTuple):
+    ref: str
+    map_name: str
+    elements: dict[str, str]
+
+
+class DeleteElements(NamedTuple):
+    ref: str
+    map_name: str
+    keys: list[str]
+
+
+Operation = WriteTable | DeleteTable | RestoreTable | AddElements | DeleteElements
+
+
 class Transaction:
     """Operations queued for one `nft -f`; render with `str()`."""
 
     def __init__(self) -> None:
-        self.ops: list[tuple[str, object]] = []
+        self.ops: list[Operation] = []
 
     def replace_table(self, table: TableSpec) -> None:
-        self.ops.append(("replace", table))
+        self.ops.append(WriteTable(table, replace=True))
 
     def create_table(self, table: TableSpec) -> None:
         """Like `replace_table` where the table should be absent, as in a new pod: the whole
         transaction fails ("File exists") if it is there. Deleting a table makes the kernel
         wait for readers to finish (about 14 ms here), which a pod start need not pay."""
-        self.ops.append(("create", table))
+        self.ops.append(WriteTable(table, replace=False))
 
     def delete_table(self, family: str, name: str) -> None:
-        self.ops.append(("delete", (family, name)))
+        self.ops.append(DeleteTable(family, name))
 
     def restore_listing(self, family: str, name: str, listing: str) -> None:
-        """Put back a table exactly as `NftBackend.list_table` showed it."""
-        self.ops.append(("restore", (family, name, listing)))
+        self.ops.append(RestoreTable(family, name, listing))
 
     def add_elements(self, table: TableSpec, map_name: str, elements: Mapping[str, str]) -> None:
         if elements:
-            self.ops.append(("add", (table.ref, map_name, dict(elements))))
+            self.ops.append(AddElements(table.ref, map_name, dict(elements)))
 
     def delete_elements(self, table: TableSpec, map_name: str, keys: list[str]) -> None:
         if keys:
-            self.ops.append(("remove", (table.ref, map_name, list(keys))))
+            self.ops.append(DeleteElements(table.ref, map_name, list(keys)))
+
+    @property
+    def writes_table(self) -> bool:
+        """Whether the whole table is written, rather than map elements changed."""
+        return any(isinstance(op, WriteTable) for op in self.ops)
 
     def __bool__(self) -> bool:
         return bool(self.ops)
 
     def __str__(self) -> str:
-        out: list[str] = []
-        for kind, arg in self.ops:
-            if kind in ("replace", "create"):
-                assert isinstance(arg, TableSpec)
-                out.append(_replace_script(arg, delete_first=kind == "replace"))
-            elif kind == "delete":
-                family, name = arg  # type: ignore[misc]
-                # "add" first so that deleting a table that is not there is not an error.
-                out.append(f"add table {family} {name}\ndelete table {family} {name}\n")
-            elif kind == "restore":
-                family, name, listing = arg  # type: ignore[misc]
-                # nft prints a table in the syntax it reads, counters included.
-                out.append(f"add table {family} {name}\ndelete table {family} {name}\n{listing}\n")
-            elif kind == "add":
-                ref, map_name, elements = arg  # type: ignore[misc]
-                items = [f"{k} : {v}" for k, v in elements.items()]
-                out += [f"add element {ref} {map_name} {{ {c} }}\n" for c in _chunks(items)]
-            else:
-                ref, map_name, keys = arg  # type: ignore[misc]
-                out += [f"delete element {ref} {map_name} {{ {c} }}\n" for c in _chunks(keys)]
-        return "".join(out)
+        return "".join(_script(op) for op in self.ops)
+
+
+def _script(op: Operation) -> str:
+    if isinstance(op, WriteTable):
+        return _write_script(op.table, op.replace)
+    if isinstance(op, DeleteTable):
+        # "add" first so that deleting a table that is not there is not an error.
+        return f"add table {op.family} {op.name}\ndelete table {op.family} {op.name}\n"
+    if isinstance(op, RestoreTable):
+        # nft prints a table in the syntax it reads, counters included.
+        return f"add table {op.family} {op.name}\ndelete table {op.family} {op.name}\n{op.listing}\n"
+    if isinstance(op, AddElements):
+        items = [f"{k} : {v}" for k, v in op.elements.items()]
+        return "".join(f"add element {op.ref} {op.map_name} {{ {c} }}\n" for c in _chunks(items))
+    return "".join(f"delete element {op.ref} {op.map_name} {{ {c} }}\n" for c in _chunks(op.keys))
 
 
 def _chunks(items: list[str]) -> list[str]:
     return [", ".join(items[i : i + _CHUNK]) for i in range(0, len(items), _CHUNK)]
 
 
-def _replace_script(table: TableSpec, delete_first: bool = True) -> str:
+def _write_script(table: TableSpec, replace: bool) -> str:
     # "add" makes "delete" safe on a fresh kernel; the whole script is one transaction, so no
     # packet ever sees the table missing or half-built.
-    out = [f"add table {table.ref}\ndelete table {table.ref}\n" if delete_first else table.create_line()]
+    out = [f"add table {table.ref}\ndelete table {table.ref}\n" if replace else table.create_line()]
     out += [table.skeleton(), "\n"]
     for m in table.maps:
         items = [f"{k} : {v}" for k, v in m.elements.items()]
