@@ -253,3 +253,12 @@ def test_render_uses_the_models_interface_name(capsys):
     _, docs = render(capsys, SEED_ARGS + ["--flavor", "multus"])
     meta, _ = pod_of(docs)
     assert json.loads(meta["annotations"]["k8s.v1.cni.cncf.io/networks"])[0]["interface"] == DEFAULT_EGRESS_INTERFACE
+
+
+def test_from_a_file_that_is_not_utf8_is_a_config_problem(capsys, tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(b"name: egress-\xff\n")
+    assert manifests.main(["--from", str(path)], {}) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"egress-router: config error: --from: {path} is not UTF-8 text\n"
+

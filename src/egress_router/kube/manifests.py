@@ -120,6 +120,8 @@ def load_file(path: str, spec: RouterSpec) -> None:
             document = yaml.safe_load(handle)
     except OSError as error:
         raise ConfigError([Problem("--from", f"cannot read {path}: {error.strerror or error}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem("--from", f"{path} is not UTF-8 text")]) from None
     except yaml.YAMLError as error:
         raise ConfigError([Problem("--from", f"{path} is not YAML: {_one_line(error)}")]) from None
     if egressrouter.is_egress_router(document):
