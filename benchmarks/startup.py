@@ -14,9 +14,12 @@ from .context import Bench, BenchError, stop
 
 TOP_IMPORTS = 10
 NEW_POD = [
-    "sh", "-c",
-    "nft delete table inet egress_router 2>/dev/null; "
-    "ip address flush dev macvlan0 && ip link set macvlan0 down",
+    "sh",
+    "-c",
+    (
+        "nft delete table inet egress_router 2>/dev/null; "
+        "ip address flush dev macvlan0 && ip link set macvlan0 down"
+    ),
 ]
 
 

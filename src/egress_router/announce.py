@@ -151,7 +151,7 @@ def _child(write_end: int, work: Callable[[], NeighbourReport | None]) -> None:
     except OSError as error:
         message = b"!" + (error.strerror or str(error)).encode()
         code = 1
-    except BaseException as error:  # never let the child run on into the router's own code
+    except BaseException as error:  # noqa: BLE001 -- never let the child run on into the router's own code
         message = b"!" + repr(error).encode()
         code = 1
     try:

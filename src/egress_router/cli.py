@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-
 from typing import TYPE_CHECKING
 
 from .errors import EXIT_FAILURE, EgressRouterError
@@ -116,7 +115,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return error.exit_code
     except KeyboardInterrupt:
         return 130
-    except Exception as error:  # never a traceback for a user; the debug switch shows one
+    except Exception as error:  # noqa: BLE001 -- never a traceback for a user; debug shows one
         if env.get("EGRESS_ROUTER_DEBUG"):
             import traceback
 
@@ -179,7 +178,12 @@ def render_plan(config: RouterConfig) -> str:
 
 
 def validate(paths: list[str], env: Mapping[str, str]) -> int:
-    from .config import DESTINATION_FILE, load_environment, parse_destinations, read_destination_file
+    from .config import (
+        DESTINATION_FILE,
+        load_environment,
+        parse_destinations,
+        read_destination_file,
+    )
     from .errors import ConfigError
 
     if paths and paths[0] in ("-h", "--help"):

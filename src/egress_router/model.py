@@ -8,8 +8,8 @@ protocol and family, a destination address of the same family as a source, ...).
 from __future__ import annotations
 
 from enum import Enum
-from typing import NamedTuple
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
+from typing import NamedTuple
 
 IPAddress = IPv4Address | IPv6Address
 IPInterface = IPv4Interface | IPv6Interface

@@ -6,13 +6,13 @@ import ipaddress
 import struct
 
 from egress_router.announce import (
+    _arp,
+    _checksum,
     arp_frames,
     collect_replies,
     neighbour_advertisement,
     parse_arp,
     probe_frames,
-    _arp,
-    _checksum,
 )
 
 MAC = bytes.fromhex("020000000001")

@@ -67,7 +67,7 @@ def test_unit_test_mode_needs_no_privileges_and_changes_nothing() -> None:
     # A real process, as a pod would start it; nft/ip are replaced by failing stand-ins on
     # PATH so that any attempt to touch the kernel would show.
     env = {**ENV, "EGRESS_ROUTER_MODE": "unit-test", "PATH": "/nonexistent", "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-m", "egress_router"], env=env, capture_output=True, text=True, timeout=30)
+    done = subprocess.run([sys.executable, "-m", "egress_router"], env=env, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stderr == "" and "table inet egress_router" in done.stdout
 
@@ -75,7 +75,7 @@ def test_unit_test_mode_needs_no_privileges_and_changes_nothing() -> None:
 def test_failure_to_apply_is_one_line_and_exit_1() -> None:
     # nft and ip are missing: the router must say so in one line, not a traceback.
     env = {**ENV, "EGRESS_ROUTER_MODE": "init", "PATH": "/nonexistent", "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-m", "egress_router"], env=env, capture_output=True, text=True, timeout=30)
+    done = subprocess.run([sys.executable, "-m", "egress_router"], env=env, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 1
     assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
     assert "the ip command was not found" in done.stderr
@@ -94,5 +94,5 @@ def test_help_lists_every_variable_the_readme_documents(capsys: pytest.CaptureFi
     main(["--help"], {})
     out = capsys.readouterr().out
     readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
-    documented = set(re.findall(r"^\| `(EGRESS_[A-Z_]+)` \|", readme, re.M))
+    documented = set(re.findall(r"^\| `(EGRESS_[A-Z_]+)` \|", readme, re.MULTILINE))
     assert documented and all(name in out for name in documented), documented - set(out.split())
