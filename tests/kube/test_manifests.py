@@ -262,3 +262,21 @@ def test_from_a_file_that_is_not_utf8_is_a_config_problem(capsys, tmp_path):
     out, err = capsys.readouterr()
     assert out == "" and err == f"egress-router: config error: --from: {path} is not UTF-8 text\n"
 
+
+@pytest.mark.parametrize("flag", ["--image", "--wait-image"])
+@pytest.mark.parametrize("value", ["foo\nbar: baz", "foo bar", "foo\tbar", "foo\x1bbar", ""])
+def test_images_with_whitespace_or_control_characters_are_refused(capsys, flag, value):
+    assert manifests.main(SEED_ARGS + [flag, value], {}) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and f"config error: {flag}: {value!r} is not an image reference" in err
+
+
+def test_every_header_line_is_a_comment(capsys, tmp_path):
+    # A file name may hold a newline; what follows it must stay inside the comment.
+    path = tmp_path / "spec\nkind: Secret\n.yaml"
+    path.write_text((EXAMPLES / "router-spec.yaml").read_text())
+    text, docs = render(capsys, ["--from", str(path), "--source", "192.0.2.99/24\n"])
+    header = text[: text.index("apiVersion:")]
+    assert header.count("\n") >= 3
+    assert all(line.startswith("# ") for line in header.splitlines())
+    assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "Service"]

@@ -73,6 +73,9 @@ def check(spec: RouterSpec) -> RouterConfig:
             parse_interface_name(spec.parent)
         except ValueError as error:
             problems.append(Problem("--parent", str(error)))
+    for flag, image in (("--image", spec.image), ("--wait-image", spec.wait_image)):
+        if not image or any(c.isspace() or not c.isprintable() for c in image):
+            problems.append(Problem(flag, f"{image!r} is not an image reference (no spaces or control characters)"))
     if not spec.sources:
         problems.append(Problem("--source", "is required (the reserved address, e.g. 192.0.2.99/24)"))
     if not spec.gateways:
