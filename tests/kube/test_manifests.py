@@ -280,3 +280,53 @@ def test_every_header_line_is_a_comment(capsys, tmp_path):
     assert header.count("\n") >= 3
     assert all(line.startswith("# ") for line in header.splitlines())
     assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "Service"]
+
+
+def egress_router_file(tmp_path, name: str, rules: list, addresses: list | None = None) -> str:  # type: ignore[type-arg]
+    path = tmp_path / "er.yaml"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "network.operator.openshift.io/v1", "kind": "EgressRouter",
+        "metadata": {"name": name},
+        "spec": {"mode": "Redirect", "networkInterface": {"macvlan": {"mode": "Bridge"}},
+                 "addresses": addresses if addresses is not None else [{"ip": "192.0.2.99/24", "gateway": "192.0.2.1"}],
+                 "redirect": {"redirectRules": rules}},
+    }))
+    return str(path)
+
+
+def test_egress_router_every_problem_at_once(capsys, tmp_path):
+    rules = [{"destinationIP": "203.0.113.25", "port": "80", "protocol": "TCP"},
+             {"destinationIP": "203.0.113.26", "port": 99999, "protocol": "TCP"}]
+    assert manifests.main(["--from", egress_router_file(tmp_path, "Bad_Name", rules)], {}) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert any("spec.redirect.redirectRules[0]: needs destinationIP" in line for line in err), err
+    assert any("--name: 'Bad_Name' is not a DNS label" in line for line in err), err
+    assert any("port 99999 is out of range" in line for line in err), err
+    assert len(err) == 3, err
+
+
+def test_egress_router_port_true_is_not_an_integer(capsys, tmp_path):
+    rules = [{"destinationIP": "203.0.113.25", "port": True, "protocol": "TCP"},
+             {"destinationIP": "203.0.113.26", "port": 8080, "protocol": "TCP", "targetPort": False}]
+    assert manifests.main(["--from", egress_router_file(tmp_path, "x", rules)], {}) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(": ")[2] for line in err] == ["EgressRouter spec.redirect.redirectRules[0]",
+                                                     "EgressRouter spec.redirect.redirectRules[1].targetPort"], err
+    assert "False is not an integer" in err[1]
+
+
+def test_egress_router_missing_addresses_said_once(capsys, tmp_path):
+    rules = [{"destinationIP": "203.0.113.25", "port": 80, "protocol": "TCP"}]
+    assert manifests.main(["--from", egress_router_file(tmp_path, "x", rules, addresses=[])], {}) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["egress-router: config error: EgressRouter spec.addresses: needs one entry "
+                   "(ip with prefix length, and gateway)"]
+
+
+def test_spec_file_problems_with_the_cores(capsys, tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: egress\nsource: 192.0.2.99/24\ngateway: 192.0.2.1\ndestinations: [80 tcp 203.0.113.25]\n"
+                    "deployment: yes please\nflavour: multus\n")
+    assert manifests.main(["--from", str(path), "--destination", "99999 tcp 203.0.113.25"], {}) == 2
+    err = capsys.readouterr().err
+    assert "deployment: must be a bool" in err and "flavour: unknown key" in err and "port 99999" in err

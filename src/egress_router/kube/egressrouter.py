@@ -3,14 +3,16 @@
 Every field of a Redirect-mode resource is honoured: the addresses and gateways, each redirect
 rule (with `targetPort` when it differs), the macvlan's mode and master, and `fallbackIP`,
 which becomes the last destination line (OVN-Kubernetes' own CNI plugin drops it silently).
-Only the shape is checked here; the values are checked by the core, like any other input.
+Only the shape is checked here; the values are checked by the core, like any other input, and
+`manifests` reports the problems of both together.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConfigError, Problem
+from ..errors import Problem
 from .spec import RouterSpec
 
 API_GROUP = "network.operator.openshift.io"
@@ -24,12 +26,25 @@ def is_egress_router(document: object) -> bool:
     return isinstance(document, dict) and document.get("kind") == KIND
 
 
-def to_spec(document: dict[str, Any], spec: RouterSpec) -> RouterSpec:
-    """Fill `spec` from the resource; raise `ConfigError` naming each bad field."""
+Bad = Callable[[str, str], None]
+
+
+def to_spec(document: dict[str, Any], spec: RouterSpec) -> tuple[list[Problem], set[str]]:
+    """Fill `spec` from the resource, as far as its shape allows.
+
+    Returns the problems with the shape, naming each bad field, and the `RouterSpec` fields
+    whose absence they explain (so that `check` does not also call them missing). Nothing is
+    raised: the caller reports these together with the core's verdict on the rest."""
     problems: list[Problem] = []
+    explained: set[str] = set()
 
     def bad(where: str, message: str) -> None:
         problems.append(Problem(f"{KIND} {where}", message))
+        for prefix, attribute in (("spec.addresses", "sources"), ("spec.redirect", "destinations")):
+            if where.startswith(prefix):
+                explained.add(attribute)
+        if where.startswith("spec.addresses") and not where.endswith(".ip"):
+            explained.add("gateways")
 
     if document.get("apiVersion") != API_VERSION:
         bad("apiVersion", f"{document.get('apiVersion')!r} is not {API_VERSION}")
@@ -45,12 +60,14 @@ def to_spec(document: dict[str, Any], spec: RouterSpec) -> RouterSpec:
     _addresses(body.get("addresses"), spec, bad)
     _rules(_dict(body.get("redirect")), spec, bad)
     _interface(_dict(body.get("networkInterface")), spec, bad)
-    if problems:
-        raise ConfigError(problems)
-    return spec
+    return problems, explained
 
 
-def _addresses(items: object, spec: RouterSpec, bad: Any) -> None:
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python
+
+
+def _addresses(items: object, spec: RouterSpec, bad: Bad) -> None:
     if not isinstance(items, list) or not items:
         bad("spec.addresses", "needs one entry (ip with prefix length, and gateway)")
         return
@@ -67,7 +84,7 @@ def _addresses(items: object, spec: RouterSpec, bad: Any) -> None:
             spec.gateways.append(gateway)
 
 
-def _rules(redirect: dict[str, Any], spec: RouterSpec, bad: Any) -> None:
+def _rules(redirect: dict[str, Any], spec: RouterSpec, bad: Bad) -> None:
     rules = redirect.get("redirectRules") or []
     if not isinstance(rules, list):
         bad("spec.redirect.redirectRules", "is not a list")
@@ -78,10 +95,10 @@ def _rules(redirect: dict[str, Any], spec: RouterSpec, bad: Any) -> None:
         address, port = rule.get("destinationIP"), rule.get("port")
         protocol = rule.get("protocol", "TCP")
         target = rule.get("targetPort")
-        if not isinstance(address, str) or not isinstance(port, int) or not isinstance(protocol, str):
+        if not isinstance(address, str) or not _integer(port) or not isinstance(protocol, str):
             bad(where, "needs destinationIP (string), port (integer) and protocol (TCP, UDP or SCTP)")
             continue
-        if target is not None and not isinstance(target, int):
+        if target is not None and not _integer(target):
             bad(f"{where}.targetPort", f"{target!r} is not an integer")
             continue
         line = f"{port} {protocol.lower()} {address}"
@@ -92,11 +109,11 @@ def _rules(redirect: dict[str, Any], spec: RouterSpec, bad: Any) -> None:
             spec.destinations.append(fallback)
         else:
             bad("spec.redirect.fallbackIP", f"{fallback!r} is not an address")
-    if not spec.destinations:
+    if not rules and fallback is None:
         bad("spec.redirect", "has neither redirectRules nor fallbackIP")
 
 
-def _interface(interface: dict[str, Any], spec: RouterSpec, bad: Any) -> None:
+def _interface(interface: dict[str, Any], spec: RouterSpec, bad: Bad) -> None:
     macvlan = _dict(interface.get("macvlan"))
     mode = macvlan.get("mode")
     if mode is not None:

@@ -80,10 +80,9 @@ def main(args: list[str], env: Mapping[str, str]) -> int:
     try:
         options = parser().parse_args(args)
         spec = RouterSpec()
-        if options.source_file:
-            load_file(options.source_file, spec)
+        earlier, explained = load_file(options.source_file, spec) if options.source_file else ([], set())
         apply_flags(vars(options), spec)
-        config = check(spec)
+        config = check(spec, earlier, explained)
     except (UsageError, ConfigError) as error:
         return report(error)
     if spec.flavor == "openshift" and spec.macvlan_mode != "bridge":
@@ -120,7 +119,10 @@ def apply_flags(options: dict[str, Any], spec: RouterSpec) -> None:
             setattr(spec, option, options[option])
 
 
-def load_file(path: str, spec: RouterSpec) -> None:
+def load_file(path: str, spec: RouterSpec) -> tuple[list[Problem], set[str]]:
+    """Fill `spec` from a spec file or an EgressRouter; return the problems found in it and the
+    fields they leave unset, to be reported with `check`'s. Raises `ConfigError` only when
+    the file cannot be read at all."""
     try:
         with open(path, encoding="utf-8") as handle:
             document = yaml.safe_load(handle)
@@ -131,14 +133,15 @@ def load_file(path: str, spec: RouterSpec) -> None:
     except yaml.YAMLError as error:
         raise ConfigError([Problem("--from", f"{path} is not YAML: {_one_line(error)}")]) from None
     if egressrouter.is_egress_router(document):
-        egressrouter.to_spec(document, spec)
+        found = egressrouter.to_spec(document, spec)
         # OVN-Kubernetes attaches the macvlan through its CNI plugin: multus is the nearest
         # flavour, unless --flavor says otherwise.
         spec.flavor = "multus"
-        return
+        return found
     if not isinstance(document, dict):
         raise ConfigError([Problem("--from", f"{path} is neither a spec (a mapping) nor an EgressRouter")])
     problems = []
+    explained: set[str] = set()
     for key, value in document.items():
         attribute = SPEC_KEYS.get(key)
         if attribute is None:
@@ -150,14 +153,14 @@ def load_file(path: str, spec: RouterSpec) -> None:
             items = [items] if isinstance(items, str) else items
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
                 problems.append(Problem(f"{path}: {key}", "must be a string or a list of strings"))
+                explained.add(attribute)
                 continue
             value = [i for i in items if i.strip()] if attribute == "destinations" else items
         elif not isinstance(value, expected):
             problems.append(Problem(f"{path}: {key}", f"must be a {expected.__name__}"))
             continue
         setattr(spec, attribute, value)
-    if problems:
-        raise ConfigError(problems)
+    return problems, explained
 
 
 def _one_line(error: Exception) -> str:

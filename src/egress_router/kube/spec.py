@@ -7,6 +7,7 @@ the init container would refuse, with the same messages.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from ..config import DESTINATION, GATEWAY, MODE, SOURCE, load_environment, parse_interface_name
@@ -56,9 +57,11 @@ class RouterSpec:
         }
 
 
-def check(spec: RouterSpec) -> RouterConfig:
-    """The core's verdict on the spec plus the Kubernetes-side choices; raises `ConfigError`."""
-    problems: list[Problem] = []
+def check(spec: RouterSpec, earlier: Sequence[Problem] = (), explained: Collection[str] = ()) -> RouterConfig:
+    """The core's verdict on the spec plus the Kubernetes-side choices; raises `ConfigError`
+    with every problem, those found `earlier` in the input file first. `explained` names the
+    fields whose absence an earlier problem already explains."""
+    problems: list[Problem] = list(earlier)
     _choice(problems, "--flavor", spec.flavor, FLAVORS)
     _choice(problems, "--macvlan-mode", spec.macvlan_mode, MACVLAN_MODES)
     _choice(problems, "--config-via", spec.config_via, CONFIG_VIA)
@@ -76,11 +79,11 @@ def check(spec: RouterSpec) -> RouterConfig:
     for flag, image in (("--image", spec.image), ("--wait-image", spec.wait_image)):
         if not image or any(c.isspace() or not c.isprintable() for c in image):
             problems.append(Problem(flag, f"{image!r} is not an image reference (no spaces or control characters)"))
-    if not spec.sources:
+    if not spec.sources and "sources" not in explained:
         problems.append(Problem("--source", "is required (the reserved address, e.g. 192.0.2.99/24)"))
-    if not spec.gateways:
+    if not spec.gateways and "gateways" not in explained:
         problems.append(Problem("--gateway", "is required (the node's default gateway)"))
-    if not spec.destinations:
+    if not spec.destinations and "destinations" not in explained:
         problems.append(Problem("--destination", "give at least one rule (or a fallback address)"))
     for rule in spec.destinations:
         if "\n" in rule.strip():
