@@ -309,3 +309,11 @@ def test_envfrom_lint_cannot_read_may_rename_the_interface():
     text = env_from("secretRef: {name: egress-settings}").replace(
         'pod.network.openshift.io/assign-macvlan: "true"', "k8s.v1.cni.cncf.io/networks: egress-net@net1")
     assert findings(("pod.yaml", text)) == []  # EGRESS_INTERFACE=net1 may be in the Secret
+
+
+def test_envfrom_a_configmap_then_an_inline_value_each_in_its_file():
+    config_map = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  EGRESS_SOURCE: 192.168.12.99/24\n"
+    text = env_from("configMapRef: {name: settings}").replace(
+        "    env:\n", "    env:\n    - name: EGRESS_GATEWAY\n      value: nonsense\n")
+    found = findings(("pod.yaml", text), ("cm.yaml", config_map))
+    assert [(p, l) for p, l, m in found if "EGRESS_GATEWAY" in m] == [("pod.yaml", 17)], found

@@ -82,10 +82,10 @@ def environment(container: Node, maps: ConfigMaps, namespace: str | None, path: 
                 env.unknown.update(env.values)
                 env.values.clear()
             continue
-        for key, node, path in data:
+        for key, node, map_path in data:
             if (prefix + key).startswith("EGRESS_") and nodes.text(node) is not None:
                 name = prefix + key
-                env.values[name] = Value(nodes.text(node) or "", node, path, name)
+                env.values[name] = Value(nodes.text(node) or "", node, map_path, name)
                 env.names[name] = node
                 env.unknown.discard(name)
     for entry in nodes.items(nodes.get(container, "env")):
