@@ -24,6 +24,10 @@ VARIANTS = {
     "multus-pod": ["--flavor", "multus", "--parent", "eth1"],
     "multus-deployment-file": ["--flavor", "multus", "--deployment", "--config-via", "file", "--macvlan-mode", "private"],
     "multus-reference-macvlan": ["--flavor", "multus", "--cni-type", "macvlan", "--parent", "ens4"],
+    "openshift-legacy-pod": ["--mode", "legacy"],
+    "openshift-legacy-deployment-env": ["--mode", "legacy", "--deployment", "--config-via", "env"],
+    "multus-legacy-pod": ["--mode", "legacy", "--flavor", "multus", "--parent", "eth1"],
+    "multus-legacy-reference-macvlan": ["--mode", "legacy", "--flavor", "multus", "--cni-type", "macvlan", "--deployment"],
 }
 
 # The NetworkAttachmentDefinition is a CRD: its shape as Multus' CRD declares it, plus what
@@ -330,3 +334,44 @@ def test_spec_file_problems_with_the_cores(capsys, tmp_path):
     assert manifests.main(["--from", str(path), "--destination", "99999 tcp 203.0.113.25"], {}) == 2
     err = capsys.readouterr().err
     assert "deployment: must be a bool" in err and "flavour: unknown key" in err and "port 99999" in err
+
+
+@pytest.mark.parametrize("flavor", ["openshift", "multus"])
+def test_legacy_mode_runs_the_router_as_the_long_lived_container(capsys, flavor):
+    text, docs = render(capsys, SEED_ARGS + ["--mode", "legacy", "--flavor", flavor])
+    _, spec = pod_of(docs)
+    assert "initContainers" not in spec
+    (router,) = spec["containers"]  # no wait container: the router itself keeps the pod
+    env = {e["name"]: e.get("value") for e in router["env"]}
+    assert env["EGRESS_ROUTER_MODE"] == "legacy"
+    # The file is the default: the daemon watches the mounted ConfigMap and applies changes live.
+    assert env["EGRESS_DESTINATION_FILE"] == "/etc/egress-router/destinations"
+    assert "EGRESS_DESTINATION" not in env
+    assert router["volumeMounts"][0]["mountPath"] == "/etc/egress-router"
+    assert spec["volumes"] == [{"name": "destinations", "configMap": {"name": "egress-router-destinations"}}]
+    assert router["readinessProbe"] == {"httpGet": {"path": "/readyz", "port": 9090}}
+    assert router["livenessProbe"] == {"httpGet": {"path": "/healthz", "port": 9090}}
+    assert router["ports"] == [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
+    for document in docs:
+        validate(document)
+    assert lint_texts([("rendered.yaml", text)]) == []
+
+
+def test_legacy_mode_from_a_spec_file_and_env_on_request(capsys, tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text((EXAMPLES / "router-spec.yaml").read_text() + "mode: legacy\n")
+    _, docs = render(capsys, ["--from", str(path), "--config-via", "env"])
+    _, spec = pod_of(docs)
+    env = {e["name"]: e for e in spec["containers"][0]["env"]}
+    assert env["EGRESS_ROUTER_MODE"]["value"] == "legacy"
+    assert env["EGRESS_DESTINATION"]["valueFrom"]["configMapKeyRef"]["key"] == "destinations"
+
+
+def test_legacy_mode_is_validated_as_legacy(capsys):
+    # The core refuses a rule on the health port in legacy mode only.
+    args = ["--source", "192.0.2.99/24", "--gateway", "192.0.2.1", "--destination", "9090 tcp 203.0.113.25"]
+    assert manifests.main(args, {}) == 0
+    capsys.readouterr()
+    assert manifests.main([*args, "--mode", "legacy"], {}) == 2
+    assert "is the router's own health and metrics port" in capsys.readouterr().err
+    assert manifests.main([*args, "--mode", "http-proxy"], {}) == 2

@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import ConfigError, Problem
 from . import egressrouter
 from .render import documents, to_yaml
-from .spec import CNI_TYPES, CONFIG_VIA, FLAVORS, MACVLAN_MODES, RouterSpec, check
+from .spec import CNI_TYPES, CONFIG_VIA, FLAVORS, MACVLAN_MODES, MODES, RouterSpec, check
 from .usage import Parser, UsageError, report
 
 DESCRIPTION = """\
@@ -38,6 +38,7 @@ SPEC_KEYS = {
     "parent": "parent",
     "macvlanMode": "macvlan_mode",
     "deployment": "deployment",
+    "mode": "mode",
     "configVia": "config_via",
     "cniType": "cni_type",
 }
@@ -66,9 +67,14 @@ def parser() -> Parser:
                    help="multus: the plugin the attachment names (default egress-router-cni)")
     p.add_argument("--deployment", action="store_true", default=None,
                    help="a Deployment with one replica (Recreate) instead of a bare Pod")
+    p.add_argument("--mode", choices=MODES,
+                   help="init: an init container sets up and exits, a pause container keeps the pod (default, "
+                   "the seed's layout); legacy: the router is the long-lived container, with live reload, "
+                   "/healthz, /readyz and /metrics")
     p.add_argument("--config-via", choices=CONFIG_VIA,
-                   help="env: EGRESS_DESTINATION from the ConfigMap (default, works with the OpenShift image too); "
-                   "file: the ConfigMap mounted, EGRESS_DESTINATION_FILE")
+                   help="env: EGRESS_DESTINATION from the ConfigMap (default in init mode, works with the OpenShift "
+                   "image too); file: the ConfigMap mounted, EGRESS_DESTINATION_FILE (default in legacy mode: "
+                   "changes apply live)")
     return p
 
 
@@ -114,7 +120,7 @@ def apply_flags(options: dict[str, Any], spec: RouterSpec) -> None:
     if options["destination"]:
         spec.destinations = list(options["destination"])
     for option in ("name", "namespace", "image", "wait_image", "flavor", "parent", "macvlan_mode",
-                   "deployment", "config_via", "cni_type"):
+                   "deployment", "mode", "config_via", "cni_type"):
         if options[option] is not None:
             setattr(spec, option, options[option])
 

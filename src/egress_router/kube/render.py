@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from ..config import DESTINATION, DESTINATION_FILE, GATEWAY, MODE, SOURCE
-from ..model import DEFAULT_EGRESS_INTERFACE, RouterConfig
+from ..model import DEFAULT_EGRESS_INTERFACE, DEFAULT_HTTP_PORT, RouterConfig
 from .spec import RouterSpec
 
 ASSIGN_MACVLAN = "pod.network.openshift.io/assign-macvlan"
@@ -21,12 +21,13 @@ NETWORKS = "k8s.v1.cni.cncf.io/networks"
 DESTINATIONS_KEY = "destinations"
 DESTINATIONS_DIR = "/etc/egress-router"
 NAD_API_VERSION = "k8s.cni.cncf.io/v1"
+METRICS_PORT_NAME = "metrics"
 
 Document = dict[str, Any]
 
 PRIVILEGED_WHY = """\
 privileged is still required on OpenShift SDN: the annotation only creates macvlan0, and
-the init container must itself write net.ipv4.ip_forward (and, for IPv6,
+the router container must itself write net.ipv4.ip_forward (and, for IPv6,
 net.ipv6.conf.all.forwarding) in the pod's namespace; /proc/sys is read-only in a
 container that is not privileged, and no capability makes it writable."""
 
@@ -39,7 +40,7 @@ pod's sysctls), so it need not be privileged."""
 SYSCTLS_WHY = """\
 The reference macvlan plugin does not enable forwarding: the pod asks for it. The kubelet
 must allow it (--allowed-unsafe-sysctls=net.ipv4.ip_forward, net.ipv6.conf.all.forwarding),
-otherwise the pod is rejected with SysctlForbidden; or make the init container privileged."""
+otherwise the pod is rejected with SysctlForbidden; or make the router container privileged."""
 
 FALLBACK_WHY = """\
 The fallback receives only the ports a Service exposes: add a port here for each other
@@ -123,12 +124,12 @@ def _env(spec: RouterSpec) -> list[Document]:
         {"name": SOURCE, "value": ",".join(spec.sources)},
         {"name": GATEWAY, "value": ",".join(spec.gateways)},
     ]
-    if spec.config_via == "file":
+    if spec.via == "file":
         env.append({"name": DESTINATION_FILE, "value": f"{DESTINATIONS_DIR}/{DESTINATIONS_KEY}"})
     else:
         ref = {"name": config_map_name(spec), "key": DESTINATIONS_KEY}
         env.append({"name": DESTINATION, "valueFrom": {"configMapKeyRef": ref}})
-    env.append({"name": MODE, "value": "init"})
+    env.append({"name": MODE, "value": spec.mode})
     return env
 
 
@@ -145,15 +146,23 @@ def pod_spec(spec: RouterSpec) -> Document:
         "securityContext": _router_security(spec),
         "env": _env(spec),
     }
-    body: Document = {"initContainers": [router]}
-    body["containers"] = [
-        {
-            "name": "egress-router-wait",
-            "image": spec.wait_image,
-            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-        }
-    ]
-    if spec.config_via == "file":
+    body: Document
+    if spec.mode == "legacy":
+        # The router stays: it is the pod's one container, watched through its HTTP port.
+        router["ports"] = [{"name": METRICS_PORT_NAME, "containerPort": DEFAULT_HTTP_PORT, "protocol": "TCP"}]
+        router["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": DEFAULT_HTTP_PORT}}
+        router["livenessProbe"] = {"httpGet": {"path": "/healthz", "port": DEFAULT_HTTP_PORT}}
+        body = {"containers": [router]}
+    else:
+        body = {"initContainers": [router]}
+        body["containers"] = [
+            {
+                "name": "egress-router-wait",
+                "image": spec.wait_image,
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }
+        ]
+    if spec.via == "file":
         router["volumeMounts"] = [
             {"name": DESTINATIONS_KEY, "mountPath": DESTINATIONS_DIR, "readOnly": True}
         ]

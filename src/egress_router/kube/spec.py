@@ -17,6 +17,9 @@ from ..model import RouterConfig
 FLAVORS = ("openshift", "multus")
 MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
 CONFIG_VIA = ("env", "file")
+# init: the seed's layout, an init container that sets up and exits, and a pause container;
+# legacy: the router itself is the long-lived container (live reload, health, metrics).
+MODES = ("init", "legacy")
 CNI_TYPES = ("egress-router-cni", "macvlan")
 
 # A placeholder until the project publishes an image: build it from the Containerfile and push
@@ -40,20 +43,28 @@ class RouterSpec:
     parent: str | None = None  # the node NIC the macvlan hangs off; None: the default one
     macvlan_mode: str = "bridge"
     deployment: bool = False
-    config_via: str = "env"
+    mode: str = "init"
+    config_via: str | None = None  # None: the mode's default (`via`)
     cni_type: str = "egress-router-cni"
+
+    @property
+    def via(self) -> str:
+        """Where the rules come from: a legacy router watches the mounted ConfigMap's file."""
+        if self.config_via is not None:
+            return self.config_via
+        return "file" if self.mode == "legacy" else "env"
 
     @property
     def destination_text(self) -> str:
         return "".join(f"{rule.strip()}\n" for rule in self.destinations)
 
     def environment(self) -> dict[str, str]:
-        """The environment the init container will see (destinations inline)."""
+        """The environment the router container will see (destinations inline)."""
         return {
             SOURCE: ",".join(self.sources),
             GATEWAY: ",".join(self.gateways),
             DESTINATION: self.destination_text,
-            MODE: "init",
+            MODE: self.mode,
         }
 
 
@@ -64,7 +75,8 @@ def check(spec: RouterSpec, earlier: Sequence[Problem] = (), explained: Collecti
     problems: list[Problem] = list(earlier)
     _choice(problems, "--flavor", spec.flavor, FLAVORS)
     _choice(problems, "--macvlan-mode", spec.macvlan_mode, MACVLAN_MODES)
-    _choice(problems, "--config-via", spec.config_via, CONFIG_VIA)
+    _choice(problems, "--mode", spec.mode, MODES)
+    _choice(problems, "--config-via", spec.via, CONFIG_VIA)
     _choice(problems, "--cni-type", spec.cni_type, CNI_TYPES)
     if not _dns_label(spec.name) or len(spec.name) > 40:
         # 40 leaves room for the suffixes of the ConfigMap and the attachment.
@@ -89,7 +101,7 @@ def check(spec: RouterSpec, earlier: Sequence[Problem] = (), explained: Collecti
         if "\n" in rule.strip():
             problems.append(Problem("--destination", f"one rule per flag: {rule!r}"))
     config = None
-    if spec.sources and spec.gateways and spec.destinations:
+    if spec.sources and spec.gateways and spec.destinations and spec.mode in MODES:
         try:
             config = load_environment(spec.environment())
         except ConfigError as error:
