@@ -122,21 +122,24 @@ class Daemon:
             elif shape != self.baseline:
                 reasons.append(f"table {TABLE_FAMILY} {TABLE_NAME} was altered")
         network = build_network(self.config)
-        link = self.router.net.link(network.interface)
-        if link is None:
-            reasons.append(f"interface {network.interface} is missing")
-        else:
-            if not link.up:
-                reasons.append(f"interface {network.interface} is down")
-            missing = [str(a) for a in network.addresses if a not in link.addresses]
-            if missing:
-                reasons.append(f"address {', '.join(missing)} missing")
-        routes = self.reader.default_routes()
+        # The same read the reconcile step starts with: one `ip` process per family.
+        keys = tuple(key for key, _ in network.sysctls)
+        now = self.router.net.snapshot(network.interface, self.config.families, keys)
+        if now.link is None:
+            return [*reasons, f"interface {network.interface} is missing"]
+        if not now.link.up:
+            reasons.append(f"interface {network.interface} is down")
+        missing = [str(a) for a in network.addresses if a not in now.link.addresses]
+        if missing:
+            reasons.append(f"address {', '.join(missing)} missing")
+        present = {(r.family, _host(r.destination), r.via) for r in now.routes}
         for route in network.routes:
-            if route.destination == "default" and routes.get(route.family, (None,))[0] != str(route.via):
-                reasons.append(f"IPv{route.family} default route is not via {route.via}")
+            via = None if route.via is None else str(route.via)
+            if (route.family, _host(route.destination), via) not in present:
+                reasons.append(f"route {route.destination} via {via or network.interface} is missing")
+        values = dict(now.sysctls)
         for key, value in network.sysctls:
-            if self.reader.sysctl(key) != value:
+            if values.get(key) != value:
                 reasons.append(f"{key.replace('/', '.')} is not {value}")
         return reasons
 
@@ -173,6 +176,11 @@ class Daemon:
             return None
         state = self.reader.read_table(TABLE_FAMILY, TABLE_NAME)
         return None if state is None else state.shape
+
+
+def _host(destination: str) -> str:
+    """`ip` shows a host route without its /32 or /128."""
+    return destination.removesuffix("/32").removesuffix("/128")
 
 
 def run(

@@ -2,7 +2,8 @@
 
 The router writes through `nft` and `netlink` (all-or-nothing transactions); this module only
 reads: the table as `nft -j` lists it (map elements with their counters, named counters, the
-fallback rules), the default routes and a sysctl. `LiveKernel` asks the real kernel;
+fallback rules). The network side is read by `netlink` (`NetBackend.snapshot`). `LiveKernel`
+asks the real kernel;
 `FakeKernel` answers from the in-memory fakes, so the daemon's tests need no root.
 """
 
@@ -45,11 +46,6 @@ class KernelReader(Protocol):
     def read_table(self, family: str, name: str) -> TableState | None:
         """The table, or None when it is absent. Raises `ApplyError` when nft cannot list it."""
 
-    def default_routes(self) -> dict[int, tuple[str | None, str | None]]:
-        """family: (gateway, device) of the default route, for the families that have one."""
-
-    def sysctl(self, key: str) -> str | None:
-        """`/proc/sys/<key>` of this namespace, or None when unreadable."""
 
 
 def parse_table(document: str) -> TableState:
@@ -128,10 +124,10 @@ def _fallback(expr: list[Any]) -> dict[int, str]:
 
 
 class LiveKernel:
-    """`KernelReader` on the real kernel: `nft -j`, `ip -j`, /proc/sys."""
+    """`KernelReader` on the real kernel, through `nft -j`."""
 
-    def __init__(self, nft: str = "nft", ip: str = "ip", proc_sys: str = "/proc/sys") -> None:
-        self.nft, self.ip, self.proc_sys = nft, ip, proc_sys
+    def __init__(self, nft: str = "nft") -> None:
+        self.nft = nft
 
     def read_table(self, family: str, name: str) -> TableState | None:
         done = _run([self.nft, "-j", "list", "table", family, name], "nft")
@@ -140,22 +136,6 @@ class LiveKernel:
                 return None
             raise ApplyError(f"list table {family} {name}", done.stderr)
         return parse_table(done.stdout)
-
-    def default_routes(self) -> dict[int, tuple[str | None, str | None]]:
-        routes: dict[int, tuple[str | None, str | None]] = {}
-        for family in (4, 6):
-            done = _run([self.ip, "-j", f"-{family}", "route", "show", "default"], "ip")
-            if done.returncode == 0 and done.stdout.strip():
-                for route in json.loads(done.stdout)[:1]:
-                    routes[family] = (route.get("gateway"), route.get("dev"))
-        return routes
-
-    def sysctl(self, key: str) -> str | None:
-        try:
-            with open(f"{self.proc_sys}/{key}") as handle:
-                return handle.read().strip()
-        except OSError:
-            return None
 
 
 def _run(argv: list[str], tool: str) -> subprocess.CompletedProcess[str]:
@@ -194,14 +174,3 @@ class FakeKernel:
             for f, address in re.findall(r"counter name fallback(\d) dnat ip6? to (\S+)", listing)
         }
         return TableState(listing, maps, dict(self.named), fallbacks)
-
-    def default_routes(self) -> dict[int, tuple[str | None, str | None]]:
-        return {
-            family: (str(route.via), None)
-            for (family, destination), route in self.net.routes.items()
-            if destination == "default"
-        }
-
-    def sysctl(self, key: str) -> str | None:
-        value = self.net.sysctls.get(key)
-        return value if value is None else str(value)

@@ -35,8 +35,9 @@ def main(args: list[str], env: Mapping[str, str]) -> int:
 
 
 def gather(interface: str, net: NetBackend, reader: KernelReader) -> dict[str, Any]:
-    link = net.link(interface)
-    routes = reader.default_routes()
+    now = net.snapshot(interface, (4, 6), ())
+    link = now.link
+    routes = [r for r in now.routes if r.destination == "default"]
     table = reader.read_table(TABLE_FAMILY, TABLE_NAME)
     mappings: list[dict[str, Any]] = []
     fallbacks: list[dict[str, Any]] = []
@@ -54,8 +55,7 @@ def gather(interface: str, net: NetBackend, reader: KernelReader) -> dict[str, A
             "addresses": [str(a) for a in link.addresses] if link else [],
         },
         "routes": [
-            {"family": f"ipv{family}", "gateway": gw, "device": dev}
-            for family, (gw, dev) in sorted(routes.items())
+            {"family": f"ipv{r.family}", "gateway": r.via, "device": r.dev} for r in routes
         ],
         "table": None if table is None else f"{TABLE_FAMILY} {TABLE_NAME}",
         "mappings": mappings,

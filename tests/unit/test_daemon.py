@@ -133,6 +133,7 @@ def test_sighup_reloads_even_without_a_change(mounted: Path) -> None:
         ),
         pytest.param(lambda nft, net: setattr(net.links["macvlan0"], "addresses", []), id="address removed"),
         pytest.param(lambda nft, net: net.routes.pop((4, "default")), id="default route removed"),
+        pytest.param(lambda nft, net: net.routes.pop((4, "192.0.2.1/32")), id="gateway route removed"),
         pytest.param(lambda nft, net: net.sysctls.update({"net/ipv4/ip_forward": "0"}), id="forwarding off"),
     ],
 )

@@ -151,7 +151,7 @@ def test_status_table_and_json_read_the_kernel() -> None:
     kernel.counts = {"conns_tcp4": {"80": (7, 420)}, "bytes_tcp4": {"80": (30, 5000)}}
     state = gather("macvlan0", net, kernel)
     assert state["interface"]["addresses"] == ["192.0.2.99/24"]
-    assert state["routes"] == [{"family": "ipv4", "gateway": "192.0.2.1", "device": None}]
+    assert state["routes"] == [{"family": "ipv4", "gateway": "192.0.2.1", "device": "macvlan0"}]
     assert {"protocol": "tcp", "port": "80", "destination": "203.0.113.25:80", "connections": 7, "bytes": 5000} in state["mappings"]
     assert state["fallbacks"][0]["destination"] == "203.0.113.27"
     json.dumps(state)
