@@ -317,3 +317,61 @@ def test_envfrom_a_configmap_then_an_inline_value_each_in_its_file():
         "    env:\n", "    env:\n    - name: EGRESS_GATEWAY\n      value: nonsense\n")
     found = findings(("pod.yaml", text), ("cm.yaml", config_map))
     assert [(p, l) for p, l, m in found if "EGRESS_GATEWAY" in m] == [("pod.yaml", 17)], found
+
+
+def nad(name: str, config: str, namespace: str | None = None) -> str:
+    meta = f"  name: {name}\n" + (f"  namespace: {namespace}\n" if namespace else "")
+    return f"apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n{meta}spec:\n  config: '{config}'\n"
+
+
+FORWARDING = '{"cniVersion": "1.0.0", "type": "egress-router-cni", "mode": "bridge", "forwarding": true}'
+NO_FORWARDING = '{"cniVersion": "1.0.0", "type": "macvlan", "mode": "bridge"}'
+
+
+def multus_pod(networks: str, namespace: str = "egress") -> str:
+    text = pod(security="capabilities: {add: [NET_ADMIN, NET_RAW]}").replace(
+        "pod.network.openshift.io/assign-macvlan: \"true\"", f"k8s.v1.cni.cncf.io/networks: {networks}")
+    return text.replace("  name: egress-1\n  labels:", f"  name: egress-1\n  namespace: {namespace}\n  labels:", 1)
+
+
+def forwarding_findings(networks: str, *attachments: str) -> list[str]:
+    files = [("pod.yaml", multus_pod(networks))] + [(f"nad{i}.yaml", a) for i, a in enumerate(attachments)]
+    return [m for _, _, m in findings(*files) if "net.ipv4.ip_forward" in m]
+
+
+def test_forwarding_judged_on_the_attachment_that_creates_macvlan0():
+    attachments = (nad("other-net", NO_FORWARDING), nad("egress-net", FORWARDING))
+    assert forwarding_findings("other-net@net1, egress-net@macvlan0", *attachments) == []
+    assert forwarding_findings("egress-net@net1, other-net@macvlan0", *attachments) != []
+    json_form = '\'[{"name": "other-net", "interface": "net1"}, {"name": "egress-net", "interface": "macvlan0"}]\''
+    assert forwarding_findings(json_form, *attachments) == []
+
+
+def test_forwarding_attachment_in_the_namespace_named():
+    attachments = (nad("net", NO_FORWARDING, "egress"), nad("net", FORWARDING, "infra"))
+    assert forwarding_findings("infra/net@macvlan0", *attachments) == []
+    assert forwarding_findings("net@macvlan0", *attachments) != []  # the pod's own namespace
+    json_form = '\'[{"name": "net", "namespace": "infra", "interface": "macvlan0"}]\''
+    assert forwarding_findings(json_form, *attachments) == []
+
+
+CONFLISTS = {
+    "tuning-sysctl": ('{"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "macvlan", "mode": "bridge"}, '
+                      '{"type": "tuning", "sysctl": {"net.ipv4.ip_forward": "1"}}]}', False),
+    "egress-router-cni": ('{"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "egress-router-cni", '
+                          '"forwarding": true}]}', False),
+    "only-macvlan": ('{"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "macvlan"}]}', True),
+    "forwarding-as-a-string": ('{"cniVersion": "1.0.0", "type": "egress-router-cni", "forwarding": "true"}', True),
+    "unknown-plugin": ('{"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "macvlan"}, {"type": "custom"}]}',
+                       False),
+}
+
+
+@pytest.mark.parametrize("config, reported", CONFLISTS.values(), ids=CONFLISTS.keys())
+def test_forwarding_looks_inside_conflists(config, reported):
+    assert bool(forwarding_findings("net@macvlan0", nad("net", config))) == reported
+
+
+def test_forwarding_unknown_without_the_attachment():
+    assert forwarding_findings("net@macvlan0") == []
+    assert forwarding_findings("net@macvlan0", nad("net", "not json")) == []

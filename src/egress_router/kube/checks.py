@@ -85,7 +85,7 @@ def check_container(w: Workload, container: Node, init: bool, maps: ConfigMaps) 
         findings.append(w.at(where, f"{label}: EGRESS_ROUTER_MODE={mode_value.text if mode_value else 'legacy (the default)'} "
                              "in initContainers never exits, so the pod never starts: set it to init"))
     if mode != "unit-test":
-        findings += _privileges(w, container, label, maps)
+        findings += _privileges(w, container, label, maps, _wanted_interface(env))
         findings += _interface(w, env)
     return findings
 
@@ -144,7 +144,7 @@ def _locate(w: Workload, container: Node, env: Env, destination: object, label: 
     return Finding(value.path if value else w.doc.path, nodes.line(node), f"{label}: {p}")
 
 
-def _privileges(w: Workload, container: Node, label: str, maps: ConfigMaps) -> list[Finding]:
+def _privileges(w: Workload, container: Node, label: str, maps: ConfigMaps, interface: str | None) -> list[Finding]:
     context = nodes.get(container, "securityContext")
     if nodes.is_true(nodes.get(context, "privileged")):
         return []
@@ -154,13 +154,13 @@ def _privileges(w: Workload, container: Node, label: str, maps: ConfigMaps) -> l
     if missing:
         return [w.at(where, f"{label}: neither privileged nor granted NET_ADMIN and NET_RAW (missing "
                      f"{', '.join(missing)}): it cannot set up the interface, the routes or nftables")]
-    if _forwarding(w, maps) is False:
+    if _forwarding(w, maps, interface) is False:
         return [w.at(where, f"{label}: not privileged, and nothing else enables net.ipv4.ip_forward: "
                      "set privileged: true, or the pod sysctl, or use egress-router-cni with forwarding: true")]
     return []
 
 
-def _forwarding(w: Workload, maps: ConfigMaps) -> bool | None:
+def _forwarding(w: Workload, maps: ConfigMaps, interface: str | None) -> bool | None:
     """Whether something outside the container turns forwarding on (None: cannot tell)."""
     for sysctl in nodes.items(nodes.get(nodes.get(w.spec, "securityContext"), "sysctls")):
         if nodes.text(nodes.get(sysctl, "name")) in ("net.ipv4.ip_forward", "net/ipv4/ip_forward"):
@@ -168,15 +168,37 @@ def _forwarding(w: Workload, maps: ConfigMaps) -> bool | None:
     selections = _networks(w)
     if selections is None:
         return False  # OpenShift SDN's annotation creates the macvlan and nothing more
-    for selection in selections:
-        for doc in maps.docs:
-            if doc.kind == "NetworkAttachmentDefinition" and doc.name == selection.get("name"):
-                try:
-                    config = json.loads(nodes.text(nodes.get(nodes.get(doc.root, "spec"), "config")) or "{}")
-                except ValueError:
-                    return None
-                return bool(config.get("forwarding")) if isinstance(config, dict) else None
-    return None
+    # Only the attachment that creates the router's egress interface can be the one whose
+    # plugin enables forwarding for it.
+    chosen = [s for s in selections if interface is not None and s.get("interface") == interface]
+    if len(chosen) != 1:
+        return None
+    namespace = chosen[0].get("namespace") or w.doc.namespace
+    found = [d for d in maps.docs if d.kind == "NetworkAttachmentDefinition" and d.name == chosen[0].get("name")
+             and d.namespace in (None, namespace)]
+    if len(found) != 1:
+        return None
+    try:
+        config = json.loads(nodes.text(nodes.get(nodes.get(found[0].root, "spec"), "config")) or "")
+    except ValueError:
+        return None
+    if not isinstance(config, dict):
+        return None
+    plugins = config.get("plugins") if "plugins" in config else [config]  # a conflist, or one plugin
+    if not isinstance(plugins, list) or not all(isinstance(p, dict) for p in plugins):
+        return None
+    if any(_enables_forwarding(p) for p in plugins):
+        return True
+    # Only plugins known not to enable it: false. Any other (a custom one) might: unknown.
+    return False if all(p.get("type") in ("egress-router-cni", "macvlan") for p in plugins) else None
+
+
+def _enables_forwarding(plugin: dict[str, object]) -> bool:
+    if plugin.get("type") == "egress-router-cni":
+        return plugin.get("forwarding") is True  # the plugin refuses anything but a boolean
+    sysctl = plugin.get("sysctl")
+    return plugin.get("type") == "tuning" and isinstance(sysctl, dict) and (
+        str(sysctl.get("net.ipv4.ip_forward")) == "1" or str(sysctl.get("net/ipv4/ip_forward")) == "1")
 
 
 def _networks(w: Workload) -> list[dict[str, str]] | None:
@@ -190,11 +212,13 @@ def _networks(w: Workload) -> list[dict[str, str]] | None:
     except ValueError:
         parsed = None
     if isinstance(parsed, list):
-        return [e for e in parsed if isinstance(e, dict)]
+        return [{k: v for k, v in e.items() if isinstance(v, str)} for e in parsed if isinstance(e, dict)]
     result = []
     for item in filter(None, (i.strip() for i in value.split(","))):
-        name, _, interface = item.rpartition("/")[2].partition("@")
-        result.append({"name": name, **({"interface": interface} if interface else {})})
+        namespace, _, rest = item.rpartition("/")
+        name, _, interface = rest.partition("@")
+        result.append({"name": name, **({"namespace": namespace} if namespace else {}),
+                       **({"interface": interface} if interface else {})})
     return result
 
 
