@@ -85,6 +85,9 @@ FAILING_ADDS = {
     "bad router rule": (conf(egressRouter={"source": "192.0.2.99/24", "gateway": "192.0.2.1",
                                            "destinations": ["203.0.113.27", "80 tcp 203.0.113.25"]}), 7),
     "old version": ({**conf(), "cniVersion": "0.2.0"}, 1),
+    "forwarding as a string": (conf(forwarding="false"), 7),
+    "podInterface not a string": (conf(egressRouter={"source": "192.0.2.99/24", "gateway": "192.0.2.1",
+                                                     "destinations": "203.0.113.27", "podInterface": 5}), 7),
 }
 
 
@@ -92,7 +95,7 @@ FAILING_ADDS = {
 def test_failed_add_leaves_nothing(lab, config, code):
     exit_code, error = cni(lab, "ADD", config)
     assert exit_code == 1 and error is not None, error
-    assert error["code"] == code and error["msg"]
+    assert error["code"] == code and error["msg"] and isinstance(error["details"], str)
     assert not lab.has_link("router", "macvlan0")
     assert lab.nft_table() is None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,7 @@ from .errors import (
     CHECK_FAILURE,
     DECODING_FAILURE,
     INCOMPATIBLE_VERSION,
+    INTERNAL_FAILURE,
     INVALID_CONFIG,
     INVALID_ENVIRONMENT,
     IO_FAILURE,
@@ -38,11 +40,11 @@ def main() -> int:
         if command == "VERSION":
             _write({"cniVersion": SPEC_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS)})
             return 0
-        conf = _read_config()
-        version = conf["cniVersion"]
         handlers = {"ADD": add, "DEL": delete, "CHECK": check}
         if command not in handlers:
             raise CniError(INVALID_ENVIRONMENT, f"CNI_COMMAND {command!r} is not ADD, DEL, CHECK or VERSION")
+        conf = _read_config()
+        version = conf["cniVersion"]
         result = handlers[command](conf, os.environ)
         if result is not None:
             _write(result)
@@ -51,7 +53,9 @@ def main() -> int:
         _write(error.to_json(version))
         return 1
     except Exception as error:  # the runtime wants the spec's error object, never a traceback
-        _write(CniError(999, f"internal error: {type(error).__name__}: {error}").to_json(version))
+        frame = traceback.extract_tb(error.__traceback__)[-1:]
+        where = f"at {frame[0].filename}:{frame[0].lineno} in {frame[0].name}" if frame else ""
+        _write(CniError(INTERNAL_FAILURE, f"unexpected error: {type(error).__name__}: {error}", where).to_json(version))
         return 1
 
 
@@ -65,6 +69,8 @@ def _read_config() -> dict[str, Any]:
         text = sys.stdin.read()
     except OSError as error:
         raise CniError(IO_FAILURE, f"failed to read the network configuration: {error}") from None
+    except UnicodeDecodeError as error:
+        raise CniError(DECODING_FAILURE, "failed to decode the network configuration: not UTF-8", str(error)) from None
     try:
         conf = json.loads(text)
     except ValueError as error:
@@ -81,6 +87,9 @@ def _read_config() -> dict[str, Any]:
     mtu = conf.get("mtu", 0)
     if not isinstance(mtu, int) or isinstance(mtu, bool) or not (mtu == 0 or 68 <= mtu <= 65535):
         raise CniError(INVALID_CONFIG, f"mtu {mtu!r} is not an integer in 68-65535")
+    if "forwarding" in conf and not isinstance(conf["forwarding"], bool):
+        # "false" is a non-empty string, and would turn forwarding on.
+        raise CniError(INVALID_CONFIG, f"forwarding {conf['forwarding']!r} is not a boolean (true or false)")
     if conf.get("master") is not None and not _valid_name(conf["master"]):
         raise CniError(INVALID_CONFIG, f"master {conf['master']!r} is not an interface name")
     ipam = conf.get("ipam")
@@ -119,7 +128,7 @@ def add(conf: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     link.create(master, netns, ifname, conf["mode"], mtu)
     try:
         link.set_up(netns, ifname)
-        if conf.get("forwarding"):
+        if conf.get("forwarding") is True:
             link.enable_forwarding(netns)
         if router_env is not None:
             router.set_up(netns, router_env)

@@ -34,9 +34,15 @@ def environment(settings: object, ifname: str) -> dict[str, str]:
         "EGRESS_ROUTER_MODE": "init",
         "EGRESS_INTERFACE": ifname,
     }
-    if isinstance(settings.get("podInterface"), str):
-        env["EGRESS_POD_INTERFACE"] = settings["podInterface"]
-    if settings.get("debug"):
+    pod_interface = settings.get("podInterface")
+    if pod_interface is not None:
+        if not isinstance(pod_interface, str):
+            raise CniError(INVALID_CONFIG, f"egressRouter.podInterface {pod_interface!r} must be a string")
+        env["EGRESS_POD_INTERFACE"] = pod_interface
+    debug = settings.get("debug", False)
+    if not isinstance(debug, bool):
+        raise CniError(INVALID_CONFIG, f"egressRouter.debug {debug!r} must be a boolean")  # "false" is truthy
+    if debug:
         env["EGRESS_ROUTER_DEBUG"] = "1"
     # The pure core only: no subprocess, no socket, cheap to import on the plugin's path.
     from ..config import load_environment
