@@ -281,8 +281,8 @@ def _ports(doc: Document, spec: Node | None, rules: Destinations, w: Workload) -
                                     f"(targetPort {target}) matches no rule of {w.doc.kind} {w.doc.name} and there is "
                                     "no fallback: connections to it are refused"))
     ports_node = nodes.key_node(spec, "ports") or spec
-    for protocol, number in sorted(mapped - exposed):
-        findings.append(Finding(doc.path, nodes.line(ports_node), f"Service {doc.name}: mapped port {number}/{protocol} "
-                                f"of {w.doc.kind} {w.doc.name} is not exposed (no port with targetPort {number} "
+    for protocol, local in sorted(mapped - exposed):
+        findings.append(Finding(doc.path, nodes.line(ports_node), f"Service {doc.name}: mapped port {local}/{protocol} "
+                                f"of {w.doc.kind} {w.doc.name} is not exposed (no port with targetPort {local} "
                                 f"and protocol {protocol.upper()})"))
     return findings

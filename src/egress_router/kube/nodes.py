@@ -47,7 +47,7 @@ def get(node: Node | None, key: str) -> Node | None:
         return None
     for k, v in node.value:
         if isinstance(k, ScalarNode) and k.value == key:
-            return v
+            return v if isinstance(v, Node) else None
     return None
 
 

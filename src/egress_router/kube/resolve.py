@@ -89,9 +89,10 @@ def environment(container: Node, maps: ConfigMaps, namespace: str | None, path: 
                 env.names[name] = node
                 env.unknown.discard(name)
     for entry in nodes.items(nodes.get(container, "env")):
-        name = nodes.text(nodes.get(entry, "name"))
-        if name is None:
+        named = nodes.text(nodes.get(entry, "name"))
+        if named is None:
             continue
+        name = named
         env.names[name] = entry
         env.values.pop(name, None)
         env.unknown.discard(name)
