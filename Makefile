@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test typecheck bench lint clean
 
 demo:
 	@./scripts/setup.sh demo
@@ -14,13 +14,17 @@ test:
 	@./scripts/setup.sh test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+typecheck:
+	@./scripts/setup.sh test
+	$(VENV)/bin/mypy
+
 bench:
 	@./scripts/setup.sh bench
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 lint:
 	@./scripts/setup.sh test
-	$(VENV)/bin/python -m pip install -q ruff mypy
+	$(VENV)/bin/python -m pip install -q ruff
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
 
