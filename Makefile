@@ -7,23 +7,23 @@ PY := $(VENV)/bin/python
 .PHONY: demo test typecheck bench lint clean
 
 demo:
-	@./scripts/setup.sh demo
+	@./scripts/setup.sh
 	$(PY) -m egress_router.lab.demo
 
 test:
-	@./scripts/setup.sh test
+	@./scripts/setup.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 typecheck:
-	@./scripts/setup.sh test
+	@./scripts/setup.sh
 	$(VENV)/bin/mypy
 
 bench:
-	@./scripts/setup.sh bench
+	@./scripts/setup.sh
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 lint:
-	@./scripts/setup.sh test
+	@./scripts/setup.sh
 	$(VENV)/bin/python -m pip install -q ruff
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy

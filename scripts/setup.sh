@@ -4,7 +4,6 @@
 # project and its Python dependencies. Safe to run again; it does nothing when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=${1:-test}
 
 # The router needs nft and ip; the tests also run a small benchmark (iperf3, and the
 # userspace proxies it is compared with), so that `make bench` keeps working.
