@@ -4,10 +4,11 @@
 never gets here (it is refused whole by `config`). The step then runs in an order chosen so that
 a failure leaves nothing half-applied:
 
-1. read what may change (the link, its addresses, the default routes, the sysctls, and the
-   table when this process has not applied it yet) and stop if the interface is missing;
+1. read what may change (the link, its addresses, the routes, the sysctls) and stop if the
+   interface is missing;
 2. the NAT table, as one all-or-nothing `nft -f` (its forward chain drops whatever no rule
-   redirected, so switching forwarding on afterwards never opens a relay);
+   redirected, so switching forwarding on afterwards never opens a relay); a table this process
+   did not write is read first, to be put back on a failure;
 3. the sysctls, then addresses and routes;
 4. on a failure in 2-3, put back everything read in 1, and re-raise;
 5. ask the LAN where the gateway is and whether anyone else holds the source address, and
@@ -77,7 +78,7 @@ class Router:
         if network == self.applied_network and not announce:
             # A reload of the rules only: one element transaction, all-or-nothing by itself.
             outcome = Outcome()
-            self._apply_table(plan, outcome, [None])
+            self._apply_table(plan, outcome)
             outcome.seconds = time.perf_counter() - started
             return outcome
         keys = tuple(key for key, _ in network.sysctls)
@@ -89,12 +90,12 @@ class Router:
             )
         before = self.applied
         outcome = Outcome()
-        listing: list[str | None] = [None]  # the table found in the kernel, filled in by the apply
+        listing = None
         try:
-            self._apply_table(plan, outcome, listing)
+            listing = self._apply_table(plan, outcome)
             self._apply_network(plan, snapshot)
         except EgressRouterError:
-            self._roll_back(plan, snapshot, before, listing[0])
+            self._roll_back(plan, snapshot, before, listing)
             self.applied_network = None
             raise
         self.applied_network = network
@@ -112,25 +113,28 @@ class Router:
         outcome.seconds = time.perf_counter() - started
         return outcome
 
-    def _apply_table(self, plan: Plan, outcome: Outcome, listing: list[str | None]) -> None:
-        """Apply the table; when this process has not applied one yet, put what the kernel
-        held before in `listing[0]`, the state to go back to if the reconcile fails later."""
+    def _apply_table(self, plan: Plan, outcome: Outcome) -> str | None:
+        """Apply the table. When this process had not applied one, return the table the kernel
+        held before (None: there was none), the state to go back to if the reconcile fails
+        later."""
         if plan.table is None:
-            return
-        tx = diff(self.applied, plan.table)
-        if self.applied is None:
-            # A new pod has no table: create it without the costly delete. If there is one
-            # (a restart), the create fails as a whole and the table is read, then replaced.
-            create = Transaction()
-            create.create_table(plan.table)
-            try:
-                self._run(create, outcome, plan.table)
-                return
-            except ApplyError as error:
-                if "File exists" not in error.detail:
-                    raise
-            listing[0] = self.nft.list_table(plan.table.family, plan.table.name)
-        self._run(tx, outcome, plan.table)
+            return None
+        if self.applied is not None:
+            self._run(diff(self.applied, plan.table), outcome, plan.table)
+            return None
+        # A new pod has no table: create it without the costly delete. If there is one (a
+        # restart), the create fails as a whole, and the table is read, then replaced.
+        create = Transaction()
+        create.create_table(plan.table)
+        try:
+            self._run(create, outcome, plan.table)
+            return None
+        except ApplyError as error:
+            if "File exists" not in error.detail:
+                raise
+        listing = self.nft.list_table(plan.table.family, plan.table.name)
+        self._run(diff(None, plan.table), outcome, plan.table)
+        return listing
 
     def _run(self, tx: Transaction, outcome: Outcome, table: TableSpec) -> None:
         outcome.nft_script = str(tx)
