@@ -88,8 +88,10 @@ def parse_destinations(text: str, variable: str = DESTINATION) -> Destinations:
     mappings: list[Mapping] = []
     fallbacks: list[tuple[int, IPAddress]] = []
     seen: dict[tuple[str, int, int], int] = {}
+    misplaced = False
     # A byte-order mark is what some Windows editors put first; it is not part of line 1.
-    for number, raw in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):
+    lines = text.removeprefix("\ufeff").split("\n")
+    for number, raw in enumerate(lines, start=1):
         fields = raw.split()
         if not fields or fields[0].startswith("#"):
             continue
@@ -101,7 +103,8 @@ def parse_destinations(text: str, variable: str = DESTINATION) -> Destinations:
         except _Invalid as error:
             problems.append(Problem(variable, str(error), number, raw))
             continue
-        if fallbacks:
+        if fallbacks and not misplaced:
+            misplaced = True  # said once, at the first rule after it, not at every one
             first = fallbacks[0][0]
             problems.append(
                 Problem(variable, f"the fallback on line {first} must be the last rule", number, raw)
@@ -120,7 +123,7 @@ def parse_destinations(text: str, variable: str = DESTINATION) -> Destinations:
             continue
         seen[key] = number
         mappings.append(mapping)
-    problems.extend(_check_fallbacks(fallbacks, text, variable))
+    problems.extend(_check_fallbacks(fallbacks, lines, variable))
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: p.line or 0))
     return Destinations(tuple(mappings), tuple(address for _, address in fallbacks))
@@ -153,9 +156,8 @@ def _parse_mapping(fields: list[str], number: int) -> Mapping:
 
 
 def _check_fallbacks(
-    fallbacks: list[tuple[int, IPAddress]], text: str, variable: str
+    fallbacks: list[tuple[int, IPAddress]], lines: list[str], variable: str
 ) -> list[Problem]:
-    lines = text.split("\n")
     problems = []
     families: dict[int, int] = {}
     for number, address in fallbacks:

@@ -279,3 +279,9 @@ def test_log_format_is_checked() -> None:
 
 def test_a_byte_order_mark_is_not_part_of_the_first_rule() -> None:
     assert parse_destinations("\ufeff80 tcp 203.0.113.25\r\n").mappings[0].port == 80
+
+
+def test_a_misplaced_fallback_is_reported_once_not_at_every_later_rule() -> None:
+    text = "203.0.113.27\n" + "".join(f"{p} tcp 203.0.113.25\n" for p in range(80, 90))
+    (found,) = problems(text)
+    assert found.startswith("EGRESS_DESTINATION line 2: the fallback on line 1 must be the last rule")
