@@ -12,6 +12,7 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address
@@ -98,9 +99,6 @@ class PacketSocketAnnouncer:
     exits; the router goes on at once and never waits for that last close.
     """
 
-    def __init__(self) -> None:
-        self._children: list[int] = []
-
     def exchange(
         self,
         interface: str,
@@ -109,7 +107,6 @@ class PacketSocketAnnouncer:
         probe: tuple[IPv4Address, IPv4Address] | None = None,
         timeout: float = 0.5,
     ) -> NeighbourReport | None:
-        self._reap()
         frames = list(addresses)
         read_end, write_end = os.pipe()
         try:
@@ -128,19 +125,19 @@ class PacketSocketAnnouncer:
             os.closerange(0, 3)
             _child(write_end, lambda: _exchange(interface, mac, frames, probe, timeout))
         os.close(write_end)
-        self._children.append(pid)
         with os.fdopen(read_end, "rb") as pipe:
             answer = pipe.read()
+        # Reaped on the side, so that a long-running router leaves no zombie behind; a daemon
+        # thread, so that `init` exits without waiting for it.
+        threading.Thread(target=_reap, args=(pid,), daemon=True).start()
         return _decode(answer)
 
-    def _reap(self) -> None:
-        for pid in list(self._children):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = pid
-            if done:
-                self._children.remove(pid)
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def _child(write_end: int, work: Callable[[], NeighbourReport | None]) -> None:
