@@ -1,9 +1,11 @@
-"""Neighbour announcements: gratuitous ARP (IPv4) and unsolicited neighbour advertisements (IPv6).
+"""Neighbour announcements and probes on the LAN, for IPv4 (ARP) and IPv6 (neighbour discovery).
 
 When a router pod is replaced, the LAN's gateway still maps the reserved address to the old
 pod's MAC address until its neighbour entry expires. One announcement from the new owner makes
-it switch at once. The frames are built here and sent on a packet socket (CAP_NET_RAW): no
-arping process, and nothing waits for an answer, so `init` is not held up.
+it switch at once. Before announcing, the router asks whether another host still answers for
+its source address (the old pod, going away, or a real conflict) and whether the gateway
+answers at all. The frames (`frames`) go out on one packet socket (CAP_NET_RAW): no arping or
+ndisc6 process, and a healthy start waits only for the gateway's answer.
 """
 
 from __future__ import annotations
@@ -14,24 +16,25 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
-from ipaddress import IPv4Address
+from array import array
+from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
+from . import frames as F
 from .model import IPAddress
 
-ETH_P_ARP = 0x0806
-ETH_P_IPV6 = 0x86DD
-BROADCAST = b"\xff" * 6
-ALL_NODES_MAC = bytes.fromhex("333300000001")
-ALL_NODES = socket.inet_pton(socket.AF_INET6, "ff02::1")
+ETH_P_ALL = 0x0003
+SO_ATTACH_FILTER = 26
 
 
 class NeighbourReport(NamedTuple):
-    """What the LAN answered to one ARP exchange."""
+    """What the LAN answered to one probe."""
 
-    gateway_mac: str | None  # None: the gateway did not answer in time
-    conflicts: tuple[str, ...] = ()  # MAC addresses of other hosts that claim the source address
+    answered: tuple[str, ...] = ()  # the gateways that answered
+    conflicts: tuple[tuple[str, str], ...] = ()  # (address, MAC) of other hosts claiming a source
+
+
+Probe = tuple[IPAddress, IPAddress]  # (source, gateway) of one family
 
 
 class Announcer(Protocol):
@@ -40,54 +43,12 @@ class Announcer(Protocol):
         interface: str,
         mac: str,
         addresses: Iterable[IPAddress],
-        probe: tuple[IPv4Address, IPv4Address] | None = None,
+        probes: Iterable[Probe] = (),
         timeout: float = 0.5,
-    ) -> NeighbourReport | None:
-        """With `probe` (source, gateway): ask who holds the source (an RFC 5227 probe) and
-        where the gateway is. Then tell the LAN that `addresses` are at `mac`. Raises OSError
-        when it cannot send; returns the probe's report (None without a probe)."""
-
-
-def _arp(op: int, mac: bytes, sender: bytes, target_mac: bytes, target: bytes, dst: bytes = BROADCAST) -> bytes:
-    eth = dst + mac + struct.pack("!H", ETH_P_ARP)
-    return eth + struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + mac + sender + target_mac + target
-
-
-def parse_arp(frame: bytes) -> tuple[int, bytes, bytes] | None:
-    """(operation, sender MAC, sender IPv4) of an Ethernet ARP frame, or None."""
-    if len(frame) < 42 or frame[12:14] != b"\x08\x06" or frame[14:20] != b"\x00\x01\x08\x00\x06\x04":
-        return None
-    return struct.unpack("!H", frame[20:22])[0], frame[22:28], frame[28:32]
-
-
-def _mac_text(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
-
-
-def arp_frames(mac: bytes, address: bytes) -> list[bytes]:
-    """An ARP request and an ARP reply, both naming `address` as sender and target: some
-    devices update their cache on one kind only."""
-    return [_arp(1, mac, address, b"\x00" * 6, address), _arp(2, mac, address, mac, address)]
-
-
-def neighbour_advertisement(mac: bytes, address: bytes) -> bytes:
-    """An unsolicited neighbour advertisement (RFC 4861 7.2.6) to all nodes, override flag set."""
-    # type 136, code 0, checksum, flags (override), target, option: target link-layer address
-    icmp = struct.pack("!BBHI", 136, 0, 0, 0x20000000) + address + b"\x02\x01" + mac
-    pseudo = address + ALL_NODES + struct.pack("!I3xB", len(icmp), 58)
-    checksum = _checksum(pseudo + icmp)
-    icmp = icmp[:2] + struct.pack("!H", checksum) + icmp[4:]
-    ip6 = struct.pack("!IHBB", 0x60000000, len(icmp), 58, 255) + address + ALL_NODES
-    return ALL_NODES_MAC + mac + struct.pack("!H", ETH_P_IPV6) + ip6 + icmp
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total = int(sum(struct.unpack(f"!{len(data) // 2}H", data)))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    ) -> NeighbourReport:
+        """For each (source, gateway) in `probes`, ask who holds the source and where the
+        gateway is; then tell the LAN that `addresses` are at `mac`. Raises OSError when it
+        cannot send; returns what the probes found."""
 
 
 class PacketSocketAnnouncer:
@@ -104,10 +65,10 @@ class PacketSocketAnnouncer:
         interface: str,
         mac: str,
         addresses: Iterable[IPAddress],
-        probe: tuple[IPv4Address, IPv4Address] | None = None,
+        probes: Iterable[Probe] = (),
         timeout: float = 0.5,
-    ) -> NeighbourReport | None:
-        frames = list(addresses)
+    ) -> NeighbourReport:
+        args = (interface, mac, list(addresses), list(probes), timeout)
         read_end, write_end = os.pipe()
         try:
             pid = os.fork()
@@ -115,7 +76,7 @@ class PacketSocketAnnouncer:
             os.close(read_end)
             os.close(write_end)
             try:
-                return _exchange(interface, mac, frames, probe, timeout)
+                return _exchange(*args)
             finally:
                 while _keep:
                     _keep.pop().close()
@@ -123,14 +84,14 @@ class PacketSocketAnnouncer:
             os.close(read_end)
             # Whoever waits for the router's output must not wait for this child's exit.
             os.closerange(0, 3)
-            _child(write_end, lambda: _exchange(interface, mac, frames, probe, timeout))
+            _child(write_end, args)
         os.close(write_end)
         with os.fdopen(read_end, "rb") as pipe:
             answer = pipe.read()
         # Reaped on the side, so that a long-running router leaves no zombie behind; a daemon
         # thread, so that `init` exits without waiting for it.
         threading.Thread(target=_reap, args=(pid,), daemon=True).start()
-        return _decode(answer)
+        return decode(answer)
 
 
 def _reap(pid: int) -> None:
@@ -140,11 +101,10 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _child(write_end: int, work: Callable[[], NeighbourReport | None]) -> None:
+def _child(write_end: int, args: tuple[str, str, list[IPAddress], list[Probe], float]) -> None:
     code = 0
     try:
-        report = work()
-        message = b"-" if report is None else _encode(report)
+        message = encode(_exchange(*args))
     except OSError as error:
         message = b"!" + (error.strerror or str(error)).encode()
         code = 1
@@ -158,44 +118,44 @@ def _child(write_end: int, work: Callable[[], NeighbourReport | None]) -> None:
         os._exit(code)
 
 
-def _encode(report: NeighbourReport) -> bytes:
-    return f"{report.gateway_mac or ''} {','.join(report.conflicts)}".encode()
+def encode(report: NeighbourReport) -> bytes:
+    """The report as one line through the pipe: answered gateways, then address=MAC pairs."""
+    conflicts = ",".join(f"{address}={mac}" for address, mac in report.conflicts)
+    return f"{','.join(report.answered)} {conflicts}".encode()
 
 
-def _decode(answer: bytes) -> NeighbourReport | None:
+def decode(answer: bytes) -> NeighbourReport:
     if answer.startswith(b"!"):
         raise OSError(answer[1:].decode(errors="replace"))
-    if answer == b"-":
-        return None
     if not answer:
         raise OSError("the announcing process ended without an answer")
-    gateway, _, conflicts = answer.decode().partition(" ")
-    return NeighbourReport(gateway or None, tuple(c for c in conflicts.split(",") if c))
+    answered, _, conflicts = answer.decode().partition(" ")
+    pairs = tuple(tuple(c.split("=", 1)) for c in conflicts.split(",") if "=" in c)
+    return NeighbourReport(tuple(a for a in answered.split(",") if a), pairs)  # type: ignore[arg-type]
 
 
 def _exchange(
-    interface: str,
-    mac: str,
-    addresses: list[IPAddress],
-    probe: tuple[IPv4Address, IPv4Address] | None,
-    timeout: float,
-) -> NeighbourReport | None:
+    interface: str, mac: str, addresses: list[IPAddress], probes: list[Probe], timeout: float
+) -> NeighbourReport:
     """Probe and announce; the socket is left open on purpose: the caller's process exit
     closes it (see `PacketSocketAnnouncer`)."""
     raw_mac = bytes.fromhex(mac.replace(":", ""))
-    report = None
-    # Protocol 0 at creation and ARP at bind: the receive hook is registered once.
+    # Protocol 0 at creation: no frame is queued before the filter is in place at bind time.
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    sock.bind((interface, ETH_P_ARP))
-    if probe is not None:
-        report = _probe(sock, raw_mac, probe[0].packed, probe[1].packed, timeout)
+    _keep.append(sock)
+    report = NeighbourReport()
+    if probes:
+        _attach(sock, F.NEIGHBOUR_FILTER)
+        sock.bind((interface, ETH_P_ALL))
+        report = _probe(sock, raw_mac, probes, timeout)
+    else:
+        sock.bind((interface, 0))
     for address in addresses:
         if address.version == 4:
-            for frame in arp_frames(raw_mac, address.packed):
+            for frame in F.arp_announcement(raw_mac, address.packed):
                 sock.send(frame)
         else:
-            sock.send(neighbour_advertisement(raw_mac, address.packed))
-    _keep.append(sock)
+            sock.send(F.neighbour_advertisement(raw_mac, address.packed))
     return report
 
 
@@ -203,73 +163,68 @@ def _exchange(
 _keep: list[socket.socket] = []
 
 
-def _probe(sock: socket.socket, mac: bytes, source: bytes, gateway: bytes, timeout: float) -> NeighbourReport:
-    for frame in probe_frames(mac, source, gateway):
-        sock.send(frame)
-    # Stop as soon as the gateway answers: a host that holds our address answers the probe
-    # about as fast, and a healthy start must not wait out the timeout.
-    frames = _receive_until(
-        sock,
-        time.monotonic() + timeout,
-        lambda got: collect_replies(got[-1:], mac, source, gateway)[0] is not None,
-    )
-    gateway_mac, conflicts = collect_replies(frames, mac, source, gateway)
-    return NeighbourReport(gateway_mac, tuple(sorted(conflicts)))
+def _attach(sock: socket.socket, program: tuple[tuple[int, int, int, int], ...]) -> None:
+    code = array("B", b"".join(struct.pack("HBBI", *op) for op in program))
+    address, _ = code.buffer_info()
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HL", len(program), address))
+    _keep_alive.append(code)
 
 
-def probe_frames(mac: bytes, source: bytes, gateway: bytes) -> list[bytes]:
-    """An ARP probe for our source (sender 0.0.0.0, so no cache learns from it) and a request
-    for the gateway."""
-    zero_mac, zero_ip = b"\x00" * 6, b"\x00" * 4
-    return [_arp(1, mac, zero_ip, zero_mac, source), _arp(1, mac, source, zero_mac, gateway)]
+_keep_alive: list[array[int]] = []  # the filter's bytes must outlive the setsockopt call
 
 
-def collect_replies(
-    frames: Iterable[bytes], mac: bytes, source: bytes, gateway: bytes
-) -> tuple[str | None, set[str]]:
-    gateway_mac: str | None = None
-    conflicts: set[str] = set()
-    for frame in frames:
-        parsed = parse_arp(frame)
-        if parsed is None:
-            continue
-        op, sender_mac, sender_ip = parsed
-        if sender_ip == source and sender_mac != mac:
-            conflicts.add(_mac_text(sender_mac))
-        elif sender_ip == gateway and op == 2:
-            gateway_mac = _mac_text(sender_mac)
-    return gateway_mac, conflicts
-
-
-def _receive_until(sock: socket.socket, deadline: float, done: Callable[[list[bytes]], bool]) -> list[bytes]:
-    frames: list[bytes] = []
-    while not done(frames):
+def _probe(sock: socket.socket, mac: bytes, probes: list[Probe], timeout: float) -> NeighbourReport:
+    sources = [source.packed for source, _ in probes]
+    gateways = {gateway.packed: str(gateway) for _, gateway in probes}
+    for source, gateway in probes:
+        if source.version == 4:
+            sock.send(F.arp_probe(mac, source.packed))
+            # With our source as sender: the gateway answers a request to the asker.
+            sock.send(F.arp(1, mac, source.packed, F.NO_MAC, gateway.packed))
+        else:
+            sock.send(F.neighbour_probe(mac, source.packed))
+            sock.send(F.neighbour_probe(mac, gateway.packed))
+    # Stop as soon as every gateway has answered: a host that holds our address answers the
+    # probe about as fast, and a healthy start must not wait out the timeout.
+    received: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        answered, conflicts = F.read_answers(received, mac, sources, gateways)
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([sock], [], [], left)[0]:
+        if len(answered) == len(gateways) or left <= 0 or not select.select([sock], [], [], left)[0]:
             break
-        frames.append(sock.recv(128))
-    return frames
+        received.append(sock.recv(256))
+    return NeighbourReport(
+        tuple(gateways[g] for g in gateways if g in answered),
+        tuple(sorted((_address_text(a), F.mac_text(m)) for a, m in conflicts)),
+    )
+
+
+def _address_text(packed: bytes) -> str:
+    family = socket.AF_INET if len(packed) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, packed)
 
 
 class RecordingAnnouncer:
     """In-memory announcer for tests: remembers what it was asked, answers probes with
-    `report`."""
+    `report` (by default, every gateway answers and nobody else claims a source)."""
 
     def __init__(self, report: NeighbourReport | None = None) -> None:
         self.sent: list[tuple[str, str, tuple[IPAddress, ...]]] = []
-        self.report = report or NeighbourReport(gateway_mac="02:00:00:00:00:fe")
-        self.probes: list[tuple[str, IPv4Address, IPv4Address]] = []
+        self.report = report
+        self.probes: list[tuple[str, Probe]] = []
 
     def exchange(
         self,
         interface: str,
         mac: str,
         addresses: Iterable[IPAddress],
-        probe: tuple[IPv4Address, IPv4Address] | None = None,
+        probes: Iterable[Probe] = (),
         timeout: float = 0.5,
-    ) -> NeighbourReport | None:
+    ) -> NeighbourReport:
         self.sent.append((interface, mac, tuple(addresses)))
-        if probe is None:
-            return None
-        self.probes.append((interface, *probe))
-        return self.report
+        asked = list(probes)
+        self.probes += [(interface, p) for p in asked]
+        if self.report is not None:
+            return self.report
+        return NeighbourReport(tuple(str(gateway) for _, gateway in asked))

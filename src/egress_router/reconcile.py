@@ -18,7 +18,6 @@ a failure leaves nothing half-applied:
 from __future__ import annotations
 
 import time
-from ipaddress import IPv4Address, IPv4Interface
 
 from .announce import Announcer
 from .errors import ApplyError, EgressRouterError, SetupError
@@ -184,14 +183,15 @@ class Router:
 
     def _neighbours(self, config: RouterConfig, plan: Plan, mac: str, outcome: Outcome) -> None:
         network = plan.network
-        source, gateway = config.source(4), config.gateway(4)
-        probe = None
-        if isinstance(source, IPv4Interface) and isinstance(gateway, IPv4Address):
-            probe = (source.ip, gateway)
+        probes = []
+        for source in config.sources:
+            gateway = config.gateway(source.version)
+            if gateway is not None:
+                probes.append((source.ip, gateway))
         addresses = [a.ip for a in network.addresses]
         try:
             report = self.announcer.exchange(
-                network.interface, mac, addresses, probe, GATEWAY_ANSWER_TIMEOUT
+                network.interface, mac, addresses, probes, GATEWAY_ANSWER_TIMEOUT
             )
         except OSError as error:
             # Not fatal: the LAN learns the address on its own once its neighbour entry expires.
@@ -202,17 +202,17 @@ class Router:
             return
         outcome.announced = tuple(str(a) for a in addresses)
         self.log.debug("announced", addresses=",".join(outcome.announced), mac=mac)
-        if report is None or probe is None:
-            return
-        if report.gateway_mac is None:
+        for _, gateway in probes:
+            if str(gateway) not in report.answered:
+                asked = "ARP" if gateway.version == 4 else "neighbour solicitation"
+                outcome.warnings.append(
+                    f"the gateway {gateway} did not answer {asked} on {network.interface} within "
+                    f"{GATEWAY_ANSWER_TIMEOUT} s: check EGRESS_GATEWAY and the LAN"
+                )
+        outcome.conflicts = tuple(other for _, other in report.conflicts)
+        for address, other in report.conflicts:
             outcome.warnings.append(
-                f"the gateway {probe[1]} did not answer ARP on {network.interface} within "
-                f"{GATEWAY_ANSWER_TIMEOUT} s: check EGRESS_GATEWAY and the LAN"
-            )
-        outcome.conflicts = report.conflicts
-        for other in report.conflicts:
-            outcome.warnings.append(
-                f"another host ({other}) answers for {probe[0]} on the LAN: if it is the "
+                f"another host ({other}) answers for {address} on the LAN: if it is the "
                 "previous router pod going away this passes, otherwise two hosts share the "
                 "reserved address"
             )

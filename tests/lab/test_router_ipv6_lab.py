@@ -111,3 +111,39 @@ def test_an_ipv6_only_router_behind_a_link_local_gateway(lab6: Lab) -> None:
     assert done.returncode == 0, done.stderr
     probe = lab6.connect(8080, address=A.ROUTER_IP6)
     assert probe.server == ("2001:db8:2::26", 80) and probe.source == A.SOURCE6
+
+
+IPV6_ONLY = {
+    "EGRESS_SOURCE": f"{A.SOURCE6}/64",
+    "EGRESS_GATEWAY": A.GATEWAY6,
+    "EGRESS_DESTINATION": "8080 tcp 2001:db8:2::26 80\n",
+}
+
+
+def test_an_ipv6_gateway_that_does_not_answer_is_named(lab6: Lab) -> None:
+    lab6.reset_router()
+    silence = "table ip6 mute {\n chain input {\n type filter hook input priority 0;\n icmpv6 type nd-neighbor-solicit drop\n }\n}\n"
+    lab6.exec("gw", ["nft", "-f", "-"], input=silence)
+    try:
+        done = lab6.run_router(seed_env("init", **IPV6_ONLY))
+    finally:
+        lab6.exec("gw", ["nft", "delete", "table", "ip6", "mute"], check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"the gateway {A.GATEWAY6} did not answer neighbour solicitation on macvlan0" in done.stderr
+
+
+def test_an_ipv6_gateway_that_answers_raises_no_warning(lab6: Lab) -> None:
+    lab6.reset_router()
+    done = lab6.run_router(seed_env("init", **IPV6_ONLY))
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+
+
+def test_another_host_holding_the_ipv6_source_is_detected(lab6: Lab) -> None:
+    lab6.reset_router()
+    lab6.exec("gw", ["ip", "address", "add", f"{A.SOURCE6}/128", "dev", "lan0", "nodad"])
+    try:
+        done = lab6.run_router(seed_env("init", **IPV6_ONLY))
+    finally:
+        lab6.exec("gw", ["ip", "address", "del", f"{A.SOURCE6}/128", "dev", "lan0"], check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"another host ({lab6.mac('gw', 'lan0')}) answers for {A.SOURCE6}" in done.stderr

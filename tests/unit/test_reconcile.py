@@ -162,7 +162,7 @@ def test_a_new_process_restores_the_table_it_found(router: Router) -> None:
 def test_gateway_that_does_not_answer_is_a_warning_with_its_address() -> None:
     from egress_router.announce import NeighbourReport
 
-    announcer = RecordingAnnouncer(NeighbourReport(gateway_mac=None))
+    announcer = RecordingAnnouncer(NeighbourReport(answered=()))
     router = Router(nft=FakeNft(), net=FakeNet(links={"macvlan0": FakeLink()}), announcer=announcer, log=Log(stream=_Null()))
     outcome = router.reconcile(config())
     assert any("the gateway 192.0.2.1 did not answer ARP on macvlan0" in w for w in outcome.warnings)
@@ -172,7 +172,7 @@ def test_gateway_that_does_not_answer_is_a_warning_with_its_address() -> None:
 def test_another_holder_of_the_source_is_reported() -> None:
     from egress_router.announce import NeighbourReport
 
-    announcer = RecordingAnnouncer(NeighbourReport("02:00:00:00:00:fe", ("02:aa:00:00:00:01",)))
+    announcer = RecordingAnnouncer(NeighbourReport(("192.0.2.1",), (("192.0.2.99", "02:aa:00:00:00:01"),)))
     router = Router(nft=FakeNft(), net=FakeNet(links={"macvlan0": FakeLink()}), announcer=announcer, log=Log(stream=_Null()))
     outcome = router.reconcile(config())
     assert outcome.conflicts == ("02:aa:00:00:00:01",)
