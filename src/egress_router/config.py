@@ -89,8 +89,7 @@ def parse_destinations(text: str, variable: str = DESTINATION) -> Destinations:
     fallbacks: list[tuple[int, IPAddress]] = []
     seen: dict[tuple[str, int, int], int] = {}
     misplaced = False
-    # A byte-order mark is what some Windows editors put first; it is not part of line 1.
-    lines = text.removeprefix("\ufeff").split("\n")
+    lines = _lines(text)
     for number, raw in enumerate(lines, start=1):
         fields = raw.split()
         if not fields or fields[0].startswith("#"):
@@ -127,6 +126,11 @@ def parse_destinations(text: str, variable: str = DESTINATION) -> Destinations:
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: p.line or 0))
     return Destinations(tuple(mappings), tuple(address for _, address in fallbacks))
+
+
+def _lines(text: str) -> list[str]:
+    # A byte-order mark is what some Windows editors put first; it is not part of line 1.
+    return text.removeprefix("\ufeff").split("\n")
 
 
 def _parse_mapping(fields: list[str], number: int) -> Mapping:
@@ -258,7 +262,7 @@ def load_environment(environ: EnvMapping[str, str]) -> RouterConfig:
     http_port = field(HTTP_PORT, _parse_http_port, DEFAULT_HTTP_PORT)
     expected = field(EXPECTED_CONNECTIONS, _parse_count, DEFAULT_EXPECTED_CONNECTIONS)
     log_format = field(LOG_FORMAT, _parse_log_format, "text")
-    for name, value in ((SOURCE, sources), (GATEWAY, gateways)):
+    for name in (SOURCE, GATEWAY):
         if environ.get(name) is None:
             problems.append(Problem(name, "is not set"))
     if egress_if is not None and egress_if == pod_if:
@@ -276,8 +280,9 @@ def load_environment(environ: EnvMapping[str, str]) -> RouterConfig:
         except ConfigError as error:
             problems.extend(error.problems)
         else:
-            lines = text.split("\n")
-            problems.extend(_check_rules(destinations, variable, lines, sources, mode, http_port))
+            problems.extend(
+                _check_rules(destinations, variable, _lines(text), sources, mode, http_port)
+            )
     if problems:
         raise ConfigError(problems)
     return RouterConfig(

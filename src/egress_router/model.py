@@ -39,6 +39,14 @@ class Mode(Enum):
         return self not in (Mode.HTTP_PROXY, Mode.DNS_PROXY)
 
 
+def _of_family(items: tuple[IPAddress, ...], family: int) -> IPAddress | None:
+    """The one address of `family` among `items` (config allows at most one per family)."""
+    for item in items:
+        if item.version == family:
+            return item
+    return None
+
+
 class Mapping(NamedTuple):
     """`<port> <protocol> <ip> [<remote_port>]`: connections to `port` go to `address:remote_port`.
 
@@ -63,10 +71,7 @@ class Destinations(NamedTuple):
     fallbacks: tuple[IPAddress, ...] = ()
 
     def fallback(self, family: int) -> IPAddress | None:
-        for address in self.fallbacks:
-            if address.version == family:
-                return address
-        return None
+        return _of_family(self.fallbacks, family)
 
 
 class RouterConfig(NamedTuple):
@@ -88,17 +93,8 @@ class RouterConfig(NamedTuple):
     def families(self) -> tuple[int, ...]:
         return tuple(s.version for s in self.sources)
 
-    def source(self, family: int) -> IPInterface | None:
-        for s in self.sources:
-            if s.version == family:
-                return s
-        return None
-
     def gateway(self, family: int) -> IPAddress | None:
-        for g in self.gateways:
-            if g.version == family:
-                return g
-        return None
+        return _of_family(self.gateways, family)
 
     @property
     def served_http_port(self) -> int:

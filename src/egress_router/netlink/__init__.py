@@ -22,6 +22,14 @@ class LinkState(NamedTuple):
     addresses: tuple[IPInterface, ...]  # global scope only: link-local ones are the kernel's
 
 
+def batch_destination(destination: str, family: int) -> str:
+    """A route's destination as an `ip -batch` line must name it: batch lines take no family
+    option, and "default" alone would mean IPv4, so the default route is spelled as a prefix."""
+    if destination != "default":
+        return destination
+    return "::/0" if family == 6 else "0.0.0.0/0"
+
+
 class SavedRoute(NamedTuple):
     """A route as `ip -j route show` gives it: the default route, or one through the egress
     interface that the kernel did not add by itself for an address."""
@@ -33,10 +41,7 @@ class SavedRoute(NamedTuple):
     scope: str | None = None
 
     def replace_command(self) -> str:
-        # No per-line options in a batch: "default" would mean IPv4; the prefix says the family.
-        destination = self.destination
-        if destination == "default":
-            destination = "::/0" if self.family == 6 else "0.0.0.0/0"
+        destination = batch_destination(self.destination, self.family)
         via = f" via {self.via}" if self.via else ""
         dev = f" dev {self.dev}" if self.dev else ""
         scope = f" scope {self.scope}" if self.scope and self.scope != "global" else ""
@@ -60,9 +65,6 @@ class NetBackend(Protocol):
 
     def restore(self, snapshot: NetSnapshot, plan: NetworkPlan) -> None:
         """Undo what `configure` and `set_sysctl` did since `snapshot`; raises `ApplyError`."""
-
-    def link(self, name: str) -> LinkState | None:
-        """The interface's state, or None when it does not exist."""
 
     def configure(self, plan: NetworkPlan, remove: tuple[IPInterface, ...]) -> None:
         """Bring the link up, set addresses and routes; safe to repeat. Raises `ApplyError`."""

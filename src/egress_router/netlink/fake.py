@@ -29,7 +29,7 @@ class FakeNet:
     fail_configure: str | None = None  # the next configure fails with this message
     calls: int = 0
 
-    def link(self, name: str) -> LinkState | None:
+    def _state(self, name: str) -> LinkState | None:
         link = self.links.get(name)
         if link is None:
             return None
@@ -41,7 +41,7 @@ class FakeNet:
             for (family, destination), r in self.routes.items()
             if family in families
         )
-        return NetSnapshot(self.link(name), routes, tuple((k, self.sysctls.get(k)) for k in sysctls))
+        return NetSnapshot(self._state(name), routes, tuple((k, self.sysctls.get(k)) for k in sysctls))
 
     def restore(self, snapshot: NetSnapshot, plan: NetworkPlan) -> None:
         for key, value in snapshot.sysctls:

@@ -9,7 +9,7 @@ import subprocess
 from ..errors import ApplyError, SetupError
 from ..model import IPInterface
 from ..plan import NetworkPlan
-from . import LinkState, NetSnapshot, SavedRoute
+from . import LinkState, NetSnapshot, SavedRoute, batch_destination
 
 IP_HINT = "install the iproute2 package in the image (apt-get install iproute2)"
 
@@ -26,14 +26,6 @@ class IpRoute2:
             )
         except FileNotFoundError:
             raise SetupError(f"the ip command was not found ({self.binary})", IP_HINT) from None
-
-    def link(self, name: str) -> LinkState | None:
-        done = self._run(["-j", "addr", "show", "dev", name])
-        if done.returncode != 0:
-            if "does not exist" in done.stderr:
-                return None
-            raise ApplyError(f"read interface {name}", done.stderr)
-        return parse_link(json.loads(done.stdout)[0])
 
     def snapshot(self, name: str, families: tuple[int, ...], sysctls: tuple[str, ...]) -> NetSnapshot:
         # One process for the link and the IPv4 routes: this runs at every pod start.
@@ -126,10 +118,7 @@ def restore_batch(snapshot: NetSnapshot, plan: NetworkPlan) -> list[str]:
     saved = [r for r in snapshot.routes if r.family in families]
     for r in plan.routes:
         if not any(s.destination == r.destination for s in saved if s.family == r.family):
-            destination = r.destination
-            if destination == "default":
-                destination = "::/0" if r.family == 6 else "0.0.0.0/0"
-            lines.append(f"route del {destination} dev {dev}")
+            lines.append(f"route del {batch_destination(r.destination, r.family)} dev {dev}")
     # Removing an interface's last address takes its routes with it: put them all back.
     lines += [r.replace_command() for r in saved]
     if snapshot.link is not None and not snapshot.link.up:
