@@ -184,7 +184,7 @@ def validate(paths: list[str], env: Mapping[str, str]) -> int:
         parse_destinations,
         read_destination_file,
     )
-    from .errors import ConfigError
+    from .errors import ConfigError, Problem
 
     if paths and paths[0] in ("-h", "--help"):
         print(VALIDATE_USAGE)
@@ -200,8 +200,10 @@ def validate(paths: list[str], env: Mapping[str, str]) -> int:
             text = read_destination_file(path)
             rules = parse_destinations(text, path)
         except ConfigError as error:
+            # A file that cannot be read is named by its path, as its rules are.
             problems += [
-                p if p.variable != DESTINATION_FILE else type(p)(path, p.message) for p in error.problems
+                p if p.variable != DESTINATION_FILE else Problem(path, p.message)
+                for p in error.problems
             ]
             continue
         print(f"ok: {path}: {len(rules.mappings)} rule(s), fallback {_fallback_words(rules)}")
