@@ -226,17 +226,10 @@ def plot(results: dict[str, Any], folder: Path) -> dict[str, str]:
             ax.plot(ns, med, color=color, marker=marker, label=f"{layout}, median")
             ax.fill_between(ns, low, high, color=color, alpha=0.15, linewidth=0)
             ax.plot(ns, p99, color=color, linestyle=":", linewidth=1, label=f"{short(layout)}, p99")
-        ax.set_xscale("log")
         # Log y too: the linear layout's p99 is milliseconds where the medians are tens of µs.
-        ax.set_yscale("log")
-        ax.set_xlabel("mappings (the measured one last)")
-        ax.set_ylabel("connect to first byte (µs, log scale)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.set_title(f"New-connection latency through the router\n{subtitle}", fontsize=9)
         ax.legend(fontsize=8, loc="upper left", ncol=2)
-        fig.tight_layout()
-        fig.savefig(folder / LATENCY_PLOT)
-        plt.close(fig)
+        _finish(plt, fig, ax, "mappings (the measured one last)", "connect to first byte (µs, log scale)",
+                f"New-connection latency through the router\n{subtitle}", folder / LATENCY_PLOT)
         written[LATENCY_PLOT] = LATENCY_PLOT
     apply = results.get("apply")
     if apply:
@@ -245,15 +238,21 @@ def plot(results: dict[str, Any], folder: Path) -> dict[str, str]:
         ns = [int(n) for n, _ in rows]
         ax.plot(ns, [r["router_init_s"] * 1e3 for _, r in rows], "o-", color="tab:blue", label="egress-router init (whole process)")
         ax.plot(ns, [r["linear_nft_s"] * 1e3 for _, r in rows], "s-", color="tab:red", label="nft -f, one rule per mapping")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("mappings")
-        ax.set_ylabel("wall time (ms)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.set_title(f"Apply time into an empty namespace\n{subtitle}", fontsize=9)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(folder / APPLY_PLOT)
-        plt.close(fig)
+        _finish(plt, fig, ax, "mappings", "wall time (ms)",
+                f"Apply time into an empty namespace\n{subtitle}", folder / APPLY_PLOT)
         written[APPLY_PLOT] = APPLY_PLOT
     return written
+
+
+def _finish(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    """What both plots share: log-log axes, labels, a grid, the title; then write and close."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
