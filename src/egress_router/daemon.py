@@ -132,10 +132,10 @@ class Daemon:
         missing = [str(a) for a in network.addresses if a not in now.link.addresses]
         if missing:
             reasons.append(f"address {', '.join(missing)} missing")
-        present = {(r.family, _host(r.destination), r.via) for r in now.routes}
+        present = {(r.family, r.destination, r.via) for r in now.routes}
         for route in network.routes:
             via = None if route.via is None else str(route.via)
-            if (route.family, _host(route.destination), via) not in present:
+            if (route.family, route.destination, via) not in present:
                 reasons.append(f"route {route.destination} via {via or network.interface} is missing")
         values = dict(now.sysctls)
         for key, value in network.sysctls:
@@ -176,11 +176,6 @@ class Daemon:
             return None
         state = self.reader.read_table(TABLE_FAMILY, TABLE_NAME)
         return None if state is None else state.shape
-
-
-def _host(destination: str) -> str:
-    """`ip` shows a host route without its /32 or /128."""
-    return destination.removesuffix("/32").removesuffix("/128")
 
 
 def run(

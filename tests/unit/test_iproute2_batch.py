@@ -53,3 +53,14 @@ def test_restore_puts_back_addresses_routes_and_link_state() -> None:
         "route replace 192.0.2.7 dev macvlan0 scope link",
         "link set dev macvlan0 down",
     ]
+
+
+def test_a_host_route_read_back_compares_equal_to_the_planned_one() -> None:
+    from egress_router.netlink.iproute2 import saved_routes
+
+    shown = [{"dst": "192.0.2.1", "dev": "macvlan0", "scope": "link", "flags": []}]
+    (route,) = saved_routes(4, shown, "macvlan0")
+    assert route.destination == "192.0.2.1/32"
+    network = build_network(load_environment(DUAL))
+    snapshot = NetSnapshot(LinkState("macvlan0", True, True, "02:00:00:00:00:01", 1500, ()), (route,), ())
+    assert "route del 192.0.2.1/32 dev macvlan0" not in restore_batch(snapshot, network)

@@ -130,10 +130,18 @@ def saved_routes(family: int, data: list[dict], interface: str) -> list[SavedRou
     """The routes a reconcile may change, from `ip -j route show`; the kernel's own routes
     for an address come back with the address."""
     return [
-        SavedRoute(family, r["dst"], r.get("gateway"), r.get("dev"), r.get("scope"))
+        SavedRoute(family, _prefixed(r["dst"], family), r.get("gateway"), r.get("dev"), r.get("scope"))
         for r in data
         if r.get("protocol") != "kernel" and (r.get("dst") == "default" or r.get("dev") == interface)
     ]
+
+
+def _prefixed(destination: str, family: int) -> str:
+    """`ip` shows a host route without its /32 or /128; the plan writes it with one. Spelled
+    one way, the two compare equal."""
+    if destination == "default" or "/" in destination:
+        return destination
+    return f"{destination}/{32 if family == 4 else 128}"
 
 
 def _failed_lines(stderr: str) -> list[int]:
