@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import ApplyError, SetupError
+from .nft.cli import NftCli
+from .plan import FAMILIES, fallback_counter_name
 
 # Keys whose values change while the rules stay the same: dropped from a table's shape.
 _VOLATILE = frozenset({"handle", "packets", "bytes", "metainfo"})
@@ -113,36 +113,28 @@ def render(value: Any) -> str:
     return str(value)
 
 
+# The fallback rule of each family is the one that counts into that family's fallback counter.
+_FALLBACK_COUNTERS = {fallback_counter_name(family): family for family in FAMILIES}
+
+
 def _fallback(expr: list[Any]) -> dict[int, str]:
     """The prerouting rule `... counter name fallbackN dnat ... to ADDRESS`."""
     names = [e["counter"] for e in expr if isinstance(e.get("counter"), str)]
     dnat = [e["dnat"] for e in expr if "dnat" in e]
-    if not names or not dnat or not names[0].startswith("fallback") or "_" in names[0]:
+    if not names or not dnat or names[0] not in _FALLBACK_COUNTERS:
         return {}
-    family = 6 if names[0].endswith("6") else 4
-    return {family: render(dnat[0].get("addr"))}
+    return {_FALLBACK_COUNTERS[names[0]]: render(dnat[0].get("addr"))}
 
 
 class LiveKernel:
-    """`KernelReader` on the real kernel, through `nft -j`."""
+    """`KernelReader` on the real kernel, through the router's own `nft` adapter."""
 
-    def __init__(self, nft: str = "nft") -> None:
-        self.nft = nft
+    def __init__(self, nft: NftCli | None = None) -> None:
+        self.nft = nft if nft is not None else NftCli()
 
     def read_table(self, family: str, name: str) -> TableState | None:
-        done = _run([self.nft, "-j", "list", "table", family, name], "nft")
-        if done.returncode != 0:
-            if "No such file or directory" in done.stderr:
-                return None
-            raise ApplyError(f"list table {family} {name}", done.stderr)
-        return parse_table(done.stdout)
-
-
-def _run(argv: list[str], tool: str) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise SetupError(f"the {tool} command was not found ({argv[0]})") from None
+        listing = self.nft.list_table(family, name, as_json=True)
+        return None if listing is None else parse_table(listing)
 
 
 class FakeKernel:

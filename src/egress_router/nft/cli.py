@@ -35,8 +35,10 @@ class NftCli:
         if done.returncode != 0:
             raise ApplyError("apply the nftables transaction", explain_nft_error(done.stderr))
 
-    def list_table(self, family: str, name: str) -> str | None:
-        done = self._run(["list", "table", family, name], None, f"list table {family} {name}")
+    def list_table(self, family: str, name: str, as_json: bool = False) -> str | None:
+        """nft's listing of the table (its JSON form with `as_json`), or None if absent."""
+        args = ["-j"] * as_json + ["list", "table", family, name]
+        done = self._run(args, None, f"list table {family} {name}")
         if done.returncode == 0:
             return done.stdout
         if "No such file or directory" in done.stderr:
