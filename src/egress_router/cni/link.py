@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from .errors import LINK_FAILURE, CniError
 
+# The kernel's macvlan modes, as `ip link add ... type macvlan mode M` names them.
+MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
 FORWARDING_SYSCTLS = ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding")
 
 

@@ -30,7 +30,6 @@ from .errors import (
 
 SPEC_VERSION = "1.0.0"
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
-MODES = ("bridge", "private", "vepa", "passthru")
 
 
 def main() -> int:
@@ -82,8 +81,8 @@ def _read_config() -> dict[str, Any]:
         raise CniError(INCOMPATIBLE_VERSION, f"cniVersion {version!r} is not supported",
                        f"supported: {', '.join(SUPPORTED_VERSIONS)}")
     conf.setdefault("mode", "bridge")
-    if conf["mode"] not in MODES:
-        raise CniError(INVALID_CONFIG, f"mode {conf['mode']!r} is not one of {', '.join(MODES)}")
+    if conf["mode"] not in link.MACVLAN_MODES:
+        raise CniError(INVALID_CONFIG, f"mode {conf['mode']!r} is not one of {', '.join(link.MACVLAN_MODES)}")
     mtu = conf.get("mtu", 0)
     if not isinstance(mtu, int) or isinstance(mtu, bool) or not (mtu == 0 or 68 <= mtu <= 65535):
         raise CniError(INVALID_CONFIG, f"mtu {mtu!r} is not an integer in 68-65535")

@@ -12,14 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..cni.link import MACVLAN_MODES
 from ..errors import Problem
 from .spec import RouterSpec
 
 API_GROUP = "network.operator.openshift.io"
 API_VERSION = f"{API_GROUP}/v1"
 KIND = "EgressRouter"
-# The resource spells the macvlan modes capitalised; the kernel (and `ip`) wants lower case.
-_MODES = {"bridge": "bridge", "private": "private", "vepa": "vepa", "passthru": "passthru"}
 
 
 def is_egress_router(document: object) -> bool:
@@ -117,10 +116,11 @@ def _interface(interface: dict[str, Any], spec: RouterSpec, bad: Bad) -> None:
     macvlan = _dict(interface.get("macvlan"))
     mode = macvlan.get("mode")
     if mode is not None:
-        if not isinstance(mode, str) or mode.lower() not in _MODES:
+        # The resource spells the modes capitalised; the kernel (and `ip`) wants lower case.
+        if not isinstance(mode, str) or mode.lower() not in MACVLAN_MODES:
             bad("spec.networkInterface.macvlan.mode", f"{mode!r} is not Bridge, Private, VEPA or Passthru")
         else:
-            spec.macvlan_mode = _MODES[mode.lower()]
+            spec.macvlan_mode = mode.lower()
     master = macvlan.get("master")
     if master is not None:
         if isinstance(master, str) and master:

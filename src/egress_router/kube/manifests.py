@@ -13,10 +13,11 @@ from typing import Any
 import yaml
 
 from .. import __version__
+from ..cni.link import MACVLAN_MODES
 from ..errors import ConfigError, Problem
 from . import egressrouter
 from .render import documents, to_yaml
-from .spec import CNI_TYPES, CONFIG_VIA, FLAVORS, MACVLAN_MODES, MODES, RouterSpec, check
+from .spec import CNI_TYPES, CONFIG_VIA, FLAVORS, MODES, RouterSpec, check
 from .usage import Parser, UsageError, report
 
 DESCRIPTION = """\

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
+from ..cni.link import MACVLAN_MODES
 from ..config import DESTINATION, GATEWAY, MODE, SOURCE, load_environment, parse_interface_name
 from ..errors import ConfigError, Problem
 from ..model import RouterConfig
 
 FLAVORS = ("openshift", "multus")
-MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
 CONFIG_VIA = ("env", "file")
 # init: the seed's layout, an init container that sets up and exits, and a pause container;
 # legacy: the router itself is the long-lived container (live reload, health, metrics).
