@@ -13,7 +13,7 @@ import os
 import sys
 import traceback
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import link, router
 from .errors import (
@@ -27,6 +27,9 @@ from .errors import (
     UNSUPPORTED_FIELD,
     CniError,
 )
+
+if TYPE_CHECKING:
+    from ..model import RouterConfig
 
 SPEC_VERSION = "1.0.0"
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
@@ -121,7 +124,7 @@ def add(conf: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     netns, ifname = _args(env, need_netns=True)
     if not os.path.exists(netns):
         raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS {netns} does not exist")
-    router_env = router.environment(conf["egressRouter"], ifname) if "egressRouter" in conf else None
+    settings = router.environment(conf["egressRouter"], ifname) if "egressRouter" in conf else None
     master = conf.get("master") or link.default_interface()
     mtu = conf.get("mtu") or link.mtu_of(master)
     link.create(master, netns, ifname, conf["mode"], mtu)
@@ -129,36 +132,35 @@ def add(conf: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         link.set_up(netns, ifname)
         if conf.get("forwarding") is True:
             link.enable_forwarding(netns)
-        if router_env is not None:
-            router.set_up(netns, router_env)
+        if settings is not None:
+            router.set_up(netns, settings.env)
         created = link.show(netns, ifname)
     except BaseException:
         # Roll back: a failed ADD must leave neither the interface nor the router's table.
-        if router_env is not None:
+        if settings is not None:
             router.tear_down(netns)
         link.delete(netns, ifname)
         raise
-    return result(conf, netns, created, router_env)
+    return result(conf, netns, created, settings.config if settings else None)
 
 
-def result(conf: dict[str, Any], netns: str, created: link.Link | None, env: dict[str, str] | None) -> dict[str, Any]:
+def result(
+    conf: dict[str, Any], netns: str, created: link.Link | None, config: RouterConfig | None
+) -> dict[str, Any]:
     interface = {"name": created.name if created else "", "mac": created.mac if created else "", "sandbox": netns}
     out: dict[str, Any] = {"cniVersion": conf["cniVersion"], "interfaces": [interface]}
-    ips = []
-    if env is not None:
-        gateways = env["EGRESS_GATEWAY"].split(",")
-        for source in env["EGRESS_SOURCE"].split(","):
-            source = source.strip()
-            v6 = ":" in source
-            address = source if "/" in source else f"{source}/{128 if v6 else 32}"
-            entry: dict[str, Any] = {"address": address, "interface": 0}
-            gateway = next((g.strip() for g in gateways if (":" in g) == v6), None)
-            if gateway:
-                entry["gateway"] = gateway
-            if conf["cniVersion"] != "1.0.0":
-                entry["version"] = "6" if v6 else "4"  # dropped from the result in 1.0.0
-            ips.append(entry)
+    ips: list[dict[str, Any]] = []
     out["ips"] = ips
+    if config is None:
+        return out
+    for source in config.sources:
+        entry: dict[str, Any] = {"address": str(source), "interface": 0}
+        gateway = config.gateway(source.version)
+        if gateway is not None:
+            entry["gateway"] = str(gateway)
+        if conf["cniVersion"] != "1.0.0":
+            entry["version"] = str(source.version)  # dropped from the result in 1.0.0
+        ips.append(entry)
     return out
 
 

@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import INVALID_CONFIG, ROUTER_FAILURE, CniError
 from .link import run
+
+if TYPE_CHECKING:
+    from ..model import RouterConfig
 
 TABLE = ("inet", "egress_router")  # the one table the router owns (egress_router.plan)
 KEYS = {"source", "gateway", "destinations", "podInterface", "debug"}
 
 
-def environment(settings: object, ifname: str) -> dict[str, str]:
+class Settings(NamedTuple):
+    env: dict[str, str]  # what `python -m egress_router` is run with
+    config: RouterConfig  # the same, as the core validated it
+
+
+def environment(settings: object, ifname: str) -> Settings:
     """The router's environment from the config object; raises `CniError` (code 7) if invalid."""
     if not isinstance(settings, dict):
         raise CniError(INVALID_CONFIG, "egressRouter must be an object")
@@ -49,10 +57,10 @@ def environment(settings: object, ifname: str) -> dict[str, str]:
     from ..errors import ConfigError
 
     try:
-        load_environment(env)
+        config = load_environment(env)
     except ConfigError as error:
         raise CniError(INVALID_CONFIG, "invalid egressRouter settings", "; ".join(map(str, error.problems))) from None
-    return env
+    return Settings(env, config)
 
 
 def _joined(settings: dict[str, Any], key: str, separator: str) -> str:
