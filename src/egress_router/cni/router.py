@@ -13,13 +13,14 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..plan import TABLE_FAMILY, TABLE_NAME
 from .errors import INVALID_CONFIG, ROUTER_FAILURE, CniError
 from .link import run
 
 if TYPE_CHECKING:
     from ..model import RouterConfig
 
-TABLE = ("inet", "egress_router")  # the one table the router owns (egress_router.plan)
+TABLE = (TABLE_FAMILY, TABLE_NAME)  # the one table the router owns
 KEYS = {"source", "gateway", "destinations", "podInterface", "debug"}
 
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
+from ..plan import TABLE_FAMILY, TABLE_NAME
 from . import addresses as A
 from .netns import delete_namespaces, in_netns, ip, ip_batch, read_sysctl, write_sysctls
 from .probe import Probe, Stream, probe_tcp, probe_udp
@@ -35,7 +36,7 @@ from .servers import format_spec
 
 # Where `python -m egress_router` finds this very checkout, installed or not.
 SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
-TABLE = ("inet", "egress_router")
+TABLE = (TABLE_FAMILY, TABLE_NAME)
 
 
 class LabError(RuntimeError):
