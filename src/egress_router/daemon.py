@@ -60,10 +60,16 @@ class Daemon:
 
     def started(self, first: Outcome | None = None) -> None:
         """The start-up apply (done by the caller) succeeded: remember what the kernel holds."""
-        self.stats.last_reload_success = time.time()
-        if first is not None:
-            self.stats.observe_apply(first.seconds)
-            self.stats.address_conflicts += len(first.conflicts)
+        with self.stats.lock:
+            self.stats.last_reload_success = time.time()
+        self._applied(first)
+
+    def _applied(self, outcome: Outcome | None) -> None:
+        """What every successful apply leaves: its figures, and the table's shape to compare
+        the kernel with."""
+        if outcome is not None:
+            self.stats.observe_apply(outcome.seconds)
+            self.stats.address_conflicts += len(outcome.conflicts)
         self.baseline = self._shape()
         self.stats.ready = True
 
@@ -79,17 +85,15 @@ class Daemon:
             self.next_check = self.clock() + CHECK_EVERY
             self.check()
 
-    def reload(self) -> bool:
+    def reload(self) -> None:
         try:
             new = load_environment(self.env)
         except ConfigError as error:
             for problem in error.problems:
                 self.log.error("rejected the new configuration, keeping the old one", problem=str(problem))
             self.stats.reloaded(False)
-            return False
-        ok = self._apply(new, "reload")
-        self.stats.reloaded(ok)
-        return ok
+            return
+        self.stats.reloaded(self._apply(new, "reload"))
 
     def check(self) -> None:
         """Compare the kernel with what was applied; restore it if someone changed it."""
@@ -123,8 +127,7 @@ class Daemon:
                 reasons.append(f"table {TABLE_FAMILY} {TABLE_NAME} was altered")
         network = build_network(self.config)
         # The same read the reconcile step starts with: one `ip` process per family.
-        keys = tuple(key for key, _ in network.sysctls)
-        now = self.router.net.snapshot(network.interface, self.config.families, keys)
+        now = self.router.read_network(network, self.config.families)
         if now.link is None:
             return [*reasons, f"interface {network.interface} is missing"]
         if not now.link.up:
@@ -159,10 +162,7 @@ class Daemon:
             return False
         self.config = config
         self.pending = None
-        self.stats.observe_apply(outcome.seconds)
-        self.stats.address_conflicts += len(outcome.conflicts)
-        self.baseline = self._shape()
-        self.stats.ready = True
+        self._applied(outcome)
         self.log.info(
             f"{why} applied",
             full_table=outcome.full_table,

@@ -68,6 +68,11 @@ class Router:
         self.applied = None
         self.applied_network = None
 
+    def read_network(self, network: NetworkPlan, families: tuple[int, ...]) -> NetSnapshot:
+        """What the kernel holds of what `network` sets: the link, the routes, the sysctls."""
+        keys = tuple(key for key, _ in network.sysctls)
+        return self.net.snapshot(network.interface, families, keys)
+
     def reconcile(self, config: RouterConfig, announce: bool = False) -> Outcome:
         """Make the kernel hold `config`. Raises `SetupError` or `ApplyError`, after putting
         back whatever it had changed."""
@@ -80,8 +85,7 @@ class Router:
             self._apply_table(plan, outcome)
             outcome.seconds = time.perf_counter() - started
             return outcome
-        keys = tuple(key for key, _ in network.sysctls)
-        snapshot = self.net.snapshot(network.interface, config.families, keys)
+        snapshot = self.read_network(network, config.families)
         if snapshot.link is None:
             raise SetupError(
                 f"the egress interface {network.interface} does not exist in this pod",
