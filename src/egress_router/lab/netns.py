@@ -151,10 +151,10 @@ def delete_namespaces(namespaces: Iterable[str]) -> None:
     ip(["-force", "-batch", "-"], "".join(f"netns delete {ns}\n" for ns in names), check=False)
 
 
-def stale_namespaces(names: Iterable[str] | None = None) -> list[str]:
+def stale_namespaces() -> list[str]:
     """Namespaces of this project's labs whose creating process no longer exists."""
     found = []
-    for name in list_namespaces() if names is None else names:
+    for name in list_namespaces():
         match = PREFIX_PATTERN.match(name)
         if match and not _alive(int(match.group(1))):
             found.append(name)

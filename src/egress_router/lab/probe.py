@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import socket
-import time
 from dataclasses import dataclass
 from typing import Self
 
@@ -150,7 +149,6 @@ class Stream:
         except BaseException:
             sock.close()
             raise
-        self.opened = time.monotonic()
 
     @property
     def source(self) -> str | None:
@@ -165,10 +163,6 @@ class Stream:
 
     def close(self) -> None:
         self.sock.close()
-
-    @property
-    def closed(self) -> bool:
-        return self.sock.fileno() < 0
 
     def __enter__(self) -> Self:
         return self

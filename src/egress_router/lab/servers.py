@@ -18,7 +18,7 @@ import socket
 import sys
 import time
 
-from .probe import parse_endpoint, report_line
+from .probe import format_endpoint, parse_endpoint, report_line
 
 DEFAULT_MAX_SECONDS = 3600.0
 BUFFER = 65536
@@ -34,8 +34,7 @@ def parse_spec(text: str) -> tuple[str, int, str]:
 
 
 def format_spec(address: str, port: int, protocol: str) -> str:
-    host = f"[{address}]" if ":" in address else address
-    return f"{host}:{port}/{protocol}"
+    return f"{format_endpoint(address, port)}/{protocol}"
 
 
 def open_listener(address: str, port: int, protocol: str) -> socket.socket:
@@ -111,7 +110,6 @@ class Server:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m egress_router.lab.servers")
     parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS)
-    parser.add_argument("--no-stdin", action="store_true", help="do not stop when stdin closes")
     parser.add_argument("endpoints", nargs="+", help="ADDRESS:PORT/tcp or ADDRESS:PORT/udp")
     args = parser.parse_args(argv)
     try:
@@ -120,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"servers: {error}\n")
         return 1
     server = Server(listeners)
-    if not args.no_stdin:
-        server.watch_stdin()
+    server.watch_stdin()  # the lab holds stdin open: its end is the servers' end
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     try:

@@ -158,9 +158,6 @@ class Lab:
             raise ValueError(f"unknown lab role {role!r} (one of {', '.join(A.ROLES)})")
         return self.prefix + role
 
-    def namespaces(self) -> list[str]:
-        return [self.ns(role) for role in A.ROLES]
-
     def exec(
         self,
         role: str,
@@ -290,9 +287,6 @@ class Lab:
         done = ip(["-n", self.ns(role), "-o", "link", "show", "dev", name])
         words = done.stdout.split()
         return words[words.index("link/ether") + 1]
-
-    def router_address(self, family: int = 4) -> str:
-        return A.ROUTER_IP if family == 4 else A.ROUTER_IP6
 
     # -- traffic ------------------------------------------------------------------------------
 
