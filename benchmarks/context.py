@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from egress_router.plan import TABLE_FAMILY, TABLE_NAME
+
 from .layouts import FLOOR_TABLE, LINEAR_TABLE, Lan, clear_script
 from .options import Options
 
 PROBES = Path(__file__).resolve().parent / "probes"
-ROUTER_TABLE = "inet egress_router"
+ROUTER_TABLE = f"{TABLE_FAMILY} {TABLE_NAME}"
 
 
 class BenchError(RuntimeError):
@@ -32,7 +34,6 @@ class Bench:
     workdir: Path
     lan: Lan
     seed_env: dict[str, str]
-    log: Any = None
 
     def say(self, message: str) -> None:
         print(f"bench: {message}", file=sys.stderr, flush=True)
