@@ -4,9 +4,7 @@ run the benchmark's probes and `nft` inside the lab's namespaces."""
 from __future__ import annotations
 
 import json
-import os
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from egress_router.lab.topology import stop_process
 from egress_router.plan import TABLE_FAMILY, TABLE_NAME
 
 from .layouts import FLOOR_TABLE, LINEAR_TABLE, Lan, clear_script
@@ -118,22 +117,4 @@ class Bench:
 
 def stop(process: subprocess.Popen[str], grace: float = 2.0) -> None:
     """Stop a process this benchmark started (the lab would at teardown; this is sooner)."""
-    # The lab starts each process in its own session: signal the group, so that what it
-    # forked (socat's per-connection children) goes too.
-    if process.poll() is None:
-        _signal_group(process, signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            _signal_group(process, signal.SIGKILL)
-            process.wait(grace)
-    for pipe in (process.stdin, process.stdout, process.stderr):
-        if pipe is not None:
-            pipe.close()
-
-
-def _signal_group(process: subprocess.Popen[str], sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
+    stop_process(process, grace)

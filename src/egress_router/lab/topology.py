@@ -145,7 +145,7 @@ class Lab:
             stream.close()
         self._streams.clear()
         for process in self._processes:
-            _stop(process)
+            stop_process(process)
         self._processes.clear()
         delete_namespaces(self.ns(role) for role in A.ROLES)
         self._built = False
@@ -316,7 +316,7 @@ class Lab:
         ready, _, _ = select.select([process.stdout], [], [], 10)
         line = process.stdout.readline() if ready else ""
         if line.strip() != "ready":
-            _stop(process)
+            stop_process(process)
             err = process.stderr.read() if process.stderr else ""
             raise LabError(
                 f"failed to start servers {' '.join(specs)}: {err.strip() or 'not ready in 10s'}"
@@ -361,7 +361,8 @@ class Lab:
         return stream
 
 
-def _stop(process: subprocess.Popen[str], grace: float = 1.0) -> None:
+def stop_process(process: subprocess.Popen[str], grace: float = 1.0) -> None:
+    """Stop a process the lab started (its whole session: what it forked goes too)."""
     if process.poll() is None:
         try:
             os.killpg(process.pid, signal.SIGTERM)
