@@ -85,12 +85,16 @@ class AddElements(NamedTuple):
     ref: str
     map_name: str
     elements: dict[str, str]
+    key_type: str  # the map's types, for a writer that encodes elements itself
+    value_type: str
 
 
 class DeleteElements(NamedTuple):
     ref: str
     map_name: str
     keys: list[str]
+    key_type: str
+    value_type: str
 
 
 Operation = WriteTable | DeleteTable | RestoreTable | AddElements | DeleteElements
@@ -119,11 +123,22 @@ class Transaction:
 
     def add_elements(self, table: TableSpec, map_name: str, elements: Mapping[str, str]) -> None:
         if elements:
-            self.ops.append(AddElements(table.ref, map_name, dict(elements)))
+            types = table.map(map_name)
+            self.ops.append(AddElements(table.ref, map_name, dict(elements), types.key_type, types.value_type))
 
     def delete_elements(self, table: TableSpec, map_name: str, keys: list[str]) -> None:
         if keys:
-            self.ops.append(DeleteElements(table.ref, map_name, list(keys)))
+            types = table.map(map_name)
+            self.ops.append(DeleteElements(table.ref, map_name, list(keys), types.key_type, types.value_type))
+
+    @property
+    def creates_table(self) -> TableSpec | None:
+        """The table, when the transaction is the creation of one and nothing else."""
+        if len(self.ops) == 1:
+            op = self.ops[0]
+            if isinstance(op, WriteTable) and not op.replace:
+                return op.table
+        return None
 
     @property
     def writes_table(self) -> bool:
@@ -154,6 +169,11 @@ def _script(op: Operation) -> str:
 
 def _chunks(items: list[str]) -> list[str]:
     return [", ".join(items[i : i + _CHUNK]) for i in range(0, len(items), _CHUNK)]
+
+
+def creation_script(table: TableSpec) -> str:
+    """`create table` and everything of it but the map elements."""
+    return f"{table.create_line()}{table.skeleton()}\n"
 
 
 def _write_script(table: TableSpec, replace: bool) -> str:
