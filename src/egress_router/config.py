@@ -11,8 +11,9 @@ user sees them all at once.
 from __future__ import annotations
 
 import ipaddress
+from ipaddress import IPv4Address, IPv6Address
 from collections.abc import Mapping as EnvMapping
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from .errors import ConfigError, Problem
 from .model import (
@@ -87,28 +88,59 @@ def parse_destinations(text: str, variable: str = DESTINATION) -> Destinations:
     problems: list[Problem] = []
     mappings: list[Mapping] = []
     fallbacks: list[tuple[int, IPAddress]] = []
-    seen: dict[tuple[str, int, int], int] = {}
+    # A local port is used once per protocol and family: `port | protocol | family` as one int,
+    # which hashes faster than a tuple of the three.
+    seen: dict[int, int] = {}
+    addresses: dict[str, tuple[IPAddress, int]] = {}  # rules share few addresses
     misplaced = False
     lines = _lines(text)
     for number, raw in enumerate(lines, start=1):
         fields = raw.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        try:
-            if len(fields) == 1:
-                fallbacks.append((number, parse_address(fields[0])))
+        # The hot loop of a large rule set: a well-formed rule is taken here, without a
+        # function call; anything else goes to `_parse_mapping`, which says what is wrong.
+        count = len(fields)
+        if count == 4:
+            port, protocol, address, remote = fields
+        elif count == 3:
+            port, protocol, address = fields
+            remote = port
+        else:
+            port = remote = protocol = address = ""
+        known = addresses.get(address)
+        name_bits = _PROTOCOL_BITS.get(protocol)
+        mapping = None
+        if (
+            known is not None
+            and name_bits is not None
+            and port.isdigit()
+            and remote.isdigit()
+            and port.isascii()
+            and remote.isascii()
+        ):
+            local, target = int(port), int(remote)
+            if 0 < local < 65536 and 0 < target < 65536:
+                mapping = _new_mapping((local, name_bits[0], known[0], target, number))
+                key = local | name_bits[1] | known[1]
+        if mapping is None:
+            if not fields or fields[0].startswith("#"):
                 continue
-            mapping = _parse_mapping(fields, number)
-        except _Invalid as error:
-            problems.append(Problem(variable, str(error), number, raw))
-            continue
+            try:
+                if count == 1:
+                    fallbacks.append((number, parse_address(fields[0])))
+                    continue
+                mapping = _parse_mapping(fields, number)
+            except _Invalid as error:
+                problems.append(Problem(variable, str(error), number, raw))
+                continue
+            version = mapping.address.version
+            addresses[address] = (mapping.address, version << 18)
+            key = mapping.port | _PROTOCOL_BITS[mapping.protocol][1] | version << 18
         if fallbacks and not misplaced:
             misplaced = True  # said once, at the first rule after it, not at every one
             first = fallbacks[0][0]
             problems.append(
                 Problem(variable, f"the fallback on line {first} must be the last rule", number, raw)
             )
-        key = (mapping.protocol, mapping.port, mapping.address.version)
         if key in seen:
             problems.append(
                 Problem(
@@ -126,6 +158,14 @@ def parse_destinations(text: str, variable: str = DESTINATION) -> Destinations:
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: p.line or 0))
     return Destinations(tuple(mappings), tuple(address for _, address in fallbacks))
+
+
+# The protocols as the fast path accepts them (lower case; others go the slow way), with the
+# bits that tell them apart in a duplicate-port key (ports take 16 bits, the family bit 18+).
+_PROTOCOL_BITS = {name: (name, index << 16) for index, name in enumerate(PROTOCOLS)}
+# A named tuple's own constructor is Python code; building the tuple directly is several times
+# faster, and the fast path has already checked every field.
+_new_mapping = partial(tuple.__new__, Mapping)
 
 
 def _lines(text: str) -> list[str]:
@@ -372,29 +412,30 @@ def _check_rules(
         return [Problem(variable, "holds no rule (at least one rule or a fallback address)")]
     problems = []
     families = {s.version for s in sources or ()}
-    for mapping in destinations.mappings:
-        text = lines[mapping.line - 1]
-        if sources and mapping.family not in families:
-            problems.append(
-                Problem(variable, _family_message(mapping.address), mapping.line, text)
-            )
-        if mode is Mode.LEGACY and http_port and (mapping.protocol, mapping.port) == (
-            "tcp",
-            http_port,
-        ):
-            problems.append(
-                Problem(
-                    variable,
-                    f"local port {http_port}/tcp is the router's own health and metrics port "
-                    f"({HTTP_PORT}): map another port, or set {HTTP_PORT} to another port or 0",
-                    mapping.line,
-                    text,
+    # Both loops run over every rule, so each tests one cheap thing first.
+    if sources and families != {4, 6}:
+        wanted = IPv4Address if 4 in families else IPv6Address
+        for mapping in destinations.mappings:
+            if type(mapping.address) is not wanted:
+                problems.append(
+                    Problem(variable, _family_message(mapping.address), mapping.line, lines[mapping.line - 1])
                 )
-            )
+    if mode is Mode.LEGACY and http_port:
+        for mapping in destinations.mappings:
+            if mapping.port == http_port and mapping.protocol == "tcp":
+                problems.append(
+                    Problem(
+                        variable,
+                        f"local port {http_port}/tcp is the router's own health and metrics port "
+                        f"({HTTP_PORT}): map another port, or set {HTTP_PORT} to another port or 0",
+                        mapping.line,
+                        lines[mapping.line - 1],
+                    )
+                )
     for address in destinations.fallbacks:
         if sources and address.version not in families:
             problems.append(Problem(variable, "fallback " + _family_message(address)))
-    return problems
+    return sorted(problems, key=lambda p: p.line or 0)
 
 
 def _family_message(address: IPAddress) -> str:
