@@ -13,6 +13,7 @@ Each `apply` stays all-or-nothing:
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 from ..errors import ApplyError, SetupError
@@ -28,19 +29,38 @@ class NftCli:
         self.binary = binary
         self.elements = ElementWriter() if netlink else None  # None: nft writes everything
 
-    def _run(self, args: list[str], script: str | None, step: str) -> subprocess.CompletedProcess[str]:
+    def _start(self, args: list[str], script: str | None, step: str) -> subprocess.Popen[str]:
+        """nft running with `script` as its input, which it has whole once this returns."""
+        read_end, write_end = os.pipe()
         try:
-            return subprocess.run(
+            process = subprocess.Popen(
                 [self.binary, *args],
-                input=script,
-                capture_output=True,
+                stdin=read_end,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
-                check=False,
             )
         except FileNotFoundError:
+            os.close(write_end)
             raise SetupError(f"the nft command was not found ({self.binary})", NFT_HINT) from None
         except PermissionError as error:
+            os.close(write_end)
             raise ApplyError(step, str(error)) from None
+        finally:
+            os.close(read_end)
+        # nft reads all of its input before it writes anything, so this cannot deadlock.
+        data = (script or "").encode()
+        try:
+            while data:
+                data = data[os.write(write_end, data) :]
+        except BrokenPipeError:
+            pass  # nft exited early; its status and stderr say why
+        finally:
+            os.close(write_end)
+        return process
+
+    def _run(self, args: list[str], script: str | None, step: str) -> tuple[int, str, str]:
+        return _finish(self._start(args, script, step))
 
     def apply(self, tx: Transaction) -> None:
         if not tx:
@@ -48,45 +68,64 @@ class NftCli:
         writer = self.elements
         if writer is not None:
             try:
-                batch = element_batch(tx)
-                if batch is not None:
-                    writer.write(batch)
-                    return
                 table = tx.creates_table
                 if table is not None:
-                    filled = Transaction()
-                    for m in table.maps:
-                        filled.add_elements(table, m.name, m.elements)
-                    batch = element_batch(filled)
+                    if self._create(writer, table):
+                        return
+                else:
+                    batch = element_batch(tx)
                     if batch is not None:
-                        self._create(writer, table, batch)
+                        writer.write(batch)
                         return
             except BatchTooLarge:
                 pass  # the socket's buffer could not grow that much: nft takes any size
         self._script(str(tx))
 
-    def _create(self, writer: ElementWriter, table: TableSpec, batch: Batch) -> None:
-        self._script(creation_script(table))
+    def _create(self, writer: ElementWriter, table: TableSpec) -> bool:
+        """Create the table through nft and fill its maps over netlink; False (and nothing
+        done) if a map has types that `nft.netlink` does not encode."""
+        if not all(MapCodec(m.key_type, m.value_type).usable for m in table.maps):
+            return False
+        # nft builds the table while this process encodes the elements: each takes a few ms.
+        process = self._start(["-f", "-"], creation_script(table), STEP)
+        filled = Transaction()
+        for m in table.maps:
+            filled.add_elements(table, m.name, m.elements)
         try:
-            writer.write(batch)
+            batch = element_batch(filled)
+        finally:
+            code, _, stderr = _finish(process)
+        if code != 0:
+            raise ApplyError(STEP, explain_nft_error(stderr))
+        try:
+            if batch is None:  # an element netlink.py cannot encode: nft says what is wrong
+                self._script(str(filled))
+            else:
+                writer.write(batch)
         except (ApplyError, BatchTooLarge):
             self._script(f"delete table {table.ref}\n")
             raise
+        return True
 
     def _script(self, script: str) -> None:
-        done = self._run(["-f", "-"], script, STEP)
-        if done.returncode != 0:
-            raise ApplyError(STEP, explain_nft_error(done.stderr))
+        code, _, stderr = self._run(["-f", "-"], script, STEP)
+        if code != 0:
+            raise ApplyError(STEP, explain_nft_error(stderr))
 
     def list_table(self, family: str, name: str, as_json: bool = False) -> str | None:
         """nft's listing of the table (its JSON form with `as_json`), or None if absent."""
         args = ["-j"] * as_json + ["list", "table", family, name]
-        done = self._run(args, None, f"list table {family} {name}")
-        if done.returncode == 0:
-            return done.stdout
-        if "No such file or directory" in done.stderr:
+        code, stdout, stderr = self._run(args, None, f"list table {family} {name}")
+        if code == 0:
+            return stdout
+        if "No such file or directory" in stderr:
             return None
-        raise ApplyError(f"list table {family} {name}", explain_nft_error(done.stderr))
+        raise ApplyError(f"list table {family} {name}", explain_nft_error(stderr))
+
+
+def _finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
+    stdout, stderr = process.communicate()
+    return process.returncode, stdout, stderr
 
 
 def explain_nft_error(stderr: str) -> str:

@@ -61,6 +61,7 @@ _ATTR = struct.Struct("=HH")  # nlattr: length, type
 _ERROR = struct.Struct("=i")  # nlmsgerr.error, followed by the request's nlmsghdr
 
 STEP = "apply the nftables transaction"
+ANSWER_TIMEOUT = 5.0  # seconds; the kernel answers while `send` runs, this is a safety net
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -268,35 +269,66 @@ class BatchTooLarge(Exception):
 
 
 class ElementWriter:
-    """Sends element batches to the kernel over a NETLINK_NETFILTER socket."""
+    """Sends element batches to the kernel over one NETLINK_NETFILTER socket, kept open.
+
+    Kept open because closing it is what costs: when a netfilter netlink socket is released,
+    the kernel first waits for the memory of every deleted element to be freed, which takes an
+    RCU grace period (8-30 ms here). nft pays that at every run; a router that keeps its socket
+    pays it once, at exit."""
+
+    def __init__(self) -> None:
+        self._socket: socket.socket | None = None
+        self._sequence = 0
 
     def write(self, batch: Batch) -> None:
         """Apply the batch as one transaction; raise `ApplyError` (nothing changed) if refused,
         `BatchTooLarge` if the socket cannot take it in one datagram."""
         if not batch:
             return
-        # A socket of its own per batch: no answer to an earlier batch can be read as this one's.
-        data, meaning = batch.encode(1)
+        # Sequence numbers never repeat on a socket, so an answer that came too late for an
+        # earlier batch is never read as this one's.
+        if self._sequence > 0x7FFF0000:
+            self.close()
+            self._sequence = 0
+        first = self._sequence + 1
+        data, meaning = batch.encode(first)
+        self._sequence = max(meaning) + 1
+        sock = self._open()
         try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+            _grow_send_buffer(sock, len(data))
+            sock.send(data)
         except OSError as error:
-            raise ApplyError(STEP, f"cannot open a netfilter netlink socket: {error.strerror or error}") from None
-        with sock:
-            _tune(sock, len(data))
-            try:
-                sock.send(data)
-            except OSError as error:
-                if error.errno in (errno.EMSGSIZE, errno.ENOBUFS):
-                    raise BatchTooLarge(len(data)) from None
-                raise ApplyError(STEP, _explain(error.errno, "send the batch", "")) from None
-            failures = _answers(sock, set(meaning) - {1}, 1, meaning)
+            if error.errno in (errno.EMSGSIZE, errno.ENOBUFS):
+                raise BatchTooLarge(len(data)) from None
+            self.close()
+            raise ApplyError(STEP, _explain(error.errno, "send the batch", "")) from None
+        failures, complete = _answers(sock, set(meaning) - {first}, first, meaning)
+        if not complete:
+            self.close()  # answers may still come: none must be read as the next batch's
         if failures:
             raise ApplyError(STEP, "; ".join(failures))
 
+    def _open(self) -> socket.socket:
+        if self._socket is None:
+            try:
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+            except OSError as error:
+                raise ApplyError(
+                    STEP, f"cannot open a netfilter netlink socket: {error.strerror or error}"
+                ) from None
+            sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+            sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+            sock.settimeout(ANSWER_TIMEOUT)
+            self._socket = sock
+        return self._socket
 
-def _tune(sock: socket.socket, size: int) -> None:
-    sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-    sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
+def _grow_send_buffer(sock: socket.socket, size: int) -> None:
     # A batch is one datagram, which must fit the send buffer: 10,000 elements take ~330 KB
     # where the default buffer is 208 KB. Raising it past net.core.wmem_max takes NET_ADMIN,
     # which the router has (it needs it for nftables).
@@ -306,26 +338,27 @@ def _tune(sock: socket.socket, size: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, 32, wanted)  # SO_SNDBUFFORCE
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wanted)
-    sock.settimeout(5.0)
 
 
-def _answers(sock: socket.socket, expected: set[int], begin: int, meaning: dict[int, str]) -> list[str]:
-    """Read the kernel's answer to every message of the batch (each asked for an ack); the
-    problems, in words. A batch refused whole (no permission, a failed commit) is answered on
-    its first message, which ends the wait."""
+def _answers(
+    sock: socket.socket, expected: set[int], begin: int, meaning: dict[int, str]
+) -> tuple[list[str], bool]:
+    """Read the kernel's answer to every message of the batch (each asked for an ack): the
+    problems, in words, and whether every answer came. A batch refused whole (no permission,
+    a failed commit) is answered on its first message, which ends the wait."""
     failures: list[str] = []
     while expected:
         try:
             data = sock.recv(65536)
         except TimeoutError:
-            failures.append("the kernel did not answer the nftables batch within 5 s")
-            break
+            failures.append(f"the kernel did not answer the nftables batch within {ANSWER_TIMEOUT:g} s")
+            return failures, False
         offset = 0
         while offset + _HEADER.size <= len(data):
             length, kind, flags, sequence, _ = _HEADER.unpack_from(data, offset)
             if length < _HEADER.size:
                 break
-            if kind == NLMSG_ERROR:
+            if kind == NLMSG_ERROR and sequence in meaning:
                 (code,) = _ERROR.unpack_from(data, offset + _HEADER.size)
                 expected.discard(sequence)
                 if code:
@@ -334,7 +367,7 @@ def _answers(sock: socket.socket, expected: set[int], begin: int, meaning: dict[
                     if sequence == begin:
                         expected.clear()
             offset += (length + 3) & ~3
-    return failures
+    return failures, True
 
 
 def _extended_message(data: bytes, offset: int, length: int, flags: int) -> str:
