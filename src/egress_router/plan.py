@@ -17,6 +17,7 @@ from .nft.table import MapSpec, TableSpec
 TABLE_FAMILY = "inet"
 TABLE_NAME = "egress_router"
 FAMILIES = (4, 6)
+MAX_PORTS = 65536
 _NFT_ADDRESS_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 _NFT_FAMILY = {4: "ip", 6: "ip6"}
 
@@ -109,10 +110,23 @@ def _maps(config: RouterConfig) -> tuple[MapSpec, ...]:
             key_type="inet_service",
             value_type=f"{_NFT_ADDRESS_TYPE[f]} . inet_service",
             elements=elements[p, f],
+            size=map_size(len(elements[p, f])),
         )
         for p in PROTOCOLS
         for f in FAMILIES
     )
+
+
+def map_size(count: int) -> int:
+    """A map's declared size: room for twice its elements, in powers of two from 1024 to every
+    port. With a size, the kernel keeps the map in a fixed-size hash, which it fills about
+    three times faster than the resizing one (3 ms against 10 ms for 10,000 elements), for a
+    little memory (about 1 MB at 10,000 elements, 24 kB at 1024). A reload that needs more
+    room changes the declaration, so the table is replaced whole, in one transaction."""
+    size = 1024
+    while size < 2 * count and size < MAX_PORTS:
+        size *= 2
+    return size
 
 
 def _body(config: RouterConfig) -> str:

@@ -22,11 +22,13 @@ class MapSpec(NamedTuple):
     value_type: str
     elements: Mapping[str, str]
     counter: bool = False
+    size: int = 0  # the most elements the map may hold; 0: no limit
 
     def declaration(self) -> str:
         """The map without its elements."""
         counter = "\t\tcounter\n" if self.counter else ""
-        return f"\tmap {self.name} {{\n\t\ttype {self.key_type} : {self.value_type}\n{counter}\t}}"
+        size = f"\t\tsize {self.size}\n" if self.size else ""
+        return f"\tmap {self.name} {{\n\t\ttype {self.key_type} : {self.value_type}\n{size}{counter}\t}}"
 
 
 class TableSpec(NamedTuple):
