@@ -124,6 +124,20 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_FAILURE
 
 
+def entrypoint() -> None:
+    """The `egress-router` command (and `python -m egress_router`): `main`, then out without
+    Python's teardown. Once the work is done, freeing the objects of 10,000 rules one by one
+    costs a pod start about 7 ms; the kernel takes the memory back at once. Only what is
+    buffered in stdout and stderr needs writing, and is written first."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said
+            code = code or EXIT_FAILURE
+    os._exit(code)
+
+
 def run_environment(env: Mapping[str, str]) -> int:
     from .config import load_environment
     from .log import Log
