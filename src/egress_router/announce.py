@@ -14,7 +14,7 @@ import os
 import select
 import socket
 import struct
-import threading
+import _thread
 import time
 from array import array
 from collections.abc import Iterable
@@ -88,9 +88,9 @@ class PacketSocketAnnouncer:
         os.close(write_end)
         with os.fdopen(read_end, "rb") as pipe:
             answer = pipe.read()
-        # Reaped on the side, so that a long-running router leaves no zombie behind; a daemon
-        # thread, so that `init` exits without waiting for it.
-        threading.Thread(target=_reap, args=(pid,), daemon=True).start()
+        # Reaped on the side, so that a long-running router leaves no zombie behind, by a bare
+        # `_thread` thread: nothing waits for it at exit, and `threading` is not imported for it.
+        _thread.start_new_thread(_reap, (pid,))
         return decode(answer)
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import subprocess
 
 from ..errors import ApplyError, SetupError
 from ..model import IPInterface
 from ..plan import NetworkPlan
+from ..process import Completed, run
 from . import LinkState, NetSnapshot, SavedRoute, batch_destination
 
 IP_HINT = "install the iproute2 package in the image (apt-get install iproute2)"
@@ -19,11 +19,9 @@ class IpRoute2:
         self.binary = binary
         self.proc_sys = proc_sys
 
-    def _run(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    def _run(self, args: list[str], stdin: str | None = None) -> Completed:
         try:
-            return subprocess.run(
-                [self.binary, *args], input=stdin, capture_output=True, text=True, check=False
-            )
+            return run([self.binary, *args], stdin)
         except FileNotFoundError:
             raise SetupError(f"the ip command was not found ({self.binary})", IP_HINT) from None
 

@@ -13,10 +13,8 @@ Each `apply` stays all-or-nothing:
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 from ..errors import ApplyError, SetupError
+from ..process import Completed, Spawned
 from .netlink import FAMILIES, Batch, BatchTooLarge, ElementWriter, MapCodec
 from .table import AddElements, DeleteElements, TableSpec, Transaction, creation_script
 
@@ -29,38 +27,17 @@ class NftCli:
         self.binary = binary
         self.elements = ElementWriter() if netlink else None  # None: nft writes everything
 
-    def _start(self, args: list[str], script: str | None, step: str) -> subprocess.Popen[str]:
-        """nft running with `script` as its input, which it has whole once this returns."""
-        read_end, write_end = os.pipe()
+    def _start(self, args: list[str], script: str | None, step: str) -> Spawned:
+        """nft running with `script` as its input."""
         try:
-            process = subprocess.Popen(
-                [self.binary, *args],
-                stdin=read_end,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            return Spawned([self.binary, *args], script)
         except FileNotFoundError:
-            os.close(write_end)
             raise SetupError(f"the nft command was not found ({self.binary})", NFT_HINT) from None
         except PermissionError as error:
-            os.close(write_end)
             raise ApplyError(step, str(error)) from None
-        finally:
-            os.close(read_end)
-        # nft reads all of its input before it writes anything, so this cannot deadlock.
-        data = (script or "").encode()
-        try:
-            while data:
-                data = data[os.write(write_end, data) :]
-        except BrokenPipeError:
-            pass  # nft exited early; its status and stderr say why
-        finally:
-            os.close(write_end)
-        return process
 
-    def _run(self, args: list[str], script: str | None, step: str) -> tuple[int, str, str]:
-        return _finish(self._start(args, script, step))
+    def _run(self, args: list[str], script: str | None, step: str) -> Completed:
+        return self._start(args, script, step).wait()
 
     def apply(self, tx: Transaction) -> None:
         if not tx:
@@ -94,9 +71,9 @@ class NftCli:
         try:
             batch = element_batch(filled)
         finally:
-            code, _, stderr = _finish(process)
-        if code != 0:
-            raise ApplyError(STEP, explain_nft_error(stderr))
+            done = process.wait()
+        if done.returncode != 0:
+            raise ApplyError(STEP, explain_nft_error(done.stderr))
         try:
             if batch is None:  # an element netlink.py cannot encode: nft says what is wrong
                 self._script(str(filled))
@@ -108,24 +85,20 @@ class NftCli:
         return True
 
     def _script(self, script: str) -> None:
-        code, _, stderr = self._run(["-f", "-"], script, STEP)
-        if code != 0:
-            raise ApplyError(STEP, explain_nft_error(stderr))
+        done = self._run(["-f", "-"], script, STEP)
+        if done.returncode != 0:
+            raise ApplyError(STEP, explain_nft_error(done.stderr))
 
     def list_table(self, family: str, name: str, as_json: bool = False) -> str | None:
         """nft's listing of the table (its JSON form with `as_json`), or None if absent."""
         args = ["-j"] * as_json + ["list", "table", family, name]
-        code, stdout, stderr = self._run(args, None, f"list table {family} {name}")
-        if code == 0:
-            return stdout
-        if "No such file or directory" in stderr:
+        done = self._run(args, None, f"list table {family} {name}")
+        if done.returncode == 0:
+            return done.stdout
+        if "No such file or directory" in done.stderr:
             return None
-        raise ApplyError(f"list table {family} {name}", explain_nft_error(stderr))
+        raise ApplyError(f"list table {family} {name}", explain_nft_error(done.stderr))
 
-
-def _finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
-    stdout, stderr = process.communicate()
-    return process.returncode, stdout, stderr
 
 
 def explain_nft_error(stderr: str) -> str:
