@@ -8,11 +8,10 @@ Also the pure core's share: parsing, planning and rendering N lines in-process.
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 from . import stats
-from .context import ROUTER_TABLE, Bench, BenchError
+from .context import ROUTER_TABLE, Bench, BenchError, router_command
 from .layouts import (
     FLOOR_TABLE,
     LINEAR_TABLE,
@@ -32,7 +31,7 @@ def run(bench: Bench) -> dict[str, object]:
         linear = bench.file(f"apply-linear-{n}.nft", linear_script(n, bench.lan))
         env = bench.destination_env(destinations)
         env["EGRESS_ROUTER_MODE"] = "init"
-        router = bench.timed_runs([sys.executable, "-m", "egress_router"], env, options.apply_repeats, before=clear)
+        router = bench.timed_runs(router_command(), env, options.apply_repeats, before=clear)
         nft = bench.timed_runs(["nft", "-f", linear], {}, options.apply_repeats, before=clear)
         router_s, nft_s = stats.median(router["seconds"]), stats.median(nft["seconds"])
         by_n[str(n)] = {

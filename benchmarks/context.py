@@ -22,6 +22,13 @@ PROBES = Path(__file__).resolve().parent / "probes"
 ROUTER_TABLE = f"{TABLE_FAMILY} {TABLE_NAME}"
 
 
+def router_command() -> list[str]:
+    """The command a pod runs: the image's ENTRYPOINT is the installed `egress-router` script;
+    `python -m egress_router` (which also loads runpy) where it is not installed."""
+    script = Path(sys.executable).with_name("egress-router")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "egress_router"]
+
+
 class BenchError(RuntimeError):
     """A step of the benchmark failed; the message says which and why."""
 

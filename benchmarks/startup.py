@@ -10,7 +10,7 @@ import sys
 import time
 
 from . import stats
-from .context import Bench, BenchError, stop
+from .context import Bench, BenchError, router_command, stop
 
 TOP_IMPORTS = 10
 NEW_POD = [
@@ -26,7 +26,7 @@ NEW_POD = [
 def run(bench: Bench) -> dict[str, object]:
     options = bench.options
     env = bench.router_env(EGRESS_ROUTER_MODE="init")
-    argv = [sys.executable, "-m", "egress_router"]
+    argv = router_command()
     # A pod start: the router namespace as a new pod has it (no table, macvlan0 down and
     # without address), put back before each timed run.
     init = bench.timed_runs(argv, env, options.init_runs, before=NEW_POD)["seconds"]
@@ -34,7 +34,9 @@ def run(bench: Bench) -> dict[str, object]:
     # replaced whole.
     rerun = bench.timed_runs(argv, env, options.init_runs)["seconds"]
     interpreter = bench.timed_runs([sys.executable, "-c", "pass"], env, options.init_runs)["seconds"]
-    importtime = bench.timed_runs([sys.executable, "-X", "importtime", "-m", "egress_router"], env, 1)["stderr"]
+    # The same command under `-X importtime` (a script is run by the interpreter directly).
+    traced = [sys.executable, "-X", "importtime", *(argv if len(argv) == 1 else argv[1:])]
+    importtime = bench.timed_runs(traced, env, 1)["stderr"]
     summary: dict[str, object] = {
         "runs": options.init_runs,
         "init_median_ms": stats.median(init) * 1e3,
