@@ -6,7 +6,7 @@ a failure leaves nothing half-applied:
 
 1. read what may change (the link, its addresses, the routes, the sysctls) and stop if the
    interface is missing;
-2. the NAT table, as one all-or-nothing `nft -f` (its forward chain drops whatever no rule
+2. the NAT table, as one all-or-nothing transaction (its forward chain drops whatever no rule
    redirected, so switching forwarding on afterwards never opens a relay); a table this process
    did not write is read first, to be put back on a failure;
 3. the sysctls, then addresses and routes;
