@@ -299,11 +299,6 @@ def test_one_writer_carries_many_transactions(kernel: Kernel) -> None:
     assert kernel.all_elements() == expected(current)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an address inet_pton refuses raises OSError out of NftCli._create after nft "
-    "built the table, which stays behind without elements",
-)
 def test_a_new_table_with_a_bad_address_is_refused_whole(kernel: Kernel) -> None:
     tx = Transaction()
     tx.create_table(table(tcp4={"80": "203.0.113.300 . 80"}))

@@ -55,7 +55,7 @@ NFTA_DATA_VALUE = 1
 FAMILIES = {"inet": 1, "ip": 2, "arp": 3, "netdev": 5, "bridge": 7, "ip6": 10}
 
 # One message's element list is a netlink attribute, whose length is 16 bits: at most 64 KiB.
-_MESSAGE_ELEMENTS = 1000
+_MESSAGE_BYTES = 60000
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
 _ATTR = struct.Struct("=HH")  # nlattr: length, type
 _ERROR = struct.Struct("=i")  # nlmsgerr.error, followed by the request's nlmsghdr
@@ -96,7 +96,10 @@ def _address(family: int) -> Callable[[str], bytes]:
     def encode(text: str) -> bytes:
         packed = cache.get(text)
         if packed is None:
-            packed = cache[text] = socket.inet_pton(family, text)
+            try:
+                packed = cache[text] = socket.inet_pton(family, text)
+            except OSError:
+                raise ValueError(f"{text!r} is not an address of this family") from None
         return packed
 
     return encode
@@ -206,7 +209,7 @@ def _port_to_address_port(
                 if packed is None:
                     packed = addresses[address] = pton(family, address)
                 out.append(pack(prefix, int(key), middle, packed, int(port)))
-        except struct.error as error:  # a port out of 0-65535
+        except (struct.error, OSError) as error:  # a port out of 0-65535, a bad address
             raise ValueError(str(error)) from None
         return out
 
@@ -230,8 +233,10 @@ class Batch:
         self._queue(NFT_MSG_DELSETELEM, 0, family, table, map_name, codec.keys(keys))
 
     def _queue(self, kind: int, flags: int, family: str, table: str, map_name: str, encoded: list[bytes]) -> None:
-        for start in range(0, len(encoded), _MESSAGE_ELEMENTS):
-            chunk = encoded[start : start + _MESSAGE_ELEMENTS]
+        # All elements of a map have one size: as many a message as its 16-bit list length allows.
+        per_message = max(1, _MESSAGE_BYTES // max(1, len(encoded[0]))) if encoded else 1
+        for start in range(0, len(encoded), per_message):
+            chunk = encoded[start : start + per_message]
             self.messages.append((kind, flags, family, table, map_name, chunk))
             self.count += len(chunk)
 
