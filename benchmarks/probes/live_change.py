@@ -3,8 +3,9 @@
 Run in the router's namespace: `live_change.py FILE_A FILE_B ROUNDS`, with the lab's seed
 environment on stdin as JSON. It applies FILE_A (N mappings) through `Router.reconcile` with the
 real adapters, then alternates B, A, B, ... where B differs from A in a few lines, timing each
-step: reading and parsing the file, the whole reconcile (plan, diff, one `nft -f`, the `ip`
-batch), and the `nft -f` alone. It also reports whether every change was element-only.
+step: reading and parsing the file, the whole reconcile (plan, diff, the write), and the
+nft adapter's write alone (a netlink batch of element changes). It also reports whether every
+change was element-only.
 """
 
 from __future__ import annotations
