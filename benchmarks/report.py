@@ -188,7 +188,7 @@ def _startup(startup: dict[str, Any] | None) -> list[str]:
         f"p90 {startup['init_p90_ms']:.1f} ms, fastest {startup['init_min_ms']:.1f} ms. Run again in "
         f"the same pod (the table there, replaced whole): median {startup['rerun_median_ms']:.1f} ms. "
         f"`python -c pass` alone takes {startup['python_floor_median_ms']:.1f} ms."), "",
-        (f"`python -X importtime -m egress_router`: {imports['modules']} modules, "
+        (f"`python -X importtime` of the same command: {imports['modules']} modules, "
         f"{imports['total_ms']:.1f} ms of imports in all. Slowest by their own time:"), "",
         "| module | self (ms) |", "|---|---:|",
     ]
