@@ -12,37 +12,32 @@ for an `nft -f` script. It is handled while `sendmsg` runs, so its answers are a
 
 Only the element types the router's maps use are encoded (`inet_service` keys;
 `ipv4_addr`/`ipv6_addr`/`inet_service` values and concatenations of them);
-`ElementWriter.encodes` tells a caller when a map needs nft instead.
+`MapCodec.usable` tells a caller when a map needs nft instead.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 from collections.abc import Callable, Iterable, Mapping
 
+from .. import wire
 from ..errors import ApplyError
-
-NETLINK_NETFILTER = 12
-SOL_NETLINK = 270
-NETLINK_EXT_ACK = 11
-NETLINK_CAP_ACK = 10  # acks carry the request's header only, not all of it
+from ..wire import (
+    NETLINK_NETFILTER,
+    NLA_F_NESTED,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+)
 
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
 NFT_MSG_NEWSETELEM = 12
 NFT_MSG_DELSETELEM = 14
-
-NLMSG_ERROR = 2
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_ACK_TLVS = 0x200  # in an ack: extended attributes follow
-NLM_F_CREATE = 0x400
-NLA_F_NESTED = 0x8000
-NLMSGERR_ATTR_MSG = 1
 
 NFTA_SET_ELEM_LIST_TABLE = 1
 NFTA_SET_ELEM_LIST_SET = 2
@@ -56,21 +51,14 @@ FAMILIES = {"inet": 1, "ip": 2, "arp": 3, "netdev": 5, "bridge": 7, "ip6": 10}
 
 # One message's element list is a netlink attribute, whose length is 16 bits: at most 64 KiB.
 _MESSAGE_BYTES = 60000
-_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
-_ATTR = struct.Struct("=HH")  # nlattr: length, type
-_ERROR = struct.Struct("=i")  # nlmsgerr.error, followed by the request's nlmsghdr
+_HEADER = wire.HEADER
+_ATTR = wire.ATTR
 
 STEP = "apply the nftables transaction"
-ANSWER_TIMEOUT = 5.0  # seconds; the kernel answers while `send` runs, this is a safety net
+ANSWER_TIMEOUT = wire.ANSWER_TIMEOUT
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = _ATTR.size + len(payload)
-    return _ATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
-
-
-def _name(text: str) -> bytes:
-    return text.encode() + b"\0"
+_attr = wire.attr
 
 
 # --- element encoding -------------------------------------------------------------------------
@@ -254,8 +242,8 @@ class Batch:
             sequence += 1
             body = b"".join(chunk)
             attrs = (
-                _attr(NFTA_SET_ELEM_LIST_TABLE, _name(table))
-                + _attr(NFTA_SET_ELEM_LIST_SET, _name(map_name))
+                wire.name_attr(NFTA_SET_ELEM_LIST_TABLE, table)
+                + wire.name_attr(NFTA_SET_ELEM_LIST_SET, map_name)
                 + _ATTR.pack(_ATTR.size + len(body), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED)
             )
             length = _HEADER.size + 4 + len(attrs) + len(body)
@@ -306,7 +294,7 @@ class ElementWriter:
             if error.errno in (errno.EMSGSIZE, errno.ENOBUFS):
                 raise BatchTooLarge(len(data)) from None
             self.close()
-            raise ApplyError(STEP, _explain(error.errno, "send the batch", "")) from None
+            raise ApplyError(STEP, wire.explain(error.errno or 0, "send the batch", "")) from None
         failures, complete = _answers(sock, set(meaning) - {first}, first, meaning)
         if not complete:
             self.close()  # answers may still come: none must be read as the next batch's
@@ -316,15 +304,11 @@ class ElementWriter:
     def _open(self) -> socket.socket:
         if self._socket is None:
             try:
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+                self._socket = wire.open_socket(NETLINK_NETFILTER, ANSWER_TIMEOUT)
             except OSError as error:
                 raise ApplyError(
                     STEP, f"cannot open a netfilter netlink socket: {error.strerror or error}"
                 ) from None
-            sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-            sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-            sock.settimeout(ANSWER_TIMEOUT)
-            self._socket = sock
         return self._socket
 
     def close(self) -> None:
@@ -358,46 +342,12 @@ def _answers(
         except TimeoutError:
             failures.append(f"the kernel did not answer the nftables batch within {ANSWER_TIMEOUT:g} s")
             return failures, False
-        offset = 0
-        while offset + _HEADER.size <= len(data):
-            length, kind, flags, sequence, _ = _HEADER.unpack_from(data, offset)
-            if length < _HEADER.size:
-                break
+        for kind, flags, sequence, start, end in wire.messages(data):
             if kind == NLMSG_ERROR and sequence in meaning:
-                (code,) = _ERROR.unpack_from(data, offset + _HEADER.size)
                 expected.discard(sequence)
+                code, message = wire.error_of(data, start, end, flags)
                 if code:
-                    message = _extended_message(data, offset, length, flags)
-                    failures.append(_explain(-code, meaning.get(sequence, "apply the batch"), message))
+                    failures.append(wire.explain(code, meaning[sequence], message))
                     if sequence == begin:
                         expected.clear()
-            offset += (length + 3) & ~3
     return failures, True
-
-
-def _extended_message(data: bytes, offset: int, length: int, flags: int) -> str:
-    """The kernel's own words (NLMSGERR_ATTR_MSG), when it sent any."""
-    if not flags & NLM_F_ACK_TLVS:
-        return ""
-    # nlmsgerr: error code, then the request's header (capped: no payload).
-    position = offset + _HEADER.size + _ERROR.size + _HEADER.size
-    end = offset + length
-    while position + _ATTR.size <= end:
-        size, kind = _ATTR.unpack_from(data, position)
-        if size < _ATTR.size:
-            break
-        if kind & 0x3FFF == NLMSGERR_ATTR_MSG:
-            return data[position + _ATTR.size : position + size].rstrip(b"\0").decode(errors="replace")
-        position += (size + 3) & ~3
-    return ""
-
-
-def _explain(code: int | None, what: str, message: str) -> str:
-    text = os.strerror(code) if code else "unknown error"
-    if message:
-        text += f" ({message})"
-    if code == errno.EPERM:
-        text += " (the router needs the NET_ADMIN capability)"
-    elif code == errno.EPROTONOSUPPORT:
-        text += " (this kernel lacks nf_tables)"
-    return f"{what}: {text}"
