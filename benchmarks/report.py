@@ -162,7 +162,7 @@ def _apply(apply: dict[str, Any] | None, plots: dict[str, str]) -> list[str]:
     live = apply["live_change"]
     out += [
         "", f"### A {live['lines_changed']}-line change to a live {live['mappings']:,}-mapping table", "",
-        (f"`Router.reconcile` with the real adapters (NftCli, IpRoute2) in the router namespace, "
+        (f"`Router.reconcile` with the real adapters (NftCli, RtNetlink) in the router namespace, "
         f"{live['rounds']} changes back and forth, medians:"), "",
         "| step | ms |", "|---|---:|",
         f"| reconcile (plan, diff, one netlink batch of element changes) | {live['reconcile_ms']:.1f} (p90 {live['reconcile_p90_ms']:.1f}) |",

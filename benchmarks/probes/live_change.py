@@ -16,7 +16,7 @@ import time
 
 from egress_router.announce import RecordingAnnouncer
 from egress_router.config import load_environment
-from egress_router.netlink.iproute2 import IpRoute2
+from egress_router.netlink.rtnl import RtNetlink
 from egress_router.nft.cli import NftCli
 from egress_router.reconcile import Router
 
@@ -36,7 +36,7 @@ def main() -> None:
     file_a, file_b, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
     env = json.load(sys.stdin)
     nft = TimedNft()
-    router = Router(nft=nft, net=IpRoute2(), announcer=RecordingAnnouncer())
+    router = Router(nft=nft, net=RtNetlink(), announcer=RecordingAnnouncer())
     started = time.perf_counter()
     first = router.reconcile(load_environment({**env, "EGRESS_DESTINATION_FILE": file_a}))
     initial = time.perf_counter() - started

@@ -167,22 +167,22 @@ def run_environment(env: Mapping[str, str]) -> int:
 
 def make_router(log: Log) -> Router:
     from .announce import PacketSocketAnnouncer
-    from .netlink.iproute2 import IpRoute2
+    from .netlink.rtnl import RtNetlink
     from .nft.cli import NftCli
     from .reconcile import Router
 
-    return Router(nft=NftCli(), net=IpRoute2(), announcer=PacketSocketAnnouncer(), log=log)
+    return Router(nft=NftCli(), net=RtNetlink(), announcer=PacketSocketAnnouncer(), log=log)
 
 
 def render_plan(config: RouterConfig) -> str:
     """The plan as a valid nft script: the network steps as comments, then the transaction."""
-    from .netlink.iproute2 import batch
+    from .netlink import setup_steps
     from .nft import Transaction
     from .plan import build_plan, describe
 
     plan = build_plan(config)
     out = [f"# {line}\n" for line in describe(config)]
-    out += [f"# ip {line}\n" for line in batch(plan.network, ())]
+    out += [f"# ip {step.command()}\n" for step in setup_steps(plan.network, ())]
     out += [f"# sysctl {k.replace('/', '.')}={v}\n" for k, v in plan.network.sysctls]
     if plan.table is not None:
         tx = Transaction()

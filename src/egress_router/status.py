@@ -27,9 +27,9 @@ def main(args: list[str], env: Mapping[str, str]) -> int:
     if args not in ([], ["--json"]):
         sys.stderr.write(USAGE)
         return 2
-    from .netlink.iproute2 import IpRoute2
+    from .netlink.rtnl import RtNetlink
 
-    state = gather(env.get(EGRESS_INTERFACE) or DEFAULT_EGRESS_INTERFACE, IpRoute2(), LiveKernel())
+    state = gather(env.get(EGRESS_INTERFACE) or DEFAULT_EGRESS_INTERFACE, RtNetlink(), LiveKernel())
     sys.stdout.write(json.dumps(state, indent=2) + "\n" if args else render(state))
     return 0 if state["table"] is not None and state["interface"]["exists"] else 1
 

@@ -73,12 +73,19 @@ def test_unit_test_mode_needs_no_privileges_and_changes_nothing() -> None:
 
 
 def test_failure_to_apply_is_one_line_and_exit_1() -> None:
-    # nft and ip are missing: the router must say so in one line, not a traceback.
-    env = {**ENV, "EGRESS_ROUTER_MODE": "init", "PATH": "/nonexistent", "PYTHONPATH": os.pathsep.join(sys.path)}
+    # No such interface here (and no nft on the PATH): one line, not a traceback, and nothing
+    # is touched (the interface is checked before anything is applied).
+    env = {
+        **ENV,
+        "EGRESS_ROUTER_MODE": "init",
+        "EGRESS_INTERFACE": "erl-absent0",
+        "PATH": "/nonexistent",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
     done = subprocess.run([sys.executable, "-m", "egress_router"], env=env, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 1
     assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
-    assert "the ip command was not found" in done.stderr
+    assert "the egress interface erl-absent0 does not exist" in done.stderr
 
 
 @pytest.mark.parametrize("command", ["validate", "plan"])

@@ -1,8 +1,11 @@
 """Links, addresses, routes and sysctls of the router's namespace.
 
-`NetBackend` is the narrow interface the reconcile step needs; `IpRoute2` drives the `ip` command
-(one `ip -batch` per change: the start-up path cannot afford pyroute2's import time), and
-`FakeNet` keeps the same state in memory for tests.
+`NetBackend` is the narrow interface the reconcile step needs. `RtNetlink` (`netlink.rtnl`)
+speaks rtnetlink to the kernel itself (no `ip` process, and none of pyroute2's import time on
+the start-up path); `FakeNet` keeps the same state in memory for tests.
+
+What a reconcile changes is planned here as `Step`s: pure data, whose `command()` is the line
+`ip -batch` would take for the same change (shown by `egress-router plan`, and in errors).
 """
 
 from __future__ import annotations
@@ -30,22 +33,46 @@ def batch_destination(destination: str, family: int) -> str:
     return "::/0" if family == 6 else "0.0.0.0/0"
 
 
+class Step(NamedTuple):
+    """One change to the link, an address or a route."""
+
+    verb: str  # "link up", "link down", "address replace", "address del", "route replace", "route del"
+    dev: str | None
+    address: IPInterface | None = None  # address steps
+    destination: str = ""  # route steps: "default", or an address with or without its prefix
+    family: int = 4
+    via: str | None = None
+    scope: str | None = None  # a route's scope by name ("link", "host"); None: the kernel's
+    nodad: bool = False  # an IPv6 address usable at once, without duplicate detection
+
+    @property
+    def deletes(self) -> bool:
+        return self.verb.endswith(" del")
+
+    def command(self) -> str:
+        dev = f" dev {self.dev}" if self.dev else ""
+        if self.verb.startswith("link"):
+            return f"link set{dev} {self.verb.split()[1]}"
+        if self.verb.startswith("address"):
+            return f"{self.verb} {self.address}{dev}" + (" nodad" if self.nodad else "")
+        via = f" via {self.via}" if self.via else ""
+        scope = f" scope {self.scope}" if self.scope and self.scope != "global" else ""
+        return f"{self.verb} {self.destination}{via}{dev}{scope}"
+
+
 class SavedRoute(NamedTuple):
-    """A route as `ip -j route show` gives it: the default route, or one through the egress
-    interface that the kernel did not add by itself for an address."""
+    """A route as the kernel holds it: the default route, or one through the egress interface
+    that the kernel did not add by itself for an address."""
 
     family: int
-    destination: str  # "default" or an address with or without a prefix length
+    destination: str  # "default" or an address with its prefix length
     via: str | None
     dev: str | None
-    scope: str | None = None
+    scope: str | None = None  # by name, None for the default (global) scope
 
-    def replace_command(self) -> str:
+    def replace_step(self) -> Step:
         destination = batch_destination(self.destination, self.family)
-        via = f" via {self.via}" if self.via else ""
-        dev = f" dev {self.dev}" if self.dev else ""
-        scope = f" scope {self.scope}" if self.scope and self.scope != "global" else ""
-        return f"route replace {destination}{via}{dev}{scope}"
+        return Step("route replace", self.dev, None, destination, self.family, self.via, self.scope)
 
 
 class NetSnapshot(NamedTuple):
@@ -74,3 +101,37 @@ class NetBackend(Protocol):
 
     def has_carrier(self, name: str) -> bool | None:
         """Whether the link's lower layer is up (None: cannot tell)."""
+
+
+def setup_steps(plan: NetworkPlan, remove: tuple[IPInterface, ...]) -> list[Step]:
+    """The steps that make the interface and routes what `plan` says: replace-only, so taking
+    them twice is harmless."""
+    dev = plan.interface
+    steps = [Step("address del", dev, a) for a in remove]
+    steps.append(Step("link up", dev))
+    for a in plan.addresses:
+        # nodad: an IPv6 source must be usable at once, not after a second of duplicate
+        # address detection (the announcement that follows tells the LAN instead).
+        steps.append(Step("address replace", dev, a, nodad=a.version == 6))
+    for r in plan.routes:
+        via = str(r.via) if r.via is not None else None
+        steps.append(Step("route replace", dev, None, r.destination, r.family, via))
+    return steps
+
+
+def restore_steps(snapshot: NetSnapshot, plan: NetworkPlan) -> list[Step]:
+    """The steps that put back the addresses, routes and link state of `snapshot`."""
+    dev = plan.interface
+    before = snapshot.link.addresses if snapshot.link else ()
+    steps = [Step("address del", dev, a) for a in plan.addresses if a not in before]
+    steps += [Step("address replace", dev, a) for a in before if a not in plan.addresses]
+    families = {r.family for r in plan.routes}
+    saved = [r for r in snapshot.routes if r.family in families]
+    for r in plan.routes:
+        if not any(s.destination == r.destination for s in saved if s.family == r.family):
+            steps.append(Step("route del", dev, None, batch_destination(r.destination, r.family), r.family))
+    # Removing an interface's last address takes its routes with it: put them all back.
+    steps += [r.replace_step() for r in saved]
+    if snapshot.link is not None and not snapshot.link.up:
+        steps.append(Step("link down", dev))
+    return steps

@@ -1,13 +1,23 @@
-"""The `ip -batch` lines the router runs: replace-only to set up, and the way back."""
+"""The network steps the router takes (shown as the `ip -batch` lines they stand for):
+replace-only to set up, and the way back."""
 
 from __future__ import annotations
 
 import ipaddress
 
 from egress_router.config import load_environment
-from egress_router.netlink import LinkState, NetSnapshot, SavedRoute
-from egress_router.netlink.iproute2 import batch, restore_batch
+from egress_router.model import IPInterface
+from egress_router.netlink import LinkState, NetSnapshot, SavedRoute, restore_steps, setup_steps
+from egress_router.plan import NetworkPlan
 from egress_router.plan import build_network
+
+def batch(network: NetworkPlan, stale: tuple[IPInterface, ...]) -> list[str]:
+    return [step.command() for step in setup_steps(network, stale)]
+
+
+def restore_batch(snapshot: NetSnapshot, network: NetworkPlan) -> list[str]:
+    return [step.command() for step in restore_steps(snapshot, network)]
+
 
 DUAL = {
     "EGRESS_SOURCE": "192.0.2.99/24,2001:db8:1::99/64",
@@ -55,12 +65,10 @@ def test_restore_puts_back_addresses_routes_and_link_state() -> None:
     ]
 
 
-def test_a_host_route_read_back_compares_equal_to_the_planned_one() -> None:
-    from egress_router.netlink.iproute2 import saved_routes
-
-    shown = [{"dst": "192.0.2.1", "dev": "macvlan0", "scope": "link", "flags": []}]
-    (route,) = saved_routes(4, shown, "macvlan0")
-    assert route.destination == "192.0.2.1/32"
+def test_a_host_route_already_there_is_not_deleted_on_the_way_back() -> None:
+    # As RtNetlink reads it back: always with its prefix length, as the plan writes it.
+    route = SavedRoute(4, "192.0.2.1/32", None, "macvlan0", "link")
     network = build_network(load_environment(DUAL))
     snapshot = NetSnapshot(LinkState("macvlan0", True, True, "02:00:00:00:00:01", 1500, ()), (route,), ())
     assert "route del 192.0.2.1/32 dev macvlan0" not in restore_batch(snapshot, network)
+    assert "route replace 192.0.2.1/32 dev macvlan0 scope link" in restore_batch(snapshot, network)
