@@ -28,7 +28,7 @@ from .plan import (
     map_name,
 )
 
-# An apply is an nftables transaction and one `ip -batch`: milliseconds, more for huge maps.
+# An apply is an nftables transaction and a few rtnetlink messages: milliseconds, more for huge maps.
 APPLY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 PREFIX = "egress_router_"
 CONNTRACK = "/proc/sys/net/netfilter/nf_conntrack_"

@@ -1,4 +1,4 @@
-"""Running `nft` and `ip`: spawn, feed stdin, collect stdout and stderr, wait.
+"""Running `nft`: spawn, feed stdin, collect stdout and stderr, wait.
 
 The standard library's `subprocess` does this too, but importing it (with the `locale`,
 `signal`, `threading`, `selectors` and `contextlib` modules it pulls in) costs every pod start

@@ -66,7 +66,7 @@ class FakeNet:
         self.calls += 1
         if self.fail_configure is not None:
             message, self.fail_configure = self.fail_configure, None
-            link.up = True  # part-way: like ip -batch, what came before the failing line stays
+            link.up = True  # part-way: as with RtNetlink, the steps before the refused one stay
             raise ApplyError(f"route replace default dev {plan.interface}", message)
         link.addresses = [a for a in link.addresses if a not in remove]
         link.up = True
