@@ -226,7 +226,9 @@ def saved_routes_of(pod: Pod, family: int, interface: str = EGRESS) -> list[Save
         if destination != "default" and "/" not in destination:
             destination += "/32" if family == 4 else "/128"
         found.append(
-            SavedRoute(family, destination, r.get("gateway"), r.get("dev"), r.get("scope"))
+            SavedRoute(
+                family, destination, r.get("gateway"), r.get("dev"), r.get("scope"), int(r.get("metric", 0))
+            )
         )
     return found
 
@@ -359,7 +361,7 @@ def test_a_new_pods_snapshot_is_what_ip_shows(pod: Pod) -> None:
     assert list(snapshot.routes) == saved_routes_of(pod, 4) + saved_routes_of(pod, 6)
     assert list(snapshot.routes) == [
         SavedRoute(4, "default", "198.51.100.1", OTHER),
-        SavedRoute(6, "default", "fe80::a", OTHER),
+        SavedRoute(6, "default", "fe80::a", OTHER, metric=1024),  # the kernel's IPv6 default
     ]
     assert snapshot.sysctls == tuple((key, pod.sysctl(key)) for key in FORWARDING)
 
@@ -396,15 +398,15 @@ def test_a_configured_pods_snapshot_is_what_ip_shows(pod: Pod) -> None:
     assert list(snapshot.routes) == saved_routes_of(pod, 4) + saved_routes_of(pod, 6)
     assert set(snapshot.routes) == {
         SavedRoute(4, "default", "192.0.2.1", EGRESS),
-        SavedRoute(4, "default", "198.51.100.1", OTHER),
+        SavedRoute(4, "default", "198.51.100.1", OTHER, metric=100),
         SavedRoute(4, "192.0.2.1/32", None, EGRESS, "link"),
         SavedRoute(4, "203.0.113.0/24", "192.0.2.1", EGRESS),
         SavedRoute(4, "198.51.100.128/25", None, EGRESS, "link"),
         SavedRoute(4, "203.0.113.9/32", None, EGRESS, "host"),
-        SavedRoute(6, "default", "fe80::1", EGRESS),
-        SavedRoute(6, "default", "fe80::a", OTHER),
-        SavedRoute(6, "fe80::1/128", None, EGRESS),
-        SavedRoute(6, "2001:db8:5::/48", "fe80::1", EGRESS),
+        SavedRoute(6, "default", "fe80::1", EGRESS, metric=1024),
+        SavedRoute(6, "default", "fe80::a", OTHER, metric=2000),
+        SavedRoute(6, "fe80::1/128", None, EGRESS, metric=1024),
+        SavedRoute(6, "2001:db8:5::/48", "fe80::1", EGRESS, metric=1024),
     }
     assert snapshot.sysctls == (
         *((key, pod.sysctl(key)) for key in keys[:3]),
@@ -539,7 +541,7 @@ def test_a_restore_that_cannot_put_a_route_back_says_so_and_restores_the_rest(po
     message = str(caught.value)
     assert message.startswith("failed to restore the previous network setup: ")
     assert f"route replace 0.0.0.0/0 via 198.51.100.1 dev {OTHER}: " in message
-    assert f"route replace ::/0 via fe80::a dev {OTHER}: " in message
+    assert f"route replace ::/0 via fe80::a dev {OTHER} metric 1024: " in message
     assert " del " not in message
     link = pod.link()
     assert (
@@ -548,15 +550,6 @@ def test_a_restore_that_cannot_put_a_route_back_says_so_and_restores_the_rest(po
     assert defaults(pod.routes(4)) == [] and defaults(pod.routes(6)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "restore_steps puts a stale address back before it takes the link down, and the kernel "
-        "drops a link's IPv6 addresses when it goes down (keep_addr_on_down=0): a stale IPv6 "
-        "address on a link that was down is lost (the ip -batch backend ran the same steps)"
-    ),
-)
 def test_restore_puts_back_a_stale_ipv6_address_of_a_link_that_was_down(
     pods: Callable[..., Pod],
 ) -> None:
@@ -570,14 +563,6 @@ def test_restore_puts_back_a_stale_ipv6_address_of_a_link_that_was_down(
     assert after.link == snapshot.link
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "SavedRoute keeps no metric: a default route with a metric (here 100) is put back as a "
-        "second default route of metric 0 beside it (the ip -batch backend did the same)"
-    ),
-)
 def test_restore_puts_back_a_default_route_with_a_metric(pods: Callable[..., Pod]) -> None:
     pod = pods(
         f"route del default via 198.51.100.1 dev {OTHER}",
@@ -592,16 +577,6 @@ def test_restore_puts_back_a_default_route_with_a_metric(pods: Callable[..., Pod
     assert defaults(pod.routes(4)) == was
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "restore_steps puts the saved routes back in the kernel's dump order, the default route "
-        "before the host route that makes its gateway reachable: with a /32 source the default "
-        "route is refused (Nexthop has invalid gateway) and lost (the ip -batch backend ran the "
-        "same steps in the same order)"
-    ),
-)
 def test_restore_puts_back_a_default_route_whose_gateway_only_a_host_route_reaches(
     pods: Callable[..., Pod],
 ) -> None:

@@ -55,13 +55,15 @@ def test_restore_puts_back_addresses_routes_and_link_state() -> None:
     assert restore_batch(snapshot, network) == [
         "address del 192.0.2.99/24 dev macvlan0",
         "address del 2001:db8:1::99/64 dev macvlan0",
+        # down before the addresses go back: a link going down drops its IPv6 addresses
+        "link set dev macvlan0 down",
         "address replace 192.0.2.50/24 dev macvlan0",
         "route del 192.0.2.1/32 dev macvlan0",
         "route del 2001:db8:1::1/128 dev macvlan0",
         "route del ::/0 dev macvlan0",
-        "route replace 0.0.0.0/0 via 198.51.100.1 dev eth0",
+        # routes without a gateway first: they may be what makes a gateway reachable
         "route replace 192.0.2.7 dev macvlan0 scope link",
-        "link set dev macvlan0 down",
+        "route replace 0.0.0.0/0 via 198.51.100.1 dev eth0",
     ]
 
 

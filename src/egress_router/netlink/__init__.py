@@ -44,6 +44,7 @@ class Step(NamedTuple):
     via: str | None = None
     scope: str | None = None  # a route's scope by name ("link", "host"); None: the kernel's
     nodad: bool = False  # an IPv6 address usable at once, without duplicate detection
+    metric: int = 0  # a route's priority: of two routes to one destination, the lower wins
 
     @property
     def deletes(self) -> bool:
@@ -57,7 +58,8 @@ class Step(NamedTuple):
             return f"{self.verb} {self.address}{dev}" + (" nodad" if self.nodad else "")
         via = f" via {self.via}" if self.via else ""
         scope = f" scope {self.scope}" if self.scope and self.scope != "global" else ""
-        return f"{self.verb} {self.destination}{via}{dev}{scope}"
+        metric = f" metric {self.metric}" if self.metric else ""
+        return f"{self.verb} {self.destination}{via}{dev}{scope}{metric}"
 
 
 class SavedRoute(NamedTuple):
@@ -69,10 +71,13 @@ class SavedRoute(NamedTuple):
     via: str | None
     dev: str | None
     scope: str | None = None  # by name, None for the default (global) scope
+    metric: int = 0
 
     def replace_step(self) -> Step:
         destination = batch_destination(self.destination, self.family)
-        return Step("route replace", self.dev, None, destination, self.family, self.via, self.scope)
+        return Step(
+            "route replace", self.dev, None, destination, self.family, self.via, self.scope, metric=self.metric
+        )
 
 
 class NetSnapshot(NamedTuple):
@@ -124,14 +129,17 @@ def restore_steps(snapshot: NetSnapshot, plan: NetworkPlan) -> list[Step]:
     dev = plan.interface
     before = snapshot.link.addresses if snapshot.link else ()
     steps = [Step("address del", dev, a) for a in plan.addresses if a not in before]
+    # Down first: taking a link down drops its IPv6 addresses, so they are put back after.
+    # (A link that was down had no routes through it: the kernel removes them.)
+    if snapshot.link is not None and not snapshot.link.up:
+        steps.append(Step("link down", dev))
     steps += [Step("address replace", dev, a) for a in before if a not in plan.addresses]
     families = {r.family for r in plan.routes}
     saved = [r for r in snapshot.routes if r.family in families]
     for r in plan.routes:
         if not any(s.destination == r.destination for s in saved if s.family == r.family):
             steps.append(Step("route del", dev, None, batch_destination(r.destination, r.family), r.family))
-    # Removing an interface's last address takes its routes with it: put them all back.
-    steps += [r.replace_step() for r in saved]
-    if snapshot.link is not None and not snapshot.link.up:
-        steps.append(Step("link down", dev))
+    # Removing an interface's last address takes its routes with it: put them all back, those
+    # without a gateway first, as they may be what makes a gateway reachable.
+    steps += [r.replace_step() for r in sorted(saved, key=lambda r: r.via is not None)]
     return steps

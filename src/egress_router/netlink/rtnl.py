@@ -28,7 +28,7 @@ IFF_LOWER_UP = 0x10000
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU = 1, 3, 4
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_NODAD = 0x02
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 RT_TABLE_MAIN = 254
 RTPROT_KERNEL, RTPROT_BOOT = 2, 3
 RTN_UNICAST = 1
@@ -116,7 +116,8 @@ class RtNetlink:
                 destination = f"{ipaddress.ip_address(found[RTA_DST])}/{dst_len}"
             via = str(ipaddress.ip_address(found[RTA_GATEWAY])) if RTA_GATEWAY in found else None
             dev = names.get(oif) if oif is not None else None
-            out.append(SavedRoute(family, destination, via, dev, SCOPE_NAMES.get(scope)))
+            metric = U32.unpack(found[RTA_PRIORITY])[0] if RTA_PRIORITY in found else 0
+            out.append(SavedRoute(family, destination, via, dev, SCOPE_NAMES.get(scope), metric))
         return out
 
     def has_carrier(self, name: str) -> bool | None:
@@ -207,6 +208,8 @@ def route_message(step: Step, index: int) -> tuple[int, int, bytes]:
         attrs += wire.attr(RTA_GATEWAY, ipaddress.ip_address(step.via).packed)
     if index:
         attrs += wire.attr(RTA_OIF, U32.pack(index))
+    if step.metric:
+        attrs += wire.attr(RTA_PRIORITY, U32.pack(step.metric))
     if step.verb == "route del":
         scope = RT_SCOPE_NOWHERE if step.family == 4 else RT_SCOPE_UNIVERSE  # any scope
         return RTM_DELROUTE, 0, RTMSG.pack(family, dst_len, 0, 0, RT_TABLE_MAIN, 0, scope, 0, 0) + attrs
