@@ -186,6 +186,26 @@ def test_a_new_table_holds_exactly_the_elements_given(
     assert kernel.all_elements() == expected(spec)
 
 
+def test_no_packet_meets_a_new_table_before_its_maps_are_filled(
+    kernel: Kernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With empty maps a fallback rule would take every mapped port: until the batch that fills
+    # the maps commits, the table must be dormant (its chains unhooked), and awake after.
+    seen: list[str] = []
+    write = nl.ElementWriter.write
+
+    def look_first(writer: nl.ElementWriter, batch: nl.Batch) -> None:
+        seen.append(kernel.listing())
+        write(writer, batch)
+
+    monkeypatch.setattr(nl.ElementWriter, "write", look_first)
+    kernel.create(table(tcp4=many(100)))
+    (during,) = seen
+    assert "table inet t {\n\tflags dormant" in during
+    assert "flags dormant" not in kernel.listing()
+    assert len(kernel.elements("tcp4")) == 100
+
+
 def test_a_50000_element_batch_larger_than_the_socket_buffer_loads(kernel: Kernel) -> None:
     spec = table(sizes={"tcp4": 65536})
     kernel.create(spec)

@@ -130,6 +130,8 @@ def decoded(batch: Batch) -> list[tuple[int, str, dict[str, str | None]]]:
     data, _ = batch.encode(1)
     out = []
     for message in messages(data)[1:-1]:
+        if message.type == 0x0A00:  # NEWTABLE: the wake at the end of a creation
+            continue
         _, _, map_name, elements = message_elements(message)
         out.append((message.type, map_name, dict(decode_element(e) for e in elements)))
     return out
@@ -749,11 +751,17 @@ def test_creating_a_table_runs_nft_without_elements_then_fills_it_in_one_batch(
     assert args == "-f -"
     assert script == creation_script(TABLE)
     assert "create table inet t" in script and "add element" not in script
+    assert "flags dormant" in script, "no packet may meet the table before its maps are full"
     assert writer.nft_runs_before == [1], "the batch is written once nft has built the table"
     assert all_elements(writer.batches[0]) == {
         "tcp4": dict(TABLE.maps[0].elements),
         "tcp6": {"443": "2001:db8::1 . 8443"},
     }
+    # The batch's last message wakes the table: NEWTABLE "t" with its flags cleared.
+    data, meaning = writer.batches[0].encode(1)
+    wake = messages(data)[-2]
+    assert wake.type == 0x0A00 and meaning[wake.sequence] == "enable table inet t"
+    assert dict(attrs(wake.body[4:])) == {1: b"t\0", 2: bytes(4)}
 
 
 def test_a_refused_table_is_not_filled(nft: FakeNftBinary) -> None:

@@ -4,9 +4,10 @@ elements).
 
 Each `apply` stays all-or-nothing:
 - a transaction that only changes elements is one netlink batch, itself one transaction;
-- the creation of a table (a new pod) is the table without elements through nft, then its
-  elements in one batch; if the batch is refused, the table is deleted again. Between the two
-  the table exists with empty maps, which refuses connections rather than letting them through;
+- the creation of a table (a new pod) is the table without elements through nft, dormant (no
+  hook sees it), then one batch that fills its maps and wakes it: packets meet all of it at
+  once, never a table with empty maps (whose fallback rule would catch every mapped port). If
+  the batch is refused, the dormant table is deleted again;
 - anything else (replacing or restoring a table) is one `nft -f` script, elements included, so
   that a live router never runs without its rules.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 from ..errors import ApplyError, SetupError
 from ..process import Completed, Spawned
 from .netlink import FAMILIES, Batch, BatchTooLarge, ElementWriter, MapCodec
-from .table import AddElements, DeleteElements, TableSpec, Transaction, creation_script
+from .table import AddElements, DeleteElements, TableSpec, Transaction, creation_script, wake_script
 
 NFT_HINT = "install the nftables package in the image (apt-get install nftables)"
 STEP = "apply the nftables transaction"
@@ -59,8 +60,9 @@ class NftCli:
         self._script(str(tx))
 
     def _create(self, writer: ElementWriter, table: TableSpec) -> bool:
-        """Create the table through nft and fill its maps over netlink; False (and nothing
-        done) if a map has types that `nft.netlink` does not encode."""
+        """Create the table through nft, dormant, then fill its maps and wake it in one netlink
+        batch: packets meet the whole table or none of it. False (and nothing done) if a map
+        has types that `nft.netlink` does not encode."""
         if not all(MapCodec(m.key_type, m.value_type).usable for m in table.maps):
             return False
         # nft builds the table while this process encodes the elements: each takes a few ms.
@@ -74,15 +76,28 @@ class NftCli:
             done = process.wait()
         if done.returncode != 0:
             raise ApplyError(STEP, explain_nft_error(done.stderr))
+        family, _, name = table.ref.partition(" ")
         try:
             if batch is None:  # an element netlink.py cannot encode: nft says what is wrong
-                self._script(str(filled))
+                self._script(str(filled) + wake_script(table))
             else:
+                batch.wake(family, name)
                 writer.write(batch)
-        except (ApplyError, BatchTooLarge):
-            self._script(f"delete table {table.ref}\n")
+        except (ApplyError, BatchTooLarge) as error:
+            self._remove_dormant(table, error)
             raise
         return True
+
+    def _remove_dormant(self, table: TableSpec, error: Exception) -> None:
+        """Delete the table a refused fill left dormant. If that fails too, the caller hears
+        both: the refusal, and what is left in the kernel."""
+        try:
+            self._script(f"delete table {table.ref}\n")
+        except ApplyError as cleanup:
+            detail = error.detail if isinstance(error, ApplyError) else "the batch was too large"
+            raise ApplyError(
+                STEP, f"{detail}; the dormant table {table.ref} could not be removed: {cleanup.detail}"
+            ) from None
 
     def _script(self, script: str) -> None:
         done = self._run(["-f", "-"], script, STEP)

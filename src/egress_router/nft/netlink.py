@@ -36,8 +36,11 @@ from ..wire import (
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
+NFT_MSG_NEWTABLE = 0
 NFT_MSG_NEWSETELEM = 12
 NFT_MSG_DELSETELEM = 14
+NFTA_TABLE_NAME = 1
+NFTA_TABLE_FLAGS = 2
 
 NFTA_SET_ELEM_LIST_TABLE = 1
 NFTA_SET_ELEM_LIST_SET = 2
@@ -228,6 +231,11 @@ class Batch:
             self.messages.append((kind, flags, family, table, map_name, chunk))
             self.count += len(chunk)
 
+    def wake(self, family: str, table: str) -> None:
+        """Clear the table's flags, dormant among them: its chains take effect with the rest of
+        the batch, all at once (and not at all if the batch is refused)."""
+        self.messages.append((NFT_MSG_NEWTABLE, 0, family, table, "", []))
+
     def __bool__(self) -> bool:
         return bool(self.messages)
 
@@ -241,17 +249,23 @@ class Batch:
         for kind, flags, family, table, map_name, chunk in self.messages:
             sequence += 1
             body = b"".join(chunk)
-            attrs = (
-                wire.name_attr(NFTA_SET_ELEM_LIST_TABLE, table)
-                + wire.name_attr(NFTA_SET_ELEM_LIST_SET, map_name)
-                + _ATTR.pack(_ATTR.size + len(body), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED)
-            )
+            if kind == NFT_MSG_NEWTABLE:
+                attrs = wire.name_attr(NFTA_TABLE_NAME, table) + wire.attr(NFTA_TABLE_FLAGS, bytes(4))
+            else:
+                attrs = (
+                    wire.name_attr(NFTA_SET_ELEM_LIST_TABLE, table)
+                    + wire.name_attr(NFTA_SET_ELEM_LIST_SET, map_name)
+                    + _ATTR.pack(_ATTR.size + len(body), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED)
+                )
             length = _HEADER.size + 4 + len(attrs) + len(body)
             message_type = NFNL_SUBSYS_NFTABLES << 8 | kind
             genmsg = bytes((FAMILIES[family], 0, 0, 0))
             out += [_HEADER.pack(length, message_type, NLM_F_REQUEST | NLM_F_ACK | flags, sequence, 0), genmsg, attrs, body]
-            verb = "add elements to" if kind == NFT_MSG_NEWSETELEM else "delete elements from"
-            meaning[sequence] = f"{verb} {family} {table} {map_name}"
+            if kind == NFT_MSG_NEWTABLE:
+                meaning[sequence] = f"enable table {family} {table}"
+            else:
+                verb = "add elements to" if kind == NFT_MSG_NEWSETELEM else "delete elements from"
+                meaning[sequence] = f"{verb} {family} {table} {map_name}"
         sequence += 1
         out.append(_HEADER.pack(20, NFNL_MSG_BATCH_END, NLM_F_REQUEST, sequence, 0) + begin_end)
         return b"".join(out), meaning
@@ -341,6 +355,9 @@ def _answers(
             data = sock.recv(65536)
         except TimeoutError:
             failures.append(f"the kernel did not answer the nftables batch within {ANSWER_TIMEOUT:g} s")
+            return failures, False
+        except OSError as error:  # ENOBUFS: answers were lost; the batch's fate is unknown
+            failures.append(f"reading the kernel's answers failed: {error.strerror or error}")
             return failures, False
         for kind, flags, sequence, start, end in wire.messages(data):
             if kind == NLMSG_ERROR and sequence in meaning:

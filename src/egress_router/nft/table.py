@@ -42,25 +42,31 @@ class TableSpec(NamedTuple):
     def ref(self) -> str:
         return f"{self.family} {self.name}"
 
-    def skeleton(self) -> str:
+    def skeleton(self, dormant: bool = False) -> str:
         """The table without any map element: when two tables have the same skeleton, one is
-        turned into the other by element changes alone."""
+        turned into the other by element changes alone. A dormant table is in the kernel but
+        no packet meets it: its chains are not hooked."""
         decls = "\n".join(m.declaration() for m in self.maps)
         body = "\n".join(f"\t{line}" for line in self.body.splitlines())
-        return f"table {self.ref} {{\n{self._comment()}{decls}\n{body}\n}}"
+        return f"table {self.ref} {{\n{self._comment()}{_flags(dormant)}{decls}\n{body}\n}}"
 
     def _comment(self) -> str:
         return f'\tcomment "{self.comment}"\n' if self.comment else ""
 
-    def create_line(self) -> str:
+    def create_line(self, dormant: bool = False) -> str:
         """`create table`, which fails if the table exists; the comment must come with it."""
-        return f"create table {self.ref} {{\n{self._comment()}}}\n"
+        return f"create table {self.ref} {{\n{self._comment()}{_flags(dormant)}}}\n"
 
     def map(self, name: str) -> MapSpec:
         for m in self.maps:
             if m.name == name:
                 return m
         raise KeyError(name)
+
+
+def _flags(dormant: bool) -> str:
+    # Every `table` block states the flags: one without them wakes a dormant table.
+    return "\tflags dormant\n" if dormant else ""
 
 
 class WriteTable(NamedTuple):
@@ -174,8 +180,14 @@ def _chunks(items: list[str]) -> list[str]:
 
 
 def creation_script(table: TableSpec) -> str:
-    """`create table` and everything of it but the map elements."""
-    return f"{table.create_line()}{table.skeleton()}\n"
+    """`create table` and everything of it but the map elements, dormant: no packet meets it
+    until the transaction that fills its maps also wakes it (`wake_script`, `Batch.wake`)."""
+    return f"{table.create_line(dormant=True)}{table.skeleton(dormant=True)}\n"
+
+
+def wake_script(table: TableSpec) -> str:
+    """The line that wakes a dormant table: `add table` without flags clears them."""
+    return f"add table {table.ref}\n"
 
 
 def _write_script(table: TableSpec, replace: bool) -> str:
