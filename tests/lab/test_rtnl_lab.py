@@ -577,6 +577,41 @@ def test_restore_puts_back_a_default_route_with_a_metric(pods: Callable[..., Pod
     assert defaults(pod.routes(4)) == was
 
 
+def test_restore_removes_the_routers_default_route_beside_one_with_a_metric_on_an_up_link(
+    pods: Callable[..., Pod],
+) -> None:
+    # The link is up with the source already on it (a CNI's static IPAM): a restore must take
+    # the router's default route (metric 0) away again, not keep it beside the pod's (100).
+    pod = pods(
+        f"link set {EGRESS} up",
+        f"address add 192.0.2.99/24 dev {EGRESS}",
+        f"route del default via 198.51.100.1 dev {OTHER}",
+        f"route add default via 198.51.100.1 dev {OTHER} metric 100",
+    )
+    plan = dual_plan()
+    was = pod.view()
+    snapshot = pod(lambda net: net.snapshot(EGRESS, (4, 6), ()))
+    pod(lambda net: net.configure(plan, ()))
+    assert ("192.0.2.1", EGRESS, None) in defaults(pod.routes(4))
+    pod(lambda net: net.restore(snapshot, plan))
+    assert defaults(pod.routes(4)) == [("198.51.100.1", OTHER, 100)]
+    assert pod.view() == was
+
+
+def test_restore_keeps_an_ipv6_address_of_the_plan_that_a_down_link_held(
+    pods: Callable[..., Pod],
+) -> None:
+    # Taking the link down again drops every IPv6 address, the planned one included.
+    pod = pods(f"address add 2001:db8:1::99/64 dev {EGRESS} nodad")
+    plan = dual_plan()
+    snapshot = pod(lambda net: net.snapshot(EGRESS, (4, 6), ()))
+    assert snapshot.link is not None and snapshot.link.addresses == (addr("2001:db8:1::99/64"),)
+    pod(lambda net: net.configure(plan, ()))
+    pod(lambda net: net.restore(snapshot, plan))
+    after = pod(lambda net: net.snapshot(EGRESS, (4, 6), ()))
+    assert after.link == snapshot.link
+
+
 def test_restore_puts_back_a_default_route_whose_gateway_only_a_host_route_reaches(
     pods: Callable[..., Pod],
 ) -> None:

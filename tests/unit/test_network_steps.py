@@ -59,8 +59,10 @@ def test_restore_puts_back_addresses_routes_and_link_state() -> None:
         "link set dev macvlan0 down",
         "address replace 192.0.2.50/24 dev macvlan0",
         "route del 192.0.2.1/32 dev macvlan0",
+        # the saved default route went through eth0: ours replaced it, and goes first
+        "route del 0.0.0.0/0 via 192.0.2.1 dev macvlan0",
         "route del 2001:db8:1::1/128 dev macvlan0",
-        "route del ::/0 dev macvlan0",
+        "route del ::/0 via 2001:db8:1::1 dev macvlan0",
         # routes without a gateway first: they may be what makes a gateway reachable
         "route replace 192.0.2.7 dev macvlan0 scope link",
         "route replace 0.0.0.0/0 via 198.51.100.1 dev eth0",
@@ -74,3 +76,16 @@ def test_a_host_route_already_there_is_not_deleted_on_the_way_back() -> None:
     snapshot = NetSnapshot(LinkState("macvlan0", True, True, "02:00:00:00:00:01", 1500, ()), (route,), ())
     assert "route del 192.0.2.1/32 dev macvlan0" not in restore_batch(snapshot, network)
     assert "route replace 192.0.2.1/32 dev macvlan0 scope link" in restore_batch(snapshot, network)
+
+
+def test_a_route_left_exactly_as_the_plan_puts_it_is_not_deleted_on_the_way_back() -> None:
+    network = build_network(load_environment(DUAL))
+    ours = SavedRoute(4, "default", "192.0.2.1", "macvlan0")  # metric 0, as the kernel gives it
+    with_metric = SavedRoute(4, "default", "192.0.2.1", "macvlan0", metric=100)
+    link = LinkState("macvlan0", True, True, "02:00:00:00:00:01", 1500, ())
+    kept = restore_batch(NetSnapshot(link, (ours,), ()), network)
+    assert "route del 0.0.0.0/0 via 192.0.2.1 dev macvlan0" not in kept
+    # The same route with another metric was joined by ours, not replaced: ours must go.
+    joined = restore_batch(NetSnapshot(link, (with_metric,), ()), network)
+    assert "route del 0.0.0.0/0 via 192.0.2.1 dev macvlan0" in joined
+    assert "route replace 0.0.0.0/0 via 192.0.2.1 dev macvlan0 metric 100" in joined

@@ -108,6 +108,10 @@ class NetBackend(Protocol):
         """Whether the link's lower layer is up (None: cannot tell)."""
 
 
+# The metric the kernel gives a route added without one.
+KERNEL_METRIC = {4: 0, 6: 1024}
+
+
 def setup_steps(plan: NetworkPlan, remove: tuple[IPInterface, ...]) -> list[Step]:
     """The steps that make the interface and routes what `plan` says: replace-only, so taking
     them twice is harmless."""
@@ -129,16 +133,22 @@ def restore_steps(snapshot: NetSnapshot, plan: NetworkPlan) -> list[Step]:
     dev = plan.interface
     before = snapshot.link.addresses if snapshot.link else ()
     steps = [Step("address del", dev, a) for a in plan.addresses if a not in before]
-    # Down first: taking a link down drops its IPv6 addresses, so they are put back after.
+    # Down first: taking a link down drops its IPv6 addresses, so they are all put back after.
     # (A link that was down had no routes through it: the kernel removes them.)
-    if snapshot.link is not None and not snapshot.link.up:
+    went_down = snapshot.link is not None and not snapshot.link.up
+    if went_down:
         steps.append(Step("link down", dev))
-    steps += [Step("address replace", dev, a) for a in before if a not in plan.addresses]
+    steps += [Step("address replace", dev, a) for a in before if went_down or a not in plan.addresses]
     families = {r.family for r in plan.routes}
     saved = [r for r in snapshot.routes if r.family in families]
     for r in plan.routes:
-        if not any(s.destination == r.destination for s in saved if s.family == r.family):
-            steps.append(Step("route del", dev, None, batch_destination(r.destination, r.family), r.family))
+        via = str(r.via) if r.via is not None else None
+        ours = (r.family, r.destination, via, dev, KERNEL_METRIC[r.family])
+        # Left alone only if it was there before exactly as the plan put it (a route with
+        # another metric, gateway or device was not replaced by ours, but joined by it).
+        if not any((s.family, s.destination, s.via, s.dev, s.metric) == ours for s in saved):
+            destination = batch_destination(r.destination, r.family)
+            steps.append(Step("route del", dev, None, destination, r.family, via))
     # Removing an interface's last address takes its routes with it: put them all back, those
     # without a gateway first, as they may be what makes a gateway reachable.
     steps += [r.replace_step() for r in sorted(saved, key=lambda r: r.via is not None)]

@@ -102,7 +102,9 @@ class RtNetlink:
         out = []
         request = RTMSG.pack(FAMILY[family], 0, 0, 0, 0, 0, 0, 0, 0)
         for _, data, start, end in self.channel.dump(RTM_GETROUTE, request):
-            _, dst_len, _, _, table, protocol, scope, kind, _ = RTMSG.unpack_from(data, start)
+            route_family, dst_len, _, _, table, protocol, scope, kind, _ = RTMSG.unpack_from(data, start)
+            if route_family != FAMILY[family]:  # a kernel without IPv6 answers with every family
+                continue
             found = wire.attributes(data, start + RTMSG.size, end)
             if RTA_TABLE in found:
                 table = U32.unpack(found[RTA_TABLE])[0]
