@@ -1,5 +1,6 @@
 """Apply time against N: the router's `init` from EGRESS_DESTINATION_FILE, end to end (a whole
-process: start Python, parse, plan, one `nft -f`, the `ip` batch), against `nft -f` of the same
+process: start Python, parse, plan, `nft -f` for the table, one netlink batch for its elements,
+the rtnetlink messages for the interface), against `nft -f` of the same
 mappings as linear rules; both into an empty namespace, as at a pod's start. Then the time of a
 small change to a large live rule set through `Router.reconcile`, which must be element-only.
 Also the in-process share: parsing, planning and encoding N lines.

@@ -126,7 +126,7 @@ class Daemon:
             elif shape != self.baseline:
                 reasons.append(f"table {TABLE_FAMILY} {TABLE_NAME} was altered")
         network = build_network(self.config)
-        # The same read the reconcile step starts with: one `ip` process per family.
+        # The same read the reconcile step starts with: rtnetlink dumps, no process.
         now = self.router.read_network(network, self.config.families)
         if now.link is None:
             return [*reasons, f"interface {network.interface} is missing"]
@@ -166,7 +166,7 @@ class Daemon:
         self.log.info(
             f"{why} applied",
             full_table=outcome.full_table,
-            nft_lines=outcome.nft_script.count("\n"),
+            nft_operations=outcome.operations,
             seconds=f"{outcome.seconds:.4f}",
         )
         return True

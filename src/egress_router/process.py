@@ -52,7 +52,7 @@ class Spawned:
                 os.close(fd)
         self._pending = (stdin or "").encode()
         self._output: dict[int, list[bytes]] = {self._out: [], self._err: []}
-        # A short input (a script, a batch of `ip` lines) fits the pipe: written now, the child
+        # A short input (a script without map elements) fits the pipe: written now, the child
         # reads it while this process goes on; a longer one is written while output is read.
         if len(self._pending) <= _CHUNK:
             self._write()

@@ -40,12 +40,22 @@ class Outcome:
     """What one reconcile did, for logs and metrics."""
 
     def __init__(self) -> None:
-        self.nft_script = ""
+        self.transaction: Transaction | None = None
         self.full_table = False
         self.announced: tuple[str, ...] = ()
         self.conflicts: tuple[str, ...] = ()  # MACs of other hosts answering for the source
         self.warnings: list[str] = []
         self.seconds = 0.0
+
+    @property
+    def nft_script(self) -> str:
+        """The transaction as nft script text: rendered only when asked for (at 10,000 rules
+        that takes a millisecond a pod start need not spend)."""
+        return "" if self.transaction is None else str(self.transaction)
+
+    @property
+    def operations(self) -> int:
+        return 0 if self.transaction is None else len(self.transaction.ops)
 
 
 class Router:
@@ -140,7 +150,7 @@ class Router:
         return listing
 
     def _run(self, tx: Transaction, outcome: Outcome, table: TableSpec) -> None:
-        outcome.nft_script = str(tx)
+        outcome.transaction = tx
         outcome.full_table = tx.writes_table
         self.log.debug("applying nftables transaction", operations=len(tx.ops), full=outcome.full_table)
         self.nft.apply(tx)
