@@ -54,14 +54,9 @@ FAMILIES = {"inet": 1, "ip": 2, "arp": 3, "netdev": 5, "bridge": 7, "ip6": 10}
 
 # One message's element list is a netlink attribute, whose length is 16 bits: at most 64 KiB.
 _MESSAGE_BYTES = 60000
-_HEADER = wire.HEADER
-_ATTR = wire.ATTR
 
 STEP = "apply the nftables transaction"
 ANSWER_TIMEOUT = wire.ANSWER_TIMEOUT
-
-
-_attr = wire.attr
 
 
 # --- element encoding -------------------------------------------------------------------------
@@ -112,22 +107,11 @@ def _data_encoder(type_text: str) -> Callable[[str], bytes] | None:
     fields = [_FIELDS[name]() for name in names]
     if len(fields) == 1:
         only = fields[0].encode
-        return lambda text: _attr(NFTA_DATA_VALUE, only(text))
+        return lambda text: wire.attr(NFTA_DATA_VALUE, only(text))
     padding = [b"\0" * (-f.width % 4) for f in fields]
     encoders = [f.encode for f in fields]
     size = sum(f.width + len(p) for f, p in zip(fields, padding))
-    head = _ATTR.pack(_ATTR.size + size, NFTA_DATA_VALUE)
-
-    if [f.width for f in fields][1:] == [2] and len(fields) == 2:
-        # An address and a port: every element of the router's maps. Inlined, it is twice as
-        # fast as the general loop below.
-        first, pad = encoders[0], padding[0]
-
-        def address_port(text: str) -> bytes:
-            address, _, port = text.partition(" . ")
-            return head + first(address) + pad + _port(port) + b"\0\0"
-
-        return address_port
+    head = wire.ATTR.pack(wire.ATTR.size + size, NFTA_DATA_VALUE)
 
     def concat(text: str) -> bytes:
         parts = text.split(" . ")
@@ -159,11 +143,11 @@ class MapCodec:
 
     def _element(self, key: str, value: str | None) -> bytes:
         assert self.key is not None
-        inner = _attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, self.key(key))
+        inner = wire.attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, self.key(key))
         if value is not None:
             assert self.value is not None
-            inner += _attr(NFTA_SET_ELEM_DATA | NLA_F_NESTED, self.value(value))
-        return _attr(NFTA_LIST_ELEM | NLA_F_NESTED, inner)
+            inner += wire.attr(NFTA_SET_ELEM_DATA | NLA_F_NESTED, self.value(value))
+        return wire.attr(NFTA_LIST_ELEM | NLA_F_NESTED, inner)
 
 
 def _port_to_address_port(
@@ -177,14 +161,14 @@ def _port_to_address_port(
         return None
     family = families[value_type]
     width = 4 if family == socket.AF_INET else 16
-    value_size = _ATTR.size + width + 4  # the address, then the port padded to 32 bits
-    key_size = _ATTR.size + _ATTR.size + 2 + 2
+    value_size = wire.ATTR.size + width + 4  # the address, then the port padded to 32 bits
+    key_size = wire.ATTR.size + wire.ATTR.size + 2 + 2
     prefix = (
-        _ATTR.pack(_ATTR.size + key_size + _ATTR.size + value_size, NFTA_LIST_ELEM | NLA_F_NESTED)
-        + _ATTR.pack(key_size, NFTA_SET_ELEM_KEY | NLA_F_NESTED)
-        + _ATTR.pack(_ATTR.size + 2, NFTA_DATA_VALUE)
+        wire.ATTR.pack(wire.ATTR.size + key_size + wire.ATTR.size + value_size, NFTA_LIST_ELEM | NLA_F_NESTED)
+        + wire.ATTR.pack(key_size, NFTA_SET_ELEM_KEY | NLA_F_NESTED)
+        + wire.ATTR.pack(wire.ATTR.size + 2, NFTA_DATA_VALUE)
     )
-    middle = _ATTR.pack(_ATTR.size + value_size, NFTA_SET_ELEM_DATA | NLA_F_NESTED) + _ATTR.pack(
+    middle = wire.ATTR.pack(wire.ATTR.size + value_size, NFTA_SET_ELEM_DATA | NLA_F_NESTED) + wire.ATTR.pack(
         value_size, NFTA_DATA_VALUE
     )
     pack = struct.Struct(f"!{len(prefix)}sH2x{len(middle)}s{width}sH2x").pack
@@ -244,7 +228,7 @@ class Batch:
         subsystem = NFNL_SUBSYS_NFTABLES.to_bytes(2, "big")
         begin_end = b"\0\0" + subsystem  # AF_UNSPEC, version 0, the subsystem as res_id
         sequence = first_sequence
-        out = [_HEADER.pack(20, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, sequence, 0) + begin_end]
+        out = [wire.HEADER.pack(20, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, sequence, 0) + begin_end]
         meaning = {sequence: "apply the batch"}
         for kind, flags, family, table, map_name, chunk in self.messages:
             sequence += 1
@@ -255,19 +239,19 @@ class Batch:
                 attrs = (
                     wire.name_attr(NFTA_SET_ELEM_LIST_TABLE, table)
                     + wire.name_attr(NFTA_SET_ELEM_LIST_SET, map_name)
-                    + _ATTR.pack(_ATTR.size + len(body), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED)
+                    + wire.ATTR.pack(wire.ATTR.size + len(body), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED)
                 )
-            length = _HEADER.size + 4 + len(attrs) + len(body)
+            length = wire.HEADER.size + 4 + len(attrs) + len(body)
             message_type = NFNL_SUBSYS_NFTABLES << 8 | kind
             genmsg = bytes((FAMILIES[family], 0, 0, 0))
-            out += [_HEADER.pack(length, message_type, NLM_F_REQUEST | NLM_F_ACK | flags, sequence, 0), genmsg, attrs, body]
+            out += [wire.HEADER.pack(length, message_type, NLM_F_REQUEST | NLM_F_ACK | flags, sequence, 0), genmsg, attrs, body]
             if kind == NFT_MSG_NEWTABLE:
                 meaning[sequence] = f"enable table {family} {table}"
             else:
                 verb = "add elements to" if kind == NFT_MSG_NEWSETELEM else "delete elements from"
                 meaning[sequence] = f"{verb} {family} {table} {map_name}"
         sequence += 1
-        out.append(_HEADER.pack(20, NFNL_MSG_BATCH_END, NLM_F_REQUEST, sequence, 0) + begin_end)
+        out.append(wire.HEADER.pack(20, NFNL_MSG_BATCH_END, NLM_F_REQUEST, sequence, 0) + begin_end)
         return b"".join(out), meaning
 
 
