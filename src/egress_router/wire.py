@@ -123,27 +123,27 @@ class Channel:
 
     def __init__(self, protocol: int) -> None:
         self.protocol = protocol
-        self.socket: socket.socket | None = None
-        self.sequence = 0
+        self._socket: socket.socket | None = None
+        self._sequence = 0
 
     def open(self) -> socket.socket:
         """Raises OSError if the socket cannot be made (no such protocol in this kernel)."""
-        if self.socket is None:
-            self.socket = open_socket(self.protocol)
-        return self.socket
+        if self._socket is None:
+            self._socket = open_socket(self.protocol)
+        return self._socket
 
     def close(self) -> None:
-        if self.socket is not None:
-            self.socket.close()
-            self.socket = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
     def next_sequence(self, count: int = 1) -> int:
         """The first of `count` fresh sequence numbers."""
-        if self.sequence > 0x7FFF0000:
+        if self._sequence > 0x7FFF0000:
             self.close()
-            self.sequence = 0
-        first = self.sequence + 1
-        self.sequence += count
+            self._sequence = 0
+        first = self._sequence + 1
+        self._sequence += count
         return first
 
     def change(self, kind: int, flags: int, body: bytes) -> None:
@@ -178,10 +178,10 @@ class Channel:
                 yield answer, data, start, end
 
     def _answers(self) -> Iterator[bytes]:
-        assert self.socket is not None
+        assert self._socket is not None
         while True:
             try:
-                yield self.socket.recv(1 << 20)
+                yield self._socket.recv(1 << 20)
             except TimeoutError:
                 self.close()  # answers may still come: none must be read as the next request's
                 raise NetlinkError(errno.ETIMEDOUT, "the kernel did not answer") from None

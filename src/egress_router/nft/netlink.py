@@ -259,7 +259,7 @@ class BatchTooLarge(Exception):
     """The batch is larger than the socket's send buffer may grow: write it another way."""
 
 
-class ElementWriter:
+class ElementWriter(wire.Channel):
     """Sends element batches to the kernel over one NETLINK_NETFILTER socket, kept open.
 
     Kept open because closing it is what costs: when a netfilter netlink socket is released,
@@ -268,23 +268,17 @@ class ElementWriter:
     pays it once, at exit."""
 
     def __init__(self) -> None:
-        self._socket: socket.socket | None = None
-        self._sequence = 0
+        super().__init__(NETLINK_NETFILTER)
 
     def write(self, batch: Batch) -> None:
         """Apply the batch as one transaction; raise `ApplyError` (nothing changed) if refused,
         `BatchTooLarge` if the socket cannot take it in one datagram."""
         if not batch:
             return
-        # Sequence numbers never repeat on a socket, so an answer that came too late for an
-        # earlier batch is never read as this one's.
-        if self._sequence > 0x7FFF0000:
-            self.close()
-            self._sequence = 0
-        first = self._sequence + 1
+        # Begin, the messages, end: numbers no earlier batch on this socket used.
+        first = self.next_sequence(len(batch.messages) + 2)
         data, meaning = batch.encode(first)
-        self._sequence = max(meaning) + 1
-        sock = self._open()
+        sock = self.open()
         try:
             _grow_send_buffer(sock, len(data))
             sock.send(data)
@@ -299,20 +293,13 @@ class ElementWriter:
         if failures:
             raise ApplyError(STEP, "; ".join(failures))
 
-    def _open(self) -> socket.socket:
-        if self._socket is None:
-            try:
-                self._socket = wire.open_socket(NETLINK_NETFILTER, ANSWER_TIMEOUT)
-            except OSError as error:
-                raise ApplyError(
-                    STEP, f"cannot open a netfilter netlink socket: {error.strerror or error}"
-                ) from None
-        return self._socket
-
-    def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
+    def open(self) -> socket.socket:
+        try:
+            return super().open()
+        except OSError as error:
+            raise ApplyError(
+                STEP, f"cannot open a netfilter netlink socket: {error.strerror or error}"
+            ) from None
 
 
 def _grow_send_buffer(sock: socket.socket, size: int) -> None:
