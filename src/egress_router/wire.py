@@ -88,11 +88,15 @@ def error_of(data: bytes, start: int, end: int, flags: int) -> tuple[int, str]:
     return -code, text
 
 
+def describe(code: int, message: str) -> str:
+    """`strerror (kernel's words)`: a refusal as `ip` and `nft` put it."""
+    text = os.strerror(code) if code else "unknown error"
+    return f"{text} ({message})" if message else text
+
+
 def explain(code: int, what: str, message: str) -> str:
     """`what: strerror (kernel's words)`, with the cause a user can act on for EPERM."""
-    text = os.strerror(code) if code else "unknown error"
-    if message:
-        text += f" ({message})"
+    text = describe(code, message)
     if code == errno.EPERM:
         text += " (the router needs the NET_ADMIN capability)"
     return f"{what}: {text}"

@@ -227,9 +227,9 @@ def route_message(step: Step, index: int) -> tuple[int, int, bytes]:
 
 def _words(error: OSError) -> str:
     """The kernel's refusal as `ip` would put it: strerror, then its own words if any."""
-    text = error.strerror or str(error)
-    detail = error.detail if isinstance(error, NetlinkError) else ""
-    return f"{text} ({detail})" if detail else text
+    if isinstance(error, NetlinkError):
+        return wire.describe(error.errno or 0, error.detail)
+    return error.strerror or str(error)
 
 
 def _read(path: str) -> str | None:
