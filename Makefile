@@ -24,8 +24,8 @@ bench:
 
 lint:
 	@./scripts/setup.sh
-	$(VENV)/bin/python -m pip install -q ruff
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e ".[lint]"
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 
 clean:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from egress_router.lab.topology import stop_process
-from egress_router.plan import TABLE_FAMILY, TABLE_NAME
+from egress_router.schema import TABLE_FAMILY, TABLE_NAME
 
 from .layouts import FLOOR_TABLE, LINEAR_TABLE, Lan, clear_script
 from .options import Options

@@ -13,7 +13,9 @@ class Options:
     connects: int = 2000  # timed connections per round and layout
     warmup: int = 200  # untimed connections before them
     rounds: int = 5
-    blocking: bool = False  # sleep in accept()/recv() instead of busy-polling (noisier)  # the reported figure is the median of the rounds' figures
+    # Sleep in accept()/recv() instead of busy-polling (noisier); the reported figure is the
+    # median of the rounds' figures.
+    blocking: bool = False
     iperf_seconds: int = 3
     iperf_repeats: int = 3
     apply_repeats: int = 5

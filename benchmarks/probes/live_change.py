@@ -14,9 +14,9 @@ import json
 import sys
 import time
 
-from egress_router.announce import RecordingAnnouncer
 from egress_router.config import load_environment
-from egress_router.netlink.rtnl import RtNetlink
+from egress_router.neighbours.fake import RecordingAnnouncer
+from egress_router.network.rtnl import RtNetlink
 from egress_router.nft.cli import NftCli
 from egress_router.reconcile import Router
 

@@ -166,8 +166,8 @@ def run_environment(env: Mapping[str, str]) -> int:
 
 
 def make_router(log: Log) -> Router:
-    from .announce import PacketSocketAnnouncer
-    from .netlink.rtnl import RtNetlink
+    from .neighbours.packet import PacketSocketAnnouncer
+    from .network.rtnl import RtNetlink
     from .nft.cli import NftCli
     from .reconcile import Router
 
@@ -176,7 +176,7 @@ def make_router(log: Log) -> Router:
 
 def render_plan(config: RouterConfig) -> str:
     """The plan as a valid nft script: the network steps as comments, then the transaction."""
-    from .netlink import setup_steps
+    from .network import setup_steps
     from .nft import Transaction
     from .plan import build_plan, describe
 

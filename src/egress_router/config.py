@@ -11,24 +11,25 @@ user sees them all at once.
 from __future__ import annotations
 
 import ipaddress
-from ipaddress import IPv4Address, IPv6Address
-from collections.abc import Mapping as EnvMapping
+from collections.abc import Mapping
 from functools import lru_cache, partial
+from ipaddress import IPv4Address, IPv6Address
 
 from .errors import ConfigError, Problem
+from .ifname import interface_name_problem
 from .model import (
     DEFAULT_EGRESS_INTERFACE,
     DEFAULT_EXPECTED_CONNECTIONS,
     DEFAULT_HTTP_PORT,
     DEFAULT_POD_INTERFACE,
-    PROTOCOLS,
     Destinations,
     IPAddress,
     IPInterface,
-    Mapping,
     Mode,
     RouterConfig,
+    Rule,
 )
+from .schema import PROTOCOLS
 
 # The variables of the OpenShift image, kept as they are, and the ones this project adds.
 SOURCE = "EGRESS_SOURCE"
@@ -86,7 +87,7 @@ def parse_destinations(text: str, variable: str = DESTINATION) -> Destinations:
     Raises `ConfigError` listing every bad line, or returns the rules in input order.
     """
     problems: list[Problem] = []
-    mappings: list[Mapping] = []
+    mappings: list[Rule] = []
     fallbacks: list[tuple[int, IPAddress]] = []
     # A local port is used once per protocol and family: `port | protocol | family` as one int,
     # which hashes faster than a tuple of the three.
@@ -165,7 +166,7 @@ def parse_destinations(text: str, variable: str = DESTINATION) -> Destinations:
 _PROTOCOL_BITS = {name: (name, index << 16) for index, name in enumerate(PROTOCOLS)}
 # A named tuple's own constructor is Python code; building the tuple directly is several times
 # faster, and the fast path has already checked every field.
-_new_mapping = partial(tuple.__new__, Mapping)
+_new_mapping = partial(tuple.__new__, Rule)
 
 
 def _lines(text: str) -> list[str]:
@@ -173,7 +174,7 @@ def _lines(text: str) -> list[str]:
     return text.removeprefix("\ufeff").split("\n")
 
 
-def _parse_mapping(fields: list[str], number: int) -> Mapping:
+def _parse_mapping(fields: list[str], number: int) -> Rule:
     # The hot loop of a large rule set: checks are inlined, the common case first.
     count = len(fields)
     if count == 3 or count == 4:
@@ -183,7 +184,7 @@ def _parse_mapping(fields: list[str], number: int) -> Mapping:
             if remote.isdigit() and remote.isascii() and 0 < int(remote) < 65536:
                 protocol = protocol.lower()
                 if protocol in PROTOCOLS:
-                    return Mapping(int(port), protocol, parse_address(address), int(remote), number)
+                    return Rule(int(port), protocol, parse_address(address), int(remote), number)
     # Not a valid rule: find out what exactly is wrong, to say so.
     if any(f.startswith("#") for f in fields[1:]):
         raise _Invalid("a comment must be on a line of its own")
@@ -261,13 +262,9 @@ def _one_per_family(addresses: list[IPAddress], what: str) -> None:
 
 
 def parse_interface_name(text: str) -> str:
-    # The kernel's own rule (dev_valid_name): 1-15 bytes, no '/', ':' or whitespace.
-    # Quotes and backslashes too: the name goes into the nft script, which cannot quote them.
-    bad = not 0 < len(text.encode()) <= 15 or text in (".", "..")
-    if bad or any(c in text for c in '/:"\\') or any(c.isspace() or not c.isprintable() for c in text):
-        raise _Invalid(
-            f"{text!r} is not a valid interface name (1-15 characters, no '/', ':', quotes or spaces)"
-        )
+    problem = interface_name_problem(text)
+    if problem is not None:
+        raise _Invalid(problem)
     return text
 
 
@@ -280,7 +277,7 @@ def parse_mode(text: str) -> Mode:
         raise _Invalid(f"unknown mode {value!r} (valid: {valid})") from None
 
 
-def load_environment(environ: EnvMapping[str, str]) -> RouterConfig:
+def load_environment(environ: Mapping[str, str]) -> RouterConfig:
     """Build the router's configuration from its environment; raise `ConfigError` on any problem."""
     problems: list[Problem] = []
 
@@ -372,7 +369,7 @@ def read_destination_file(path: str) -> str:
         ) from None
 
 
-def _destination_text(environ: EnvMapping[str, str], path: str | None) -> str:
+def _destination_text(environ: Mapping[str, str], path: str | None) -> str:
     inline = environ.get(DESTINATION)
     if path is not None and inline is not None and inline.strip():
         raise ConfigError(

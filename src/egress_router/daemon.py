@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING
 
 from .config import load_environment
 from .errors import ConfigError, EgressRouterError
-from .kernel import KernelReader
 from .log import Log
 from .metrics import Stats
 from .model import RouterConfig
-from .plan import TABLE_FAMILY, TABLE_NAME, build_network
+from .nft.listing import TableReader
+from .plan import build_network
 from .reconcile import Outcome, Router
+from .schema import TABLE_FAMILY, TABLE_NAME
 from .watch import FileWatcher
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class Daemon:
     config: RouterConfig  # the configuration in force (the last valid one)
     env: Mapping[str, str]
     log: Log
-    reader: KernelReader
+    reader: TableReader
     stats: Stats = field(default_factory=Stats)
     clock: Callable[[], float] = time.monotonic
     watcher: FileWatcher | None = None
@@ -183,7 +184,7 @@ def run(
     config: RouterConfig,
     log: Log,
     env: Mapping[str, str],
-    reader: KernelReader | None = None,
+    reader: TableReader | None = None,
     first: Outcome | None = None,
 ) -> int:
     """Stay until SIGTERM or SIGINT; the caller has applied `config` once already."""
@@ -191,9 +192,9 @@ def run(
     # wait for `sigtimedwait` in this loop instead of interrupting a thread mid-apply.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | RELOAD_SIGNALS)
     if reader is None:
-        from .kernel import LiveKernel
+        from .nft.listing import NftTableReader
 
-        reader = LiveKernel()
+        reader = NftTableReader()
     daemon = Daemon(router, config, env, log, reader)
     daemon.started(first)
     server = _serve(config.served_http_port, daemon, log)

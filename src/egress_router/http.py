@@ -14,9 +14,9 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .kernel import KernelReader
 from .log import Log
 from .metrics import Collector, Stats
+from .nft.listing import TableReader
 
 # The loop ticks every half second and a check takes milliseconds; a minute without a tick is
 # a stuck process, not a slow one.
@@ -38,7 +38,7 @@ class _IPv4Server(ThreadingHTTPServer):
 
 
 class HealthServer:
-    def __init__(self, port: int, stats: Stats, reader: KernelReader, log: Log) -> None:
+    def __init__(self, port: int, stats: Stats, reader: TableReader, log: Log) -> None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(Collector(stats, reader))
         handler = _handler(stats, registry, log)

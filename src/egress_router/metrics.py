@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import EgressRouterError
-from .kernel import KernelReader, TableState
-from .model import PROTOCOLS
-from .plan import (
+from .nft.listing import TableReader, TableState
+from .schema import (
     FAMILIES,
+    PROTOCOLS,
     TABLE_FAMILY,
     TABLE_NAME,
     bytes_set_name,
@@ -100,7 +100,7 @@ def _read_int(path: str) -> int | None:
 class Collector:
     """A prometheus_client custom collector: daemon state plus kernel counters per scrape."""
 
-    def __init__(self, stats: Stats, reader: KernelReader) -> None:
+    def __init__(self, stats: Stats, reader: TableReader) -> None:
         self.stats, self.reader = stats, reader
 
     def collect(self) -> Iterator[Any]:
@@ -134,7 +134,7 @@ class Collector:
                 "Times another host on the LAN answered an ARP probe for the source address.",
                 value=s.address_conflicts,
             )
-            cumulative = [(str(b), c) for b, c in zip(APPLY_BUCKETS, s.apply_buckets)]
+            cumulative = [(str(b), c) for b, c in zip(APPLY_BUCKETS, s.apply_buckets, strict=True)]
             yield HistogramMetricFamily(
                 PREFIX + "apply_duration_seconds",
                 "Time to apply a configuration to the kernel.",

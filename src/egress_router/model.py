@@ -14,8 +14,6 @@ from typing import NamedTuple
 IPAddress = IPv4Address | IPv6Address
 IPInterface = IPv4Interface | IPv6Interface
 
-PROTOCOLS = ("tcp", "udp", "sctp")
-
 DEFAULT_EGRESS_INTERFACE = "macvlan0"
 DEFAULT_POD_INTERFACE = "eth0"
 DEFAULT_HTTP_PORT = 9090
@@ -47,7 +45,7 @@ def _of_family(items: tuple[IPAddress, ...], family: int) -> IPAddress | None:
     return None
 
 
-class Mapping(NamedTuple):
+class Rule(NamedTuple):
     """`<port> <protocol> <ip> [<remote_port>]`: connections to `port` go to `address:remote_port`.
 
     A named tuple rather than a frozen dataclass: rule sets run to tens of thousands of lines
@@ -67,7 +65,7 @@ class Mapping(NamedTuple):
 class Destinations(NamedTuple):
     """All redirection rules, in input order, and at most one fallback per address family."""
 
-    mappings: tuple[Mapping, ...] = ()
+    mappings: tuple[Rule, ...] = ()
     fallbacks: tuple[IPAddress, ...] = ()
 
     def fallback(self, family: int) -> IPAddress | None:

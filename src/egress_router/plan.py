@@ -11,31 +11,22 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .model import PROTOCOLS, IPAddress, IPInterface, RouterConfig
+from .model import IPAddress, IPInterface, RouterConfig
 from .nft.table import MapSpec, TableSpec
+from .schema import (
+    FAMILIES,
+    PROTOCOLS,
+    TABLE_FAMILY,
+    TABLE_NAME,
+    bytes_set_name,
+    connections_set_name,
+    fallback_counter_name,
+    map_name,
+)
 
-TABLE_FAMILY = "inet"
-TABLE_NAME = "egress_router"
-FAMILIES = (4, 6)
 MAX_PORTS = 65536
 _NFT_ADDRESS_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 _NFT_FAMILY = {4: "ip", 6: "ip6"}
-
-
-def map_name(protocol: str, family: int) -> str:
-    return f"{protocol}{family}"
-
-
-def fallback_counter_name(family: int) -> str:
-    return f"fallback{family}"
-
-
-def bytes_set_name(protocol: str, family: int) -> str:
-    return f"bytes_{protocol}{family}"
-
-
-def connections_set_name(protocol: str, family: int) -> str:
-    return f"conns_{protocol}{family}"
 
 
 class Route(NamedTuple):

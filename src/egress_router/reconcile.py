@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import time
 
-from .announce import Announcer
 from .errors import ApplyError, EgressRouterError, SetupError
 from .log import Log
 from .model import RouterConfig
-from .netlink import NetBackend, NetSnapshot
+from .neighbours import Announcer
+from .network import NetBackend, NetSnapshot
 from .nft import NftBackend, TableSpec, Transaction, diff
 from .plan import NetworkPlan, Plan, build_plan
 

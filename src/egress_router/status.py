@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config import EGRESS_INTERFACE
-from .kernel import KernelReader, LiveKernel
 from .metrics import traffic
 from .model import DEFAULT_EGRESS_INTERFACE
-from .netlink import NetBackend
-from .plan import TABLE_FAMILY, TABLE_NAME
+from .network import NetBackend
+from .nft.listing import NftTableReader, TableReader
+from .schema import TABLE_FAMILY, TABLE_NAME
 
 USAGE = "usage: egress-router status [--json]\n"
 
@@ -27,14 +27,14 @@ def main(args: list[str], env: Mapping[str, str]) -> int:
     if args not in ([], ["--json"]):
         sys.stderr.write(USAGE)
         return 2
-    from .netlink.rtnl import RtNetlink
+    from .network.rtnl import RtNetlink
 
-    state = gather(env.get(EGRESS_INTERFACE) or DEFAULT_EGRESS_INTERFACE, RtNetlink(), LiveKernel())
+    state = gather(env.get(EGRESS_INTERFACE) or DEFAULT_EGRESS_INTERFACE, RtNetlink(), NftTableReader())
     sys.stdout.write(json.dumps(state, indent=2) + "\n" if args else render(state))
     return 0 if state["table"] is not None and state["interface"]["exists"] else 1
 
 
-def gather(interface: str, net: NetBackend, reader: KernelReader) -> dict[str, Any]:
+def gather(interface: str, net: NetBackend, reader: TableReader) -> dict[str, Any]:
     now = net.snapshot(interface, (4, 6), ())
     link = now.link
     routes = [r for r in now.routes if r.destination == "default"]
@@ -85,7 +85,7 @@ def render(state: dict[str, Any]) -> str:
         rows.append((m["protocol"], m["port"], where, str(m["connections"]), str(m["bytes"])))
     widths = [max(len(row[c]) for row in rows) for c in range(5)]
     lines.append("")
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     if not state["fallbacks"]:
         lines.append("no fallback: connections to other ports are refused")
     return "\n".join(lines) + "\n"

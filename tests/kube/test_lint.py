@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from kube_helpers import EXAMPLES
 
 from egress_router.kube import lint
 from egress_router.kube.lint import lint_texts
-
-from kube_helpers import EXAMPLES
 
 POD = """\
 apiVersion: v1

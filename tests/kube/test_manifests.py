@@ -9,11 +9,10 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from kube_helpers import EXAMPLES, SEED_ARGS, render
 
 from egress_router.kube import manifests
 from egress_router.kube.lint import lint_texts
-
-from kube_helpers import EXAMPLES, SEED_ARGS, render
 
 K8S_VERSION = kubernetes_validate.latest_version()
 

@@ -1,4 +1,4 @@
-"""`RtNetlink` (`netlink.rtnl`) on the real kernel, checked against what `ip` reads back.
+"""`RtNetlink` (`network.rtnl`) on the real kernel, checked against what `ip` reads back.
 
 Every test builds a pod of its own: a router namespace as a new pod has it (the egress link
 `eg0` down and without address, a cluster-side link `ve0` holding the pod's default routes)
@@ -31,8 +31,8 @@ import egress_router
 from egress_router.config import load_environment
 from egress_router.errors import ApplyError
 from egress_router.lab.netns import delete_namespaces, in_netns, ip, read_sysctl
-from egress_router.netlink import LinkState, NetSnapshot, SavedRoute, restore_steps, setup_steps
-from egress_router.netlink.rtnl import RtNetlink
+from egress_router.network import LinkState, NetSnapshot, SavedRoute, restore_steps, setup_steps
+from egress_router.network.rtnl import RtNetlink
 from egress_router.plan import NetworkPlan, Route, build_network
 
 pytestmark = pytest.mark.lab
@@ -657,7 +657,7 @@ def test_set_sysctl_writes_the_namespaces_value_only(pod: Pod) -> None:
 
 CARRIER_PROBE = f"""
 import json, subprocess
-from egress_router.netlink.rtnl import RtNetlink
+from egress_router.network.rtnl import RtNetlink
 net = RtNetlink()
 def look():
     link = net.snapshot("{EGRESS}", (4,), ()).link

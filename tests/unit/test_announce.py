@@ -7,8 +7,9 @@ import struct
 
 import pytest
 
-from egress_router import frames as F
-from egress_router.announce import NeighbourReport, PacketSocketAnnouncer, decode, encode
+from egress_router.neighbours import NeighbourReport
+from egress_router.neighbours import frames as F
+from egress_router.neighbours.packet import PacketSocketAnnouncer, decode, encode
 
 MAC = bytes.fromhex("020000000001")
 OTHER = bytes.fromhex("020000000002")

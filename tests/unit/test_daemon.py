@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from egress_router.announce import RecordingAnnouncer
 from egress_router.config import load_environment
 from egress_router.daemon import CHECK_EVERY, Daemon
-from egress_router.kernel import FakeKernel
 from egress_router.log import Log
 from egress_router.metrics import Stats
-from egress_router.netlink.fake import FakeLink, FakeNet
-from egress_router.nft.fake import FakeNft
+from egress_router.neighbours.fake import RecordingAnnouncer
+from egress_router.network.fake import FakeLink, FakeNet
+from egress_router.nft.fake import FakeNft, FakeTableReader
 from egress_router.reconcile import Router
 
 RULES = "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n53 udp 203.0.113.27\n"
@@ -58,7 +57,7 @@ def make_daemon(path: Path) -> tuple[Daemon, FakeNft, FakeNet, io.StringIO, Cloc
     router = Router(nft=nft, net=net, announcer=RecordingAnnouncer(), log=log)
     config = load_environment(env)
     router.reconcile(config)
-    daemon = Daemon(router, config, env, log, FakeKernel(nft, net), Stats(), clock)
+    daemon = Daemon(router, config, env, log, FakeTableReader(nft, net), Stats(), clock)
     daemon.started()
     return daemon, nft, net, stream, clock
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from egress_router.announce import RecordingAnnouncer
 from egress_router.config import load_environment
-from egress_router.kernel import FakeKernel, parse_table
 from egress_router.log import Log
 from egress_router.metrics import Stats
-from egress_router.netlink.fake import FakeLink, FakeNet
-from egress_router.nft.fake import FakeNft
+from egress_router.neighbours.fake import RecordingAnnouncer
+from egress_router.network.fake import FakeLink, FakeNet
+from egress_router.nft.fake import FakeNft, FakeTableReader
+from egress_router.nft.listing import parse_table
 from egress_router.reconcile import Router
 from egress_router.status import gather, render
 from egress_router.watch import FileWatcher
@@ -93,11 +93,11 @@ def test_the_watcher_sees_a_data_symlink_swap_but_not_a_touch(tmp_path: Path) ->
     assert not watcher.changed()
 
 
-def fake_stack() -> tuple[Router, FakeKernel, FakeNet]:
+def fake_stack() -> tuple[Router, FakeTableReader, FakeNet]:
     nft, net = FakeNft(), FakeNet(links={"macvlan0": FakeLink()})
     router = Router(nft=nft, net=net, announcer=RecordingAnnouncer(), log=Log(stream=io.StringIO()))
     router.reconcile(load_environment(ENV))
-    return router, FakeKernel(nft, net), net
+    return router, FakeTableReader(nft, net), net
 
 
 def test_metrics_report_kernel_counters_per_mapping_and_the_daemons_own() -> None:

@@ -7,9 +7,9 @@ import ipaddress
 
 from egress_router.config import load_environment
 from egress_router.model import IPInterface
-from egress_router.netlink import LinkState, NetSnapshot, SavedRoute, restore_steps, setup_steps
-from egress_router.plan import NetworkPlan
-from egress_router.plan import build_network
+from egress_router.network import LinkState, NetSnapshot, SavedRoute, restore_steps, setup_steps
+from egress_router.plan import NetworkPlan, build_network
+
 
 def batch(network: NetworkPlan, stale: tuple[IPInterface, ...]) -> list[str]:
     return [step.command() for step in setup_steps(network, stale)]

@@ -6,11 +6,11 @@ import ipaddress
 
 import pytest
 
-from egress_router.announce import RecordingAnnouncer
 from egress_router.config import load_environment
 from egress_router.errors import ApplyError, SetupError
 from egress_router.log import Log
-from egress_router.netlink.fake import FakeLink, FakeNet
+from egress_router.neighbours.fake import RecordingAnnouncer
+from egress_router.network.fake import FakeLink, FakeNet
 from egress_router.nft.fake import FakeNft
 from egress_router.reconcile import Router
 
@@ -160,7 +160,7 @@ def test_a_new_process_restores_the_table_it_found(router: Router) -> None:
 
 
 def test_gateway_that_does_not_answer_is_a_warning_with_its_address() -> None:
-    from egress_router.announce import NeighbourReport
+    from egress_router.neighbours import NeighbourReport
 
     announcer = RecordingAnnouncer(NeighbourReport(answered=()))
     router = Router(nft=FakeNft(), net=FakeNet(links={"macvlan0": FakeLink()}), announcer=announcer, log=Log(stream=_Null()))
@@ -170,7 +170,7 @@ def test_gateway_that_does_not_answer_is_a_warning_with_its_address() -> None:
 
 
 def test_another_holder_of_the_source_is_reported() -> None:
-    from egress_router.announce import NeighbourReport
+    from egress_router.neighbours import NeighbourReport
 
     announcer = RecordingAnnouncer(NeighbourReport(("192.0.2.1",), (("192.0.2.99", "02:aa:00:00:00:01"),)))
     router = Router(nft=FakeNft(), net=FakeNet(links={"macvlan0": FakeLink()}), announcer=announcer, log=Log(stream=_Null()))

@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..ifname import interface_name_problem
 from . import link, router
 from .errors import (
     CHECK_FAILURE,
@@ -92,20 +93,14 @@ def _read_config() -> dict[str, Any]:
     if "forwarding" in conf and not isinstance(conf["forwarding"], bool):
         # "false" is a non-empty string, and would turn forwarding on.
         raise CniError(INVALID_CONFIG, f"forwarding {conf['forwarding']!r} is not a boolean (true or false)")
-    if conf.get("master") is not None and not _valid_name(conf["master"]):
-        raise CniError(INVALID_CONFIG, f"master {conf['master']!r} is not an interface name")
+    if conf.get("master") is not None and interface_name_problem(conf["master"]):
+        raise CniError(INVALID_CONFIG, f"master {interface_name_problem(conf['master'])}")
     ipam = conf.get("ipam")
     if isinstance(ipam, dict) and ipam.get("type"):
         # The address is the router's reserved one, set by the router itself (or by
         # `egressRouter`): an IPAM plugin would hand out a second one.
         raise CniError(UNSUPPORTED_FIELD, f"ipam type {ipam['type']!r} is not supported; leave ipam empty")
     return conf
-
-
-def _valid_name(name: object) -> bool:
-    return isinstance(name, str) and 0 < len(name.encode()) <= 15 and name not in (".", "..") and not any(
-        c in "/:" or c.isspace() for c in name
-    )
 
 
 def _args(env: Mapping[str, str], need_netns: bool) -> tuple[str, str]:
@@ -115,8 +110,9 @@ def _args(env: Mapping[str, str], need_netns: bool) -> tuple[str, str]:
     if missing:
         raise CniError(INVALID_ENVIRONMENT, f"missing {', '.join(missing)}")
     ifname = env["CNI_IFNAME"]
-    if not _valid_name(ifname):
-        raise CniError(INVALID_ENVIRONMENT, f"CNI_IFNAME {ifname!r} is not a valid interface name")
+    problem = interface_name_problem(ifname)
+    if problem is not None:
+        raise CniError(INVALID_ENVIRONMENT, f"CNI_IFNAME {problem}")
     return env.get("CNI_NETNS", ""), ifname
 
 

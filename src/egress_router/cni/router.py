@@ -13,7 +13,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..plan import TABLE_FAMILY, TABLE_NAME
+from ..schema import TABLE_FAMILY, TABLE_NAME
 from .errors import INVALID_CONFIG, ROUTER_FAILURE, CniError
 from .link import run
 

@@ -234,7 +234,8 @@ def _interface(w: Workload, env: Env) -> list[Finding]:
         return []
     selections = _networks(w)
     if selections is None:
-        return [w.at(w.meta, f'nothing creates {wanted or DEFAULT_EGRESS_INTERFACE}: add the annotation {ASSIGN_MACVLAN}: "true" (OpenShift SDN) '
+        interface = wanted or DEFAULT_EGRESS_INTERFACE
+        return [w.at(w.meta, f'nothing creates {interface}: add the annotation {ASSIGN_MACVLAN}: "true" (OpenShift SDN) '
                      f"or {NETWORKS} with a macvlan attachment (Multus)")]
     if wanted is not None and not any(s.get("interface") == wanted for s in selections):
         return [w.at(nodes.get(annotations, NETWORKS), f'{NETWORKS} names no interface {wanted}: Multus calls it '

@@ -53,8 +53,8 @@ def parser() -> Parser:
                    help="a spec file (these flags' long names in camelCase) or an EgressRouter resource; flags override it")
     p.add_argument("--name", help="Pod/Deployment and Service name (default egress-router)")
     p.add_argument("--namespace", help="namespace of every object (default: none, kubectl's current)")
-    p.add_argument("--image", help="the router image (default: %s)" % RouterSpec.image)
-    p.add_argument("--wait-image", help="image of the long-lived container (default: %s)" % RouterSpec.wait_image)
+    p.add_argument("--image", help=f"the router image (default: {RouterSpec.image})")
+    p.add_argument("--wait-image", help=f"image of the long-lived container (default: {RouterSpec.wait_image})")
     p.add_argument("--source", action="append", metavar="ADDR[/LEN]",
                    help="EGRESS_SOURCE: the reserved address; once per family")
     p.add_argument("--gateway", action="append", metavar="ADDR", help="EGRESS_GATEWAY; once per family")

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
-from ..plan import TABLE_FAMILY, TABLE_NAME
+from ..schema import TABLE_FAMILY, TABLE_NAME
 from . import addresses as A
 from .netns import delete_namespaces, in_netns, ip, ip_batch, read_sysctl, write_sysctls
 from .probe import Probe, Stream, probe_tcp, probe_udp

@@ -1,5 +1,5 @@
 """`NftBackend` on the real kernel: `nft -f -` for tables, chains and rules, and map elements
-written over netlink by `nft.netlink` (which does in ~6 ms what costs nft ~45 ms at 10,000
+written over netlink by `nft.elements` (which does in ~6 ms what costs nft ~45 ms at 10,000
 elements).
 
 Each `apply` stays all-or-nothing:
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..errors import ApplyError, SetupError
 from ..process import Completed, Spawned
-from .netlink import FAMILIES, Batch, BatchTooLarge, ElementWriter, MapCodec
+from .elements import FAMILIES, Batch, BatchTooLarge, ElementWriter, MapCodec
 from .table import AddElements, DeleteElements, TableSpec, Transaction, creation_script, wake_script
 
 NFT_HINT = "install the nftables package in the image (apt-get install nftables)"
@@ -62,7 +62,7 @@ class NftCli:
     def _create(self, writer: ElementWriter, table: TableSpec) -> bool:
         """Create the table through nft, dormant, then fill its maps and wake it in one netlink
         batch: packets meet the whole table or none of it. False (and nothing done) if a map
-        has types that `nft.netlink` does not encode."""
+        has types that `nft.elements` does not encode."""
         if not all(MapCodec(m.key_type, m.value_type).usable for m in table.maps):
             return False
         # nft builds the table while this process encodes the elements: each takes a few ms.
@@ -129,7 +129,7 @@ def explain_nft_error(stderr: str) -> str:
 
 def element_batch(tx: Transaction) -> Batch | None:
     """The transaction as one netlink batch, or None when it does more than change elements,
-    or changes a map whose types `nft.netlink` does not encode."""
+    or changes a map whose types `nft.elements` does not encode."""
     batch = Batch()
     codecs: dict[tuple[str, str], MapCodec] = {}
     for op in tx.ops:

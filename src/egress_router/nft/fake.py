@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ApplyError
+from .listing import Element, TableState
 from .table import (
     AddElements,
     DeleteTable,
@@ -81,3 +84,34 @@ class FakeNft:
 
     def elements(self, family: str, name: str, map_name: str) -> dict[str, str]:
         return dict(self.tables[f"{family} {name}"].maps[map_name])
+
+
+class FakeTableReader:
+    """`TableReader` over `FakeNft` and `FakeNet`, for tests; `counts` sets element counters
+    as {map: {key: (packets, bytes)}} and `named` the named counters."""
+
+    def __init__(self, nft: Any, net: Any) -> None:
+        self.nft, self.net = nft, net
+        self.counts: dict[str, dict[str, tuple[int, int]]] = {}
+        self.named: dict[str, tuple[int, int]] = {}
+
+    def read_table(self, family: str, name: str) -> TableState | None:
+        table = self.nft.tables.get(f"{family} {name}")
+        if table is None:
+            return None
+        maps = {
+            m: {
+                k: Element(k, v, *self.counts.get(m, {}).get(k, (0, 0)))
+                for k, v in elements.items()
+            }
+            for m, elements in table.maps.items()
+        }
+        for name_, counted in self.counts.items():  # the traffic-filled byte sets
+            if name_ not in maps:
+                maps[name_] = {k: Element(k, "", *c) for k, c in counted.items()}
+        listing = self.nft.list_table(family, name)
+        fallbacks = {
+            int(f): address
+            for f, address in re.findall(r"counter name fallback(\d) dnat ip6? to (\S+)", listing)
+        }
+        return TableState(listing, maps, dict(self.named), fallbacks)

@@ -1,54 +1,22 @@
-"""Neighbour announcements and probes on the LAN, for IPv4 (ARP) and IPv6 (neighbour discovery).
-
-When a router pod is replaced, the LAN's gateway still maps the reserved address to the old
-pod's MAC address until its neighbour entry expires. One announcement from the new owner makes
-it switch at once. Before announcing, the router asks whether another host still answers for
-its source address (the old pod, going away, or a real conflict) and whether the gateway
-answers at all. The frames (`frames`) go out on one packet socket (CAP_NET_RAW): no arping or
-ndisc6 process, and a healthy start waits only for the gateway's answer.
-"""
+"""Neighbour announcements and probes on a packet socket (CAP_NET_RAW), in a child process."""
 
 from __future__ import annotations
 
+import _thread
 import os
 import select
 import socket
 import struct
-import _thread
 import time
 from array import array
 from collections.abc import Iterable
-from typing import NamedTuple, Protocol
 
+from ..model import IPAddress
+from . import NeighbourReport, Probe
 from . import frames as F
-from .model import IPAddress
 
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
-
-
-class NeighbourReport(NamedTuple):
-    """What the LAN answered to one probe."""
-
-    answered: tuple[str, ...] = ()  # the gateways that answered
-    conflicts: tuple[tuple[str, str], ...] = ()  # (address, MAC) of other hosts claiming a source
-
-
-Probe = tuple[IPAddress, IPAddress]  # (source, gateway) of one family
-
-
-class Announcer(Protocol):
-    def exchange(
-        self,
-        interface: str,
-        mac: str,
-        addresses: Iterable[IPAddress],
-        probes: Iterable[Probe] = (),
-        timeout: float = 0.5,
-    ) -> NeighbourReport:
-        """For each (source, gateway) in `probes`, ask who holds the source and where the
-        gateway is; then tell the LAN that `addresses` are at `mac`. Raises OSError when it
-        cannot send; returns what the probes found."""
 
 
 class PacketSocketAnnouncer:
@@ -203,28 +171,3 @@ def _probe(sock: socket.socket, mac: bytes, probes: list[Probe], timeout: float)
 def _address_text(packed: bytes) -> str:
     family = socket.AF_INET if len(packed) == 4 else socket.AF_INET6
     return socket.inet_ntop(family, packed)
-
-
-class RecordingAnnouncer:
-    """In-memory announcer for tests: remembers what it was asked, answers probes with
-    `report` (by default, every gateway answers and nobody else claims a source)."""
-
-    def __init__(self, report: NeighbourReport | None = None) -> None:
-        self.sent: list[tuple[str, str, tuple[IPAddress, ...]]] = []
-        self.report = report
-        self.probes: list[tuple[str, Probe]] = []
-
-    def exchange(
-        self,
-        interface: str,
-        mac: str,
-        addresses: Iterable[IPAddress],
-        probes: Iterable[Probe] = (),
-        timeout: float = 0.5,
-    ) -> NeighbourReport:
-        self.sent.append((interface, mac, tuple(addresses)))
-        asked = list(probes)
-        self.probes += [(interface, p) for p in asked]
-        if self.report is not None:
-            return self.report
-        return NeighbourReport(tuple(str(gateway) for _, gateway in asked))

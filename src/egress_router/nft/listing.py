@@ -1,22 +1,22 @@
-"""Reads of the live kernel state, for the daemon's drift check, its metrics and `status`.
+"""The router's table as the kernel holds it, read back: for the daemon's drift check, its
+metrics and `status`.
 
-The router writes through `nft` and `netlink` (all-or-nothing transactions); this module only
-reads: the table as `nft -j` lists it (map elements with their counters, named counters, the
-fallback rules). The network side is read by `netlink` (`NetBackend.snapshot`). `LiveKernel`
-asks the real kernel;
-`FakeKernel` answers from the in-memory fakes, so the daemon's tests need no root.
+The router writes through `nft` and the element writer (all-or-nothing transactions); this
+module only reads: the table as `nft -j` lists it (map elements with their counters, named
+counters, the fallback rules). `NftTableReader` asks the real kernel; `FakeTableReader`
+(`nft.fake`) answers from the in-memory fakes, so the daemon's tests need no root. The network
+side is read by `network` (`NetBackend.snapshot`).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .nft.cli import NftCli
-from .plan import FAMILIES, fallback_counter_name
+from ..schema import FAMILIES, fallback_counter_name
+from .cli import NftCli
 
 # Keys whose values change while the rules stay the same: dropped from a table's shape.
 _VOLATILE = frozenset({"handle", "packets", "bytes", "metainfo"})
@@ -42,7 +42,7 @@ class TableState:
     fallbacks: Mapping[int, str] = field(default_factory=dict)  # family: address
 
 
-class KernelReader(Protocol):
+class TableReader(Protocol):
     def read_table(self, family: str, name: str) -> TableState | None:
         """The table, or None when it is absent. Raises `ApplyError` when nft cannot list it."""
 
@@ -126,8 +126,8 @@ def _fallback(expr: list[Any]) -> dict[int, str]:
     return {_FALLBACK_COUNTERS[names[0]]: render(dnat[0].get("addr"))}
 
 
-class LiveKernel:
-    """`KernelReader` on the real kernel, through the router's own `nft` adapter."""
+class NftTableReader:
+    """`TableReader` on the real kernel, through the router's own `nft` adapter."""
 
     def __init__(self, nft: NftCli | None = None) -> None:
         self.nft = nft if nft is not None else NftCli()
@@ -135,34 +135,3 @@ class LiveKernel:
     def read_table(self, family: str, name: str) -> TableState | None:
         listing = self.nft.list_table(family, name, as_json=True)
         return None if listing is None else parse_table(listing)
-
-
-class FakeKernel:
-    """`KernelReader` over `FakeNft` and `FakeNet`, for tests; `counts` sets element counters
-    as {map: {key: (packets, bytes)}} and `named` the named counters."""
-
-    def __init__(self, nft: Any, net: Any) -> None:
-        self.nft, self.net = nft, net
-        self.counts: dict[str, dict[str, tuple[int, int]]] = {}
-        self.named: dict[str, tuple[int, int]] = {}
-
-    def read_table(self, family: str, name: str) -> TableState | None:
-        table = self.nft.tables.get(f"{family} {name}")
-        if table is None:
-            return None
-        maps = {
-            m: {
-                k: Element(k, v, *self.counts.get(m, {}).get(k, (0, 0)))
-                for k, v in elements.items()
-            }
-            for m, elements in table.maps.items()
-        }
-        for name_, counted in self.counts.items():  # the traffic-filled byte sets
-            if name_ not in maps:
-                maps[name_] = {k: Element(k, "", *c) for k, c in counted.items()}
-        listing = self.nft.list_table(family, name)
-        fallbacks = {
-            int(f): address
-            for f, address in re.findall(r"counter name fallback(\d) dnat ip6? to (\S+)", listing)
-        }
-        return TableState(listing, maps, dict(self.named), fallbacks)

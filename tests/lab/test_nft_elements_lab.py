@@ -21,7 +21,7 @@ import pytest
 from egress_router.errors import ApplyError
 from egress_router.lab.netns import delete_namespaces, in_netns, ip
 from egress_router.nft import MapSpec, TableSpec, Transaction, diff
-from egress_router.nft import netlink as nl
+from egress_router.nft import elements as nl
 from egress_router.nft.cli import NftCli, element_batch
 from egress_router.plan import map_size
 

@@ -22,9 +22,9 @@ import socket
 import struct
 from collections.abc import Callable, Iterable, Mapping
 
-from .. import wire
+from .. import netlink
 from ..errors import ApplyError
-from ..wire import (
+from ..netlink import (
     NETLINK_NETFILTER,
     NLA_F_NESTED,
     NLM_F_ACK,
@@ -56,7 +56,7 @@ FAMILIES = {"inet": 1, "ip": 2, "arp": 3, "netdev": 5, "bridge": 7, "ip6": 10}
 _MESSAGE_BYTES = 60000
 
 STEP = "apply the nftables transaction"
-ANSWER_TIMEOUT = wire.ANSWER_TIMEOUT
+ANSWER_TIMEOUT = netlink.ANSWER_TIMEOUT
 
 
 # --- element encoding -------------------------------------------------------------------------
@@ -107,17 +107,17 @@ def _data_encoder(type_text: str) -> Callable[[str], bytes] | None:
     fields = [_FIELDS[name]() for name in names]
     if len(fields) == 1:
         only = fields[0].encode
-        return lambda text: wire.attr(NFTA_DATA_VALUE, only(text))
+        return lambda text: netlink.attr(NFTA_DATA_VALUE, only(text))
     padding = [b"\0" * (-f.width % 4) for f in fields]
     encoders = [f.encode for f in fields]
-    size = sum(f.width + len(p) for f, p in zip(fields, padding))
-    head = wire.ATTR.pack(wire.ATTR.size + size, NFTA_DATA_VALUE)
+    size = sum(f.width + len(p) for f, p in zip(fields, padding, strict=True))
+    head = netlink.ATTR.pack(netlink.ATTR.size + size, NFTA_DATA_VALUE)
 
     def concat(text: str) -> bytes:
         parts = text.split(" . ")
         if len(parts) != len(encoders):
             raise ValueError(f"{text!r} does not have {len(encoders)} fields")
-        return head + b"".join(e(p) + pad for e, p, pad in zip(encoders, parts, padding))
+        return head + b"".join(e(p) + pad for e, p, pad in zip(encoders, parts, padding, strict=True))
 
     return concat
 
@@ -143,11 +143,11 @@ class MapCodec:
 
     def _element(self, key: str, value: str | None) -> bytes:
         assert self.key is not None
-        inner = wire.attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, self.key(key))
+        inner = netlink.attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, self.key(key))
         if value is not None:
             assert self.value is not None
-            inner += wire.attr(NFTA_SET_ELEM_DATA | NLA_F_NESTED, self.value(value))
-        return wire.attr(NFTA_LIST_ELEM | NLA_F_NESTED, inner)
+            inner += netlink.attr(NFTA_SET_ELEM_DATA | NLA_F_NESTED, self.value(value))
+        return netlink.attr(NFTA_LIST_ELEM | NLA_F_NESTED, inner)
 
 
 def _port_to_address_port(
@@ -161,14 +161,14 @@ def _port_to_address_port(
         return None
     family = families[value_type]
     width = 4 if family == socket.AF_INET else 16
-    value_size = wire.ATTR.size + width + 4  # the address, then the port padded to 32 bits
-    key_size = wire.ATTR.size + wire.ATTR.size + 2 + 2
+    value_size = netlink.ATTR.size + width + 4  # the address, then the port padded to 32 bits
+    key_size = netlink.ATTR.size + netlink.ATTR.size + 2 + 2
     prefix = (
-        wire.ATTR.pack(wire.ATTR.size + key_size + wire.ATTR.size + value_size, NFTA_LIST_ELEM | NLA_F_NESTED)
-        + wire.ATTR.pack(key_size, NFTA_SET_ELEM_KEY | NLA_F_NESTED)
-        + wire.ATTR.pack(wire.ATTR.size + 2, NFTA_DATA_VALUE)
+        netlink.ATTR.pack(netlink.ATTR.size + key_size + netlink.ATTR.size + value_size, NFTA_LIST_ELEM | NLA_F_NESTED)
+        + netlink.ATTR.pack(key_size, NFTA_SET_ELEM_KEY | NLA_F_NESTED)
+        + netlink.ATTR.pack(netlink.ATTR.size + 2, NFTA_DATA_VALUE)
     )
-    middle = wire.ATTR.pack(wire.ATTR.size + value_size, NFTA_SET_ELEM_DATA | NLA_F_NESTED) + wire.ATTR.pack(
+    middle = netlink.ATTR.pack(netlink.ATTR.size + value_size, NFTA_SET_ELEM_DATA | NLA_F_NESTED) + netlink.ATTR.pack(
         value_size, NFTA_DATA_VALUE
     )
     pack = struct.Struct(f"!{len(prefix)}sH2x{len(middle)}s{width}sH2x").pack
@@ -228,30 +228,30 @@ class Batch:
         subsystem = NFNL_SUBSYS_NFTABLES.to_bytes(2, "big")
         begin_end = b"\0\0" + subsystem  # AF_UNSPEC, version 0, the subsystem as res_id
         sequence = first_sequence
-        out = [wire.HEADER.pack(20, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, sequence, 0) + begin_end]
+        out = [netlink.HEADER.pack(20, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, sequence, 0) + begin_end]
         meaning = {sequence: "apply the batch"}
         for kind, flags, family, table, map_name, chunk in self.messages:
             sequence += 1
             body = b"".join(chunk)
             if kind == NFT_MSG_NEWTABLE:
-                attrs = wire.name_attr(NFTA_TABLE_NAME, table) + wire.attr(NFTA_TABLE_FLAGS, bytes(4))
+                attrs = netlink.name_attr(NFTA_TABLE_NAME, table) + netlink.attr(NFTA_TABLE_FLAGS, bytes(4))
             else:
                 attrs = (
-                    wire.name_attr(NFTA_SET_ELEM_LIST_TABLE, table)
-                    + wire.name_attr(NFTA_SET_ELEM_LIST_SET, map_name)
-                    + wire.ATTR.pack(wire.ATTR.size + len(body), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED)
+                    netlink.name_attr(NFTA_SET_ELEM_LIST_TABLE, table)
+                    + netlink.name_attr(NFTA_SET_ELEM_LIST_SET, map_name)
+                    + netlink.ATTR.pack(netlink.ATTR.size + len(body), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED)
                 )
-            length = wire.HEADER.size + 4 + len(attrs) + len(body)
+            length = netlink.HEADER.size + 4 + len(attrs) + len(body)
             message_type = NFNL_SUBSYS_NFTABLES << 8 | kind
             genmsg = bytes((FAMILIES[family], 0, 0, 0))
-            out += [wire.HEADER.pack(length, message_type, NLM_F_REQUEST | NLM_F_ACK | flags, sequence, 0), genmsg, attrs, body]
+            out += [netlink.HEADER.pack(length, message_type, NLM_F_REQUEST | NLM_F_ACK | flags, sequence, 0), genmsg, attrs, body]
             if kind == NFT_MSG_NEWTABLE:
                 meaning[sequence] = f"enable table {family} {table}"
             else:
                 verb = "add elements to" if kind == NFT_MSG_NEWSETELEM else "delete elements from"
                 meaning[sequence] = f"{verb} {family} {table} {map_name}"
         sequence += 1
-        out.append(wire.HEADER.pack(20, NFNL_MSG_BATCH_END, NLM_F_REQUEST, sequence, 0) + begin_end)
+        out.append(netlink.HEADER.pack(20, NFNL_MSG_BATCH_END, NLM_F_REQUEST, sequence, 0) + begin_end)
         return b"".join(out), meaning
 
 
@@ -259,7 +259,7 @@ class BatchTooLarge(Exception):
     """The batch is larger than the socket's send buffer may grow: write it another way."""
 
 
-class ElementWriter(wire.Channel):
+class ElementWriter(netlink.Channel):
     """Sends element batches to the kernel over one NETLINK_NETFILTER socket, kept open.
 
     Kept open because closing it is what costs: when a netfilter netlink socket is released,
@@ -286,7 +286,7 @@ class ElementWriter(wire.Channel):
             if error.errno in (errno.EMSGSIZE, errno.ENOBUFS):
                 raise BatchTooLarge(len(data)) from None
             self.close()
-            raise ApplyError(STEP, wire.explain(error.errno or 0, "send the batch", "")) from None
+            raise ApplyError(STEP, netlink.explain(error.errno or 0, "send the batch", "")) from None
         failures, complete = _answers(sock, set(meaning) - {first}, first, meaning)
         if not complete:
             self.close()  # answers may still come: none must be read as the next batch's
@@ -330,12 +330,12 @@ def _answers(
         except OSError as error:  # ENOBUFS: answers were lost; the batch's fate is unknown
             failures.append(f"reading the kernel's answers failed: {error.strerror or error}")
             return failures, False
-        for kind, flags, sequence, start, end in wire.messages(data):
+        for kind, flags, sequence, start, end in netlink.messages(data):
             if kind == NLMSG_ERROR and sequence in meaning:
                 expected.discard(sequence)
-                code, message = wire.error_of(data, start, end, flags)
+                code, message = netlink.error_of(data, start, end, flags)
                 if code:
-                    failures.append(wire.explain(code, meaning[sequence], message))
+                    failures.append(netlink.explain(code, meaning[sequence], message))
                     if sequence == begin:
                         expected.clear()
     return failures, True

@@ -12,11 +12,11 @@ import ipaddress
 import socket
 import struct
 
-from .. import wire
+from .. import netlink
 from ..errors import ApplyError
 from ..model import IPInterface
+from ..netlink import NLM_F_CREATE, NLM_F_REPLACE, NetlinkError
 from ..plan import NetworkPlan
-from ..wire import NLM_F_CREATE, NLM_F_REPLACE, NetlinkError
 from . import LinkState, NetSnapshot, SavedRoute, Step, restore_steps, setup_steps
 
 RTM_NEWLINK, RTM_GETLINK = 16, 18
@@ -48,7 +48,7 @@ U32 = struct.Struct("=I")
 class RtNetlink:
     def __init__(self, proc_sys: str = "/proc/sys") -> None:
         self.proc_sys = proc_sys
-        self.channel = wire.Channel(wire.NETLINK_ROUTE)
+        self.channel = netlink.Channel(netlink.NETLINK_ROUTE)
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -74,7 +74,7 @@ class RtNetlink:
         link = None
         for _, data, start, end in self.channel.dump(RTM_GETLINK, IFINFOMSG.pack(0, 0, 0, 0, 0)):
             _, _, number, flags, _ = IFINFOMSG.unpack_from(data, start)
-            found = wire.attributes(data, start + IFINFOMSG.size, end)
+            found = netlink.attributes(data, start + IFINFOMSG.size, end)
             name = found.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(errors="replace")
             names[number] = name
             if number == index:
@@ -90,7 +90,7 @@ class RtNetlink:
             family, prefix, _, scope, number = IFADDRMSG.unpack_from(data, start)
             if number != index or scope != RT_SCOPE_UNIVERSE or family not in VERSION:
                 continue
-            found = wire.attributes(data, start + IFADDRMSG.size, end)
+            found = netlink.attributes(data, start + IFADDRMSG.size, end)
             raw = found.get(IFA_LOCAL) or found.get(IFA_ADDRESS)
             if raw:
                 out.append(ipaddress.ip_interface((raw, prefix)))
@@ -105,7 +105,7 @@ class RtNetlink:
             route_family, dst_len, _, _, table, protocol, scope, kind, _ = RTMSG.unpack_from(data, start)
             if route_family != FAMILY[family]:  # a kernel without IPv6 answers with every family
                 continue
-            found = wire.attributes(data, start + RTMSG.size, end)
+            found = netlink.attributes(data, start + RTMSG.size, end)
             if RTA_TABLE in found:
                 table = U32.unpack(found[RTA_TABLE])[0]
             if table != RT_TABLE_MAIN or kind != RTN_UNICAST or protocol == RTPROT_KERNEL:
@@ -188,11 +188,11 @@ def address_message(step: Step, index: int) -> tuple[int, int, bytes]:
     flags = IFA_F_NODAD if step.nodad else 0
     body = IFADDRMSG.pack(FAMILY[address.version], address.network.prefixlen, flags, 0, index)
     packed = address.ip.packed
-    body += wire.attr(IFA_LOCAL, packed) + wire.attr(IFA_ADDRESS, packed)
+    body += netlink.attr(IFA_LOCAL, packed) + netlink.attr(IFA_ADDRESS, packed)
     if step.verb == "address del":
         return RTM_DELADDR, 0, body
     if flags:
-        body += wire.attr(IFA_FLAGS, U32.pack(flags))
+        body += netlink.attr(IFA_FLAGS, U32.pack(flags))
     return RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, body
 
 
@@ -205,13 +205,13 @@ def route_message(step: Step, index: int) -> tuple[int, int, bytes]:
     else:
         network = ipaddress.ip_interface(step.destination)
         dst_len, dst = network.network.prefixlen, network.ip.packed
-    attrs = wire.attr(RTA_DST, dst) if dst_len else b""
+    attrs = netlink.attr(RTA_DST, dst) if dst_len else b""
     if step.via:
-        attrs += wire.attr(RTA_GATEWAY, ipaddress.ip_address(step.via).packed)
+        attrs += netlink.attr(RTA_GATEWAY, ipaddress.ip_address(step.via).packed)
     if index:
-        attrs += wire.attr(RTA_OIF, U32.pack(index))
+        attrs += netlink.attr(RTA_OIF, U32.pack(index))
     if step.metric:
-        attrs += wire.attr(RTA_PRIORITY, U32.pack(step.metric))
+        attrs += netlink.attr(RTA_PRIORITY, U32.pack(step.metric))
     if step.verb == "route del":
         scope = RT_SCOPE_NOWHERE if step.family == 4 else RT_SCOPE_UNIVERSE  # any scope
         return RTM_DELROUTE, 0, RTMSG.pack(family, dst_len, 0, 0, RT_TABLE_MAIN, 0, scope, 0, 0) + attrs
@@ -228,7 +228,7 @@ def route_message(step: Step, index: int) -> tuple[int, int, bytes]:
 def _words(error: OSError) -> str:
     """The kernel's refusal as `ip` would put it: strerror, then its own words if any."""
     if isinstance(error, NetlinkError):
-        return wire.describe(error.errno or 0, error.detail)
+        return netlink.describe(error.errno or 0, error.detail)
     return error.strerror or str(error)
 
 

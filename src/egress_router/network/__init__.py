@@ -1,6 +1,6 @@
 """Links, addresses, routes and sysctls of the router's namespace.
 
-`NetBackend` is the narrow interface the reconcile step needs. `RtNetlink` (`netlink.rtnl`)
+`NetBackend` is the narrow interface the reconcile step needs. `RtNetlink` (`network.rtnl`)
 speaks rtnetlink to the kernel itself (no `ip` process, and none of pyroute2's import time on
 the start-up path); `FakeNet` keeps the same state in memory for tests.
 

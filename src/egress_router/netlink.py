@@ -1,7 +1,7 @@
 """Netlink messages on the wire: headers, attributes, acknowledgements. Pure but for `Channel`.
 
-Both kernel adapters speak netlink: `nft.netlink` to nf_tables (map elements) and
-`netlink.rtnl` to the routing subsystem (link, addresses, routes). This is what they share: the
+Both kernel adapters speak netlink: `nft.elements` to nf_tables (map elements) and
+`network.rtnl` to the routing subsystem (link, addresses, routes). This is what they share: the
 `nlmsghdr` and `nlattr` layouts, the kernel's answers with its extended error messages, and a
 socket that sends a request and collects the answers to it.
 """

@@ -1,4 +1,4 @@
-"""Map elements over netlink (`nft.netlink`) and how `NftCli` routes a transaction, without root.
+"""Map elements over netlink (`nft.elements`) and how `NftCli` routes a transaction, without root.
 
 The element bytes are checked against what nft itself sends (`nft --debug=mnl`), the batch
 against the nfnetlink framing the kernel parses, the answer reader against crafted NLMSG_ERROR
@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 from egress_router.errors import ApplyError, SetupError
 from egress_router.nft import MapSpec, TableSpec, Transaction, diff
-from egress_router.nft import netlink as nl
+from egress_router.nft import elements as nl
 from egress_router.nft.cli import NftCli, element_batch
-from egress_router.nft.netlink import Batch, BatchTooLarge, ElementWriter, MapCodec
+from egress_router.nft.elements import Batch, BatchTooLarge, ElementWriter, MapCodec
 from egress_router.nft.table import creation_script
 
 V4 = "ipv4_addr . inet_service"
