@@ -8,11 +8,14 @@ problem; nothing below it prints or exits.
 - `SetupError` (exit 1) is raised before anything is changed, when the environment cannot host
   the router (the egress interface is missing, a tool is not installed, a capability is absent).
 - `ApplyError` (exit 1) is raised by an adapter when the kernel refuses a change; it names the
-  step and carries the kernel's (or the tool's) own message.
+  step and carries the kernel's (or the tool's) own message, and a `Kind` that the adapter
+  (real or fake) sets, so that the core decides on the kind and never reads a tool's words.
 """
 
 from __future__ import annotations
 
+import errno
+from enum import Enum
 from typing import NamedTuple
 
 EXIT_CONFIG = 2
@@ -71,12 +74,32 @@ class SetupError(EgressRouterError):
         return [f"setup error: {self}"]
 
 
+class Kind(Enum):
+    """What sort of refusal an `ApplyError` is, as the adapter that raised it classified it."""
+
+    EXISTS = "exists"  # the object to create is there already
+    NOT_FOUND = "not found"  # the object to change or delete (or its container) is not there
+    NOT_PERMITTED = "not permitted"  # a capability or a read-only /proc/sys is missing
+    OTHER = "other"
+
+    @classmethod
+    def of_errno(cls, code: int) -> Kind:
+        if code == errno.EEXIST:
+            return cls.EXISTS
+        if code in (errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.ENXIO):
+            return cls.NOT_FOUND
+        if code in (errno.EPERM, errno.EACCES, errno.EROFS):
+            return cls.NOT_PERMITTED
+        return cls.OTHER
+
+
 class ApplyError(EgressRouterError):
     """The kernel (or the tool talking to it) refused a change. Raised by the adapters."""
 
-    def __init__(self, step: str, detail: str) -> None:
+    def __init__(self, step: str, detail: str, kind: Kind = Kind.OTHER) -> None:
         self.step = step
         self.detail = " ".join(detail.split()) or "no message"
+        self.kind = kind
         super().__init__(f"failed to {step}: {self.detail}")
 
     def lines(self) -> list[str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 
-from .errors import ApplyError, EgressRouterError, SetupError
+from .errors import ApplyError, EgressRouterError, Kind, SetupError
 from .log import Log
 from .model import RouterConfig
 from .neighbours import Announcer
@@ -143,7 +143,7 @@ class Router:
             self._run(create, outcome, plan.table)
             return None
         except ApplyError as error:
-            if "File exists" not in error.detail:
+            if error.kind is not Kind.EXISTS:
                 raise
         listing = self.nft.list_table(plan.table.family, plan.table.name)
         self._run(diff(None, plan.table), outcome, plan.table)

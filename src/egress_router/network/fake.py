@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from ..errors import ApplyError
+from ..errors import ApplyError, Kind
 from ..model import IPInterface
 from ..plan import NetworkPlan, Route
 from . import LinkState, NetSnapshot, SavedRoute
@@ -62,7 +62,7 @@ class FakeNet:
     def configure(self, plan: NetworkPlan, remove: tuple[IPInterface, ...]) -> None:
         link = self.links.get(plan.interface)
         if link is None:
-            raise ApplyError(f"link set dev {plan.interface} up", "Cannot find device")
+            raise ApplyError(f"link set dev {plan.interface} up", "Cannot find device", Kind.NOT_FOUND)
         self.calls += 1
         if self.fail_configure is not None:
             message, self.fail_configure = self.fail_configure, None

@@ -13,7 +13,7 @@ import socket
 import struct
 
 from .. import netlink
-from ..errors import ApplyError
+from ..errors import ApplyError, Kind
 from ..model import IPInterface
 from ..netlink import NLM_F_CREATE, NLM_F_REPLACE, NetlinkError
 from ..plan import NetworkPlan
@@ -134,7 +134,7 @@ class RtNetlink:
             try:
                 self._take(step)
             except OSError as error:
-                raise ApplyError(step.command(), _words(error)) from None
+                raise ApplyError(step.command(), _words(error), Kind.of_errno(error.errno or 0)) from None
 
     def restore(self, snapshot: NetSnapshot, plan: NetworkPlan) -> None:
         for key, value in snapshot.sysctls:

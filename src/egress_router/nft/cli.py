@@ -14,7 +14,7 @@ Each `apply` stays all-or-nothing:
 
 from __future__ import annotations
 
-from ..errors import ApplyError, SetupError
+from ..errors import ApplyError, Kind, SetupError
 from ..process import Completed, Spawned
 from .elements import FAMILIES, Batch, BatchTooLarge, ElementWriter, MapCodec
 from .table import AddElements, DeleteElements, TableSpec, Transaction, creation_script, wake_script
@@ -102,7 +102,7 @@ class NftCli:
     def _script(self, script: str) -> None:
         done = self._run(["-f", "-"], script, STEP)
         if done.returncode != 0:
-            raise ApplyError(STEP, explain_nft_error(done.stderr))
+            raise ApplyError(STEP, explain_nft_error(done.stderr), nft_error_kind(done.stderr))
 
     def list_table(self, family: str, name: str, as_json: bool = False) -> str | None:
         """nft's listing of the table (its JSON form with `as_json`), or None if absent."""
@@ -110,10 +110,21 @@ class NftCli:
         done = self._run(args, None, f"list table {family} {name}")
         if done.returncode == 0:
             return done.stdout
-        if "No such file or directory" in done.stderr:
+        kind = nft_error_kind(done.stderr)
+        if kind is Kind.NOT_FOUND:
             return None
-        raise ApplyError(f"list table {family} {name}", explain_nft_error(done.stderr))
+        raise ApplyError(f"list table {family} {name}", explain_nft_error(done.stderr), kind)
 
+
+def nft_error_kind(stderr: str) -> Kind:
+    """nft reports the kernel's refusal as strerror's words: the one place they are read."""
+    if "File exists" in stderr:
+        return Kind.EXISTS
+    if "No such file or directory" in stderr:
+        return Kind.NOT_FOUND
+    if "Operation not permitted" in stderr:
+        return Kind.NOT_PERMITTED
+    return Kind.OTHER
 
 
 def explain_nft_error(stderr: str) -> str:

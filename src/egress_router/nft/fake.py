@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ApplyError
+from ..errors import ApplyError, Kind
 from .listing import Element, TableState
 from .table import (
     AddElements,
@@ -47,7 +47,7 @@ class FakeNft:
     def _apply_one(self, tables: dict[str, _Table], op: Operation) -> None:
         if isinstance(op, WriteTable):
             if not op.replace and op.table.ref in tables:
-                raise ApplyError("apply the nftables transaction", f"File exists: table {op.table.ref}")
+                raise ApplyError("apply the nftables transaction", f"File exists: table {op.table.ref}", Kind.EXISTS)
             tables[op.table.ref] = _Table(op.table.skeleton(), {m.name: dict(m.elements) for m in op.table.maps})
         elif isinstance(op, RestoreTable):
             tables[f"{op.family} {op.name}"] = copy.deepcopy(self.listings[op.listing])
@@ -57,19 +57,19 @@ class FakeNft:
             elements = self._map(tables, op.ref, op.map_name)
             for key, value in op.elements.items():
                 if elements.get(key, value) != value:  # nft: "add" of a key with another value
-                    raise ApplyError("apply the nftables transaction", f"File exists: {key}")
+                    raise ApplyError("apply the nftables transaction", f"File exists: {key}", Kind.EXISTS)
                 elements[key] = value
         else:
             elements = self._map(tables, op.ref, op.map_name)
             for key in op.keys:
                 if key not in elements:
-                    raise ApplyError("apply the nftables transaction", f"No such file or directory: {key}")
+                    raise ApplyError("apply the nftables transaction", f"No such file or directory: {key}", Kind.NOT_FOUND)
                 del elements[key]
 
     @staticmethod
     def _map(tables: dict[str, _Table], ref: str, name: str) -> dict[str, str]:
         if ref not in tables or name not in tables[ref].maps:
-            raise ApplyError("apply the nftables transaction", f"No such file or directory: {ref} {name}")
+            raise ApplyError("apply the nftables transaction", f"No such file or directory: {ref} {name}", Kind.NOT_FOUND)
         return tables[ref].maps[name]
 
     def list_table(self, family: str, name: str) -> str | None:
