@@ -80,7 +80,7 @@ def run(options: Options, out: Path, command: str) -> dict[str, Any]:
         "options": dataclasses.asdict(options),
         "machine": machine.describe(),
     }
-    lan = Lan(router=A.ROUTER_IP, server=A.EXTERNAL[0], source=A.SOURCE)
+    lan = Lan(router=A.ROUTER_IP, server=A.EXTERNAL[0], source=A.SOURCE, gateway=A.GATEWAY)
     with tempfile.TemporaryDirectory(prefix="egress-bench-") as scratch, Lab(ipv6=False, macvlan=True) as lab:
         bench = Bench(lab=lab, options=options, workdir=Path(scratch), lan=lan, seed_env=seed_env("init"))
         bench.say(f"lab up ({lab.prefix}*); sections: {', '.join(options.sections)}")

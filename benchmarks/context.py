@@ -15,7 +15,7 @@ from typing import Any
 from egress_router.lab.topology import stop_process
 from egress_router.schema import TABLE_FAMILY, TABLE_NAME
 
-from .layouts import FLOOR_TABLE, LINEAR_TABLE, Lan, clear_script
+from .layouts import FLOOR_TABLE, LINEAR_TABLE, Lan, clear_script, floor_route
 from .options import Options
 
 PROBES = Path(__file__).resolve().parent / "probes"
@@ -71,8 +71,14 @@ class Bench:
         return time.perf_counter() - started
 
     def clear_tables(self) -> None:
-        """Remove every NAT table, the router's and the benchmark's: the next layout is alone."""
+        """Remove every NAT table, the router's and the benchmark's, and the floor's route:
+        the next layout is alone."""
         self.nft(clear_script(ROUTER_TABLE, LINEAR_TABLE, FLOOR_TABLE), "clear.nft")
+        self.lab.exec("router", ["ip", "route", "del", *floor_route(self.lan).split()], check=False)
+
+    def route_directly(self) -> None:
+        """The floor's (and the userspace proxies') way out: a plain route, no policy routing."""
+        self.exec("router", ["ip", "route", "replace", *floor_route(self.lan).split()])
 
     def router_env(self, **overrides: str) -> dict[str, str]:
         env = dict(self.seed_env)

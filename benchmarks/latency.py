@@ -104,6 +104,8 @@ def load(bench: Bench, layout: str, files: dict[str, str]) -> None:
         bench.run_router(bench.destination_env(files[PROJECT]))
     else:
         bench.exec("router", ["nft", "-f", files[layout]], timeout=300)
+    if layout == FLOOR:
+        bench.route_directly()
 
 
 def measure(bench: Bench, n: int, cell: Cell) -> None:

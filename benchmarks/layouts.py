@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from egress_router.schema import FWMARK
+
 FIRST_LOCAL_PORT = 1024
 FIRST_REMOTE_PORT = 10000
 # The measured (last) mapping always goes here, so one server serves every N; the other
@@ -32,6 +34,7 @@ class Lan:
     router: str  # the router pod's cluster-side address (eth0), where clients connect
     server: str  # where every mapping points (ext)
     source: str  # the reserved source address
+    gateway: str = ""  # the LAN's gateway, for the floor's route
     egress_interface: str = "macvlan0"
 
 
@@ -55,15 +58,23 @@ def destination_text(n: int, lan: Lan) -> str:
 
 def linear_script(n: int, lan: Lan) -> str:
     """The OpenShift image's layout in nft: one DNAT rule per destination line, walked in
-    order by every new connection, the measured mapping last."""
+    order by every new connection, the measured mapping last. It marks what it redirected as
+    the router does, so both leave by the router's policy routing: they differ in the lookup
+    alone."""
     rules = "".join(
         f"\t\ttcp dport {local} dnat ip to {lan.server}:{remote}\n" for local, remote in mappings(n)
     )
-    return _table(LINEAR_TABLE, rules, lan)
+    mark = (
+        "\tchain redirected {\n\t\ttype filter hook prerouting priority dstnat + 10; policy accept;\n"
+        f"\t\tct direction original ct status dnat meta mark set {FWMARK:#x}\n\t}}\n"
+    )
+    return _table(LINEAR_TABLE, rules, lan, mark)
 
 
 def floor_script(n: int, lan: Lan) -> str:
-    """The least NAT that makes the measured connection work: one DNAT rule, one SNAT rule."""
+    """The least NAT that makes the measured connection work: one DNAT rule, one SNAT rule,
+    and no mark: the floor goes out by a plain route to the server (`floor_route`), without
+    policy routing."""
     return two_rule_script(measured_port(n), SERVER_PORT, lan)
 
 
@@ -72,7 +83,14 @@ def two_rule_script(local: int, remote: int, lan: Lan) -> str:
     return _table(FLOOR_TABLE, rule, lan)
 
 
-def _table(ref: str, prerouting: str, lan: Lan) -> str:
+def floor_route(lan: Lan) -> str:
+    """The floor's way out: a main-table route to the server through the LAN's gateway, as the
+    router had before it routed by policy."""
+    # onlink: the main table has no route to the LAN (the router adds its address without one).
+    return f"{lan.server}/32 via {lan.gateway} dev {lan.egress_interface} onlink"
+
+
+def _table(ref: str, prerouting: str, lan: Lan, extra: str = "") -> str:
     # "add" then "delete" makes the script safe to run on a kernel with or without the table.
     return (
         f"add table {ref}\ndelete table {ref}\n"
@@ -81,7 +99,7 @@ def _table(ref: str, prerouting: str, lan: Lan) -> str:
         f"{prerouting}\t}}\n"
         "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
         f'\t\toifname "{lan.egress_interface}" snat ip to {lan.source}\n\t}}\n'
-        "}\n"
+        f"{extra}}}\n"
     )
 
 

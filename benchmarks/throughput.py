@@ -55,6 +55,8 @@ def run(bench: Bench) -> dict[str, object]:
             shift = repeat % len(PATHS)
             for path in PATHS[shift:] + PATHS[:shift]:
                 bench.clear_tables()
+                if path != ROUTER:  # the floor, and the proxies' own connections: a plain route out
+                    bench.route_directly()
                 proxy = setups[path]()
                 try:
                     gbits, retrans = iperf(bench)

@@ -38,7 +38,7 @@ def main() -> None:
     nft = TimedNft()
     router = Router(nft=nft, net=RtNetlink(), announcer=RecordingAnnouncer())
     started = time.perf_counter()
-    first = router.reconcile(load_environment({**env, "EGRESS_DESTINATION_FILE": file_a}))
+    first = router.apply(load_environment({**env, "EGRESS_DESTINATION_FILE": file_a}))
     initial = time.perf_counter() - started
     steps = []
     for i in range(rounds):
@@ -46,7 +46,7 @@ def main() -> None:
         t0 = time.perf_counter()
         config = load_environment({**env, "EGRESS_DESTINATION_FILE": path})
         t1 = time.perf_counter()
-        outcome = router.reconcile(config)
+        outcome = router.apply(config)
         t2 = time.perf_counter()
         lines = [line for line in outcome.nft_script.splitlines() if line.strip()]
         steps.append(

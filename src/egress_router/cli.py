@@ -152,7 +152,7 @@ def run_environment(env: Mapping[str, str]) -> int:
 
     check_capabilities()
     router = make_router(log)
-    outcome = router.reconcile(config)
+    outcome = router.apply(config)
     if config.mode.redirects:
         warning = conntrack_warning(config.expected_connections)
         if warning:
@@ -175,19 +175,20 @@ def make_router(log: Log) -> Router:
 
 
 def render_plan(config: RouterConfig) -> str:
-    """The plan as a valid nft script: the network steps as comments, then the transaction."""
-    from .network import setup_steps
+    """The plan for a new pod as a valid nft script: the network steps as comments, then the
+    transaction."""
+    from .network.state import LinkState, NetState, converge
     from .nft import Transaction
     from .plan import build_plan, describe
 
     plan = build_plan(config)
     out = [f"# {line}\n" for line in describe(config)]
-    out += [f"# ip {step.command()}\n" for step in setup_steps(plan.network, ())]
-    out += [f"# sysctl {k.replace('/', '.')}={v}\n" for k, v in plan.network.sysctls]
-    if plan.table is not None:
-        tx = Transaction()
-        tx.replace_table(plan.table)
-        out.append(str(tx))
+    new_pod = NetState(LinkState(config.egress_interface, False, False, "", 0))
+    for step in converge(new_pod, plan.network.wanted(new_pod.link)):  # type: ignore[arg-type]
+        out.append(f"# {'' if str(step).startswith('sysctl') else 'ip '}{step}\n")
+    tx = Transaction()
+    tx.replace_table(plan.table)
+    out.append(str(tx))
     return "".join(out)
 
 

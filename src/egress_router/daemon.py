@@ -23,8 +23,8 @@ from .errors import ConfigError, EgressRouterError
 from .log import Log
 from .metrics import Stats
 from .model import RouterConfig
+from .network.state import differences
 from .nft.listing import TableReader
-from .plan import build_network
 from .reconcile import Outcome, Router
 from .schema import TABLE_FAMILY, TABLE_NAME
 from .watch import FileWatcher
@@ -126,30 +126,19 @@ class Daemon:
                 reasons.append(f"table {TABLE_FAMILY} {TABLE_NAME} is missing")
             elif shape != self.baseline:
                 reasons.append(f"table {TABLE_FAMILY} {TABLE_NAME} was altered")
-        network = build_network(self.config)
         # The same read the reconcile step starts with: rtnetlink dumps, no process.
-        now = self.router.read_network(network, self.config.families)
-        if now.link is None:
-            return [*reasons, f"interface {network.interface} is missing"]
-        if not now.link.up:
-            reasons.append(f"interface {network.interface} is down")
-        missing = [str(a) for a in network.addresses if a not in now.link.addresses]
-        if missing:
-            reasons.append(f"address {', '.join(missing)} missing")
-        present = {(r.family, r.destination, r.via) for r in now.routes}
-        for route in network.routes:
-            via = None if route.via is None else str(route.via)
-            if (route.family, route.destination, via) not in present:
-                reasons.append(f"route {route.destination} via {via or network.interface} is missing")
-        values = dict(now.sysctls)
-        for key, value in network.sysctls:
-            if values.get(key) != value:
-                reasons.append(f"{key.replace('/', '.')} is not {value}")
+        plan, now = self.router.plan(self.config)
+        if now is None or now.link is None:
+            return [*reasons, f"interface {self.config.egress_interface} is missing"]
+        reasons += differences(now, plan.network.wanted(now.link))
+        if self.router.applied is not None and plan.table != self.router.applied:
+            reasons.append("the MTU of the pod or egress interface changed (the MSS clamp follows it)")
         return reasons
 
     def _apply(self, config: RouterConfig, why: str) -> bool:
         try:
-            outcome = self.router.reconcile(config)
+            # A reload plans with what the last read found; a repair or retry reads afresh.
+            outcome = self.router.apply(config, fresh=why != "reload")
         except EgressRouterError as error:
             self.log.error(f"{why} failed", error=str(error))
             if config != self.config:
@@ -226,7 +215,7 @@ def _loop(daemon: Daemon) -> None:
 
 def _announce(daemon: Daemon) -> None:
     try:
-        outcome = daemon.router.reconcile(daemon.config, announce=True)
+        outcome = daemon.router.apply(daemon.config, announce=True)
         daemon.stats.address_conflicts += len(outcome.conflicts)
     except EgressRouterError as error:
         daemon.log.warning("could not announce again", error=str(error))

@@ -86,7 +86,8 @@ class Kind(Enum):
     def of_errno(cls, code: int) -> Kind:
         if code == errno.EEXIST:
             return cls.EXISTS
-        if code in (errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.ENXIO):
+        # ESRCH: no such route; EADDRNOTAVAIL: no such address.
+        if code in (errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.ENXIO, errno.EADDRNOTAVAIL):
             return cls.NOT_FOUND
         if code in (errno.EPERM, errno.EACCES, errno.EROFS):
             return cls.NOT_PERMITTED

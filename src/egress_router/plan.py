@@ -9,13 +9,22 @@ element, not a rebuilt table.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import NamedTuple
 
-from .model import IPAddress, IPInterface, RouterConfig
+from .model import IPAddress, RouterConfig
+from .network.state import KERNEL_METRIC, MAIN_TABLE, Address, LinkState, NetState, Route, Rule, Scope, canonical
 from .nft.table import MapSpec, TableSpec
 from .schema import (
     FAMILIES,
+    FWMARK,
+    INBOUND_MARK,
+    INBOUND_PRIORITY,
+    LOCAL_PRIORITY,
+    NAMESERVER_PRIORITY,
     PROTOCOLS,
+    ROUTE_TABLE,
+    RULE_PRIORITY,
     TABLE_FAMILY,
     TABLE_NAME,
     bytes_set_name,
@@ -29,57 +38,185 @@ _NFT_ADDRESS_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 _NFT_FAMILY = {4: "ip", 6: "ip6"}
 
 
-class Route(NamedTuple):
-    destination: str  # "default" or an address with prefix length
-    via: IPAddress | None
-    family: int
+class Facts(NamedTuple):
+    """What the plan needs to know of the pod that the configuration does not say, read from
+    the kernel and the pod's files by the caller."""
+
+    pod_mtu: int = 1500  # the pod interface's
+    egress_mtu: int = 1500
+    nameservers: tuple[IPAddress, ...] = ()  # the pod's /etc/resolv.conf (the proxy modes)
+
+    @classmethod
+    def of(cls, state: NetState, nameservers: tuple[IPAddress, ...] = ()) -> Facts:
+        egress = state.link.mtu if state.link is not None and state.link.mtu else 1500
+        return cls(state.pod_mtu or egress, egress, nameservers)
+
+
+DEFAULT_FACTS = Facts()  # a pod as most CNIs make it: 1500 bytes on both sides
+
+
+class Probe(NamedTuple):
+    """Ask the LAN, from `source`, where `gateway` is."""
+
+    source: IPAddress
+    gateway: IPAddress
 
 
 class NetworkPlan(NamedTuple):
-    """What the egress interface and the namespace's routing must look like."""
+    """What the router's part of its namespace must look like (see `network.state`)."""
 
-    interface: str
-    addresses: tuple[IPInterface, ...]
+    scope: Scope
+    addresses: tuple[Address, ...]
     routes: tuple[Route, ...]
+    rules: tuple[Rule, ...]
     sysctls: tuple[tuple[str, str], ...]
+    probes: tuple[Probe, ...]  # asked, and the sources announced, when the LAN may not know them
+
+    @property
+    def interface(self) -> str:
+        return self.scope.interface
+
+    def wanted(self, link: LinkState) -> NetState:
+        """The state to converge to, for the link as it is (its name, MAC and MTU stay)."""
+        sysctls = tuple((k, v) for k, v in self.sysctls)
+        return canonical(NetState(link._replace(up=True), self.addresses, self.routes, self.rules, sysctls))
+
+    def gateway(self, family: int) -> IPAddress | None:
+        for probe in self.probes:
+            if probe.gateway.version == family:
+                return probe.gateway
+        return None
 
 
 class Plan(NamedTuple):
     network: NetworkPlan
-    table: TableSpec | None  # None in the proxy modes, which set up the network only
+    table: TableSpec
 
 
-def build_plan(config: RouterConfig) -> Plan:
-    table = build_table(config) if config.mode.redirects else None
-    return Plan(build_network(config), table)
+def build_plan(config: RouterConfig, facts: Facts = DEFAULT_FACTS) -> Plan:
+    table = build_table(config, facts) if config.mode.redirects else build_proxy_table(config)
+    return Plan(build_network(config, facts), table)
 
 
-def build_network(config: RouterConfig) -> NetworkPlan:
+def network_scope(config: RouterConfig) -> Scope:
+    """What of the namespace the router reads and owns, for this configuration."""
+    return Scope(config.egress_interface, config.pod_interface, tuple(k for k, _ in _sysctls(config)))
+
+
+def _sysctls(config: RouterConfig) -> list[tuple[str, str]]:
+    values = []
+    if config.mode.redirects:
+        # Forwarding is switched on only where a rule redirects: the proxy modes forward
+        # nothing, and the table's forward chain drops what no rule redirected.
+        for family in config.families:
+            values.append(("net/ipv4/ip_forward", "1") if family == 4 else ("net/ipv6/conf/all/forwarding", "1"))
+    if 4 in config.families:
+        # Replies come in on the egress interface from addresses the main table routes through
+        # the pod interface: a strict reverse-path check (rp_filter 1, which pod namespaces
+        # inherit from many nodes) would drop them all. Loose mode (2) still drops sources
+        # that no route knows. IPv6 has no such check.
+        values.append((f"net/ipv4/conf/{config.egress_interface}/rp_filter", "2"))
+    return values
+
+
+def build_network(config: RouterConfig, facts: Facts = DEFAULT_FACTS) -> NetworkPlan:
+    egress = config.egress_interface
     routes: list[Route] = []
-    sysctls: list[tuple[str, str]] = []
+    rules: list[Rule] = []
+    probes: list[Probe] = []
     for source in config.sources:
         family = source.version
         gateway = config.gateway(family)
         assert gateway is not None  # config guarantees one gateway per source family
-        # Without a prefix the address is a /32 (or /128): the gateway is then reachable only
-        # through this host route. With a prefix the route is redundant but harmless.
-        routes.append(Route(f"{gateway}/{gateway.max_prefixlen}", None, family))
-        routes.append(Route("default", gateway, family))
-        if family == 4:
-            sysctls.append(("net/ipv4/ip_forward", "1"))
-        else:
-            sysctls.append(("net/ipv6/conf/all/forwarding", "1"))
-    return NetworkPlan(config.egress_interface, config.sources, tuple(routes), tuple(sysctls))
+        probes.append(Probe(source.ip, gateway))
+        metric = KERNEL_METRIC[family]
+        src = str(source.ip)
+        on_link = source.network.prefixlen < source.max_prefixlen and gateway in source.network
+        if source.network.prefixlen < source.max_prefixlen:
+            # The LAN's subnet, in the router's table only: a node or any other host of the LAN
+            # that talks to the pod through its pod network is answered there, not here.
+            routes.append(Route(family, ROUTE_TABLE, str(source.network), None, egress, _link_scope(family), metric, src))
+        if not on_link and not gateway.is_link_local:
+            # Without a prefix (or with one that does not hold the gateway) only this host
+            # route makes the gateway reachable.
+            host = f"{gateway}/{gateway.max_prefixlen}"
+            routes.append(Route(family, ROUTE_TABLE, host, None, egress, _link_scope(family), metric, src))
+        routes.append(Route(family, ROUTE_TABLE, "default", str(gateway), egress, "global", metric, src))
+        rules += _rules(config, family, facts)
+    return NetworkPlan(
+        network_scope(config),
+        tuple(Address(s) for s in config.sources),
+        tuple(routes),
+        tuple(rules),
+        tuple(_sysctls(config)),
+        tuple(probes),
+    )
 
 
-def build_table(config: RouterConfig) -> TableSpec:
+def nameservers(resolv_conf: str) -> tuple[IPAddress, ...]:
+    """The `nameserver` addresses of a resolv.conf text (zone indexes and junk skipped)."""
+    found = []
+    for line in resolv_conf.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            try:
+                found.append(ipaddress.ip_address(fields[1]))
+            except ValueError:
+                continue
+    return tuple(found)
+
+
+def _link_scope(family: int) -> str:
+    # The kernel keeps IPv6 routes in the universe scope whatever they are.
+    return "link" if family == 4 else "global"
+
+
+def _rules(config: RouterConfig, family: int, facts: Facts) -> list[Rule]:
+    if config.mode.redirects:
+        # Only the packets of connections the table redirected are marked: they alone leave
+        # through the egress interface; replies, and the router's own traffic, follow the pod.
+        return [Rule(family, RULE_PRIORITY, ROUTE_TABLE, fwmark=FWMARK)]
+    # The proxy modes: the proxy's own connections leave through the egress interface, except
+    # the replies to its clients (marked by the table) and the pod's DNS lookups.
+    rules = [Rule(family, INBOUND_PRIORITY, MAIN_TABLE, fwmark=INBOUND_MARK)]
+    for server in facts.nameservers:
+        if server.version == family:
+            rules.append(Rule(family, NAMESERVER_PRIORITY, MAIN_TABLE, destination=f"{server}/{server.max_prefixlen}"))
+    rules.append(Rule(family, LOCAL_PRIORITY, ROUTE_TABLE, iif="lo"))
+    return rules
+
+
+COMMENT = "managed by egress-router; do not edit"
+
+
+def build_table(config: RouterConfig, facts: Facts = DEFAULT_FACTS) -> TableSpec:
     return TableSpec(
         family=TABLE_FAMILY,
         name=TABLE_NAME,
         maps=_maps(config),
-        body=_body(config),
-        comment="managed by egress-router; do not edit",
+        body=_body(config, facts),
+        comment=COMMENT,
     )
+
+
+def build_proxy_table(config: RouterConfig) -> TableSpec:
+    """The proxy modes' table: no redirection, only what keeps the pod's routing apart. A
+    connection that comes in on the pod interface is marked, and so are the packets the proxy
+    sends on it: its replies route by the main table (eth0), its own connections out."""
+    pod = _quote(config.pod_interface)
+    egress = _quote(config.egress_interface)
+    lines = [
+        *_chain("prerouting", "filter", "prerouting", "mangle", "accept",
+                [f"iifname {pod} ct state new ct mark set {INBOUND_MARK:#x}"]),
+        # A route chain: a packet whose mark it changes is routed again, with the mark.
+        *_chain("output", "route", "output", "mangle", "accept",
+                [f"ct mark {INBOUND_MARK:#x} meta mark set ct mark"]),
+        *_chain("input", "filter", "input", "filter", "accept",
+                [f"iifname {egress} ct state new meta l4proto {{ tcp, udp, sctp }} drop"]),
+        # The proxy modes forward nothing: the pod is no gateway, from either side.
+        *_chain("forward", "filter", "forward", "filter", "drop", []),
+    ]
+    return TableSpec(TABLE_FAMILY, TABLE_NAME, (), "\n".join(lines), COMMENT)
 
 
 def _maps(config: RouterConfig) -> tuple[MapSpec, ...]:
@@ -120,7 +257,7 @@ def map_size(count: int) -> int:
     return size
 
 
-def _body(config: RouterConfig) -> str:
+def _body(config: RouterConfig, facts: Facts) -> str:
     """Counters and chains: everything of the table but the map elements."""
     pod = _quote(config.pod_interface)
     egress = _quote(config.egress_interface)
@@ -176,20 +313,40 @@ def _body(config: RouterConfig) -> str:
         "meta l4proto { udp, sctp } reject",
     ]
 
+    # The packets of a redirected connection, on their way out, carry the mark that routes
+    # them through the egress interface (the rule `fwmark FWMARK lookup ROUTE_TABLE`); its
+    # replies and everything else follow the pod's own routes. After DNAT, before routing.
+    mark = [f"iifname {pod} ct direction original ct status dnat meta mark set {FWMARK:#x}"]
+
     # Forward only what a rule redirected, and the replies to it: neither side can use the
     # router as a plain gateway, from the pod network out or from the LAN in.
+    # First, clamp the MSS of both SYNs to what the narrower side carries: pod networks
+    # (overlays) are often narrower than the LAN, `rt mtu` sees only the way out, and many
+    # firewalls drop the ICMP that path MTU discovery needs.
     fwd = [
+        f"meta nfproto {_nfproto(family)} ct status dnat tcp flags syn / syn,rst "
+        f"tcp option maxseg size > {mss} tcp option maxseg size set {mss}"
+        for family, mss in _mss(facts)
+    ]
+    fwd += [
         "ct status dnat jump count",
         "ct state established,related accept",
         f"iifname {pod} oifname {egress} ct status dnat accept",
     ]
 
     lines += _chain("prerouting", "nat", "prerouting", "dstnat", "accept", pre)
+    lines += _chain("redirected", "filter", "prerouting", "dstnat + 10", "accept", mark)
     lines += _chain("postrouting", "nat", "postrouting", "srcnat", "accept", post)
     lines += _chain("input", "filter", "input", "filter", "accept", inp)
     lines += _chain("forward", "filter", "forward", "filter", "drop", fwd)
     lines += ["chain count {", *(f"\t{rule}" for rule in _count_rules()), "}"]
     return "\n".join(lines)
+
+
+def _mss(facts: Facts) -> list[tuple[int, int]]:
+    """(family, MSS) of the narrower of the two sides: its MTU less the IP and TCP headers."""
+    mtu = min(facts.pod_mtu, facts.egress_mtu)
+    return [(4, mtu - 40), (6, mtu - 60)]
 
 
 def _count_rules() -> list[str]:
@@ -224,6 +381,16 @@ def describe(config: RouterConfig) -> list[str]:
     out = []
     for s in config.sources:
         out.append(f"source {s} on {config.egress_interface} via gateway {config.gateway(s.version)}")
+    if config.mode.redirects:
+        out.append(
+            f"redirected connections leave through {config.egress_interface} (mark {FWMARK:#x}, "
+            f"table {ROUTE_TABLE}); everything else keeps the pod's own routes"
+        )
+    else:
+        out.append(
+            f"the pod's own connections leave through {config.egress_interface} (table {ROUTE_TABLE}); "
+            f"replies to its clients and its DNS lookups keep the pod's own routes"
+        )
     for m in config.destinations.mappings:
         out.append(f"redirect {m.port}/{m.protocol} -> {m.address} port {m.remote_port}")
     for address in config.destinations.fallbacks:

@@ -4,15 +4,17 @@
 never gets here (it is refused whole by `config`). The step then runs in an order chosen so that
 a failure leaves nothing half-applied:
 
-1. read what may change (the link, its addresses, the routes, the sysctls) and stop if the
-   interface is missing;
+1. read what the router owns of the namespace (the link, its addresses, the routes of its
+   table, its rules, the sysctls; `network.state`) and stop if the interface is missing; the
+   caller usually read it already, to learn the facts the plan needs (the MTUs);
 2. the NAT table, as one all-or-nothing transaction (its forward chain drops whatever no rule
    redirected, so switching forwarding on afterwards never opens a relay); a table this process
    did not write is read first, to be put back on a failure;
-3. the sysctls, then addresses and routes;
-4. on a failure in 2-3, put back everything read in 1, and re-raise;
+3. the network steps that `converge` gives from what was read to what the plan wants;
+4. on a failure in 2-3, converge back to what was read in 1, and re-raise;
 5. ask the LAN where the gateway is and whether anyone else holds the source address, and
-   announce the address: warnings, never failures.
+   announce the address, when the LAN may not know them (a new address or gateway, a link
+   that was down): warnings, never failures.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import time
 
 from .errors import ApplyError, EgressRouterError, Kind, SetupError
 from .log import Log
-from .model import RouterConfig
+from .model import IPAddress, RouterConfig
 from .neighbours import Announcer
-from .network import NetBackend, NetSnapshot
+from .network import NetBackend
+from .network.state import NetState, Step, converge
 from .nft import NftBackend, TableSpec, Transaction, diff
-from .plan import NetworkPlan, Plan, build_plan
+from .plan import Facts, NetworkPlan, Plan, build_plan, nameservers, network_scope
+from .schema import ROUTE_TABLE
 
 MISSING_INTERFACE_HINT = (
     'on OpenShift SDN it is created by the Pod annotation pod.network.openshift.io/assign-macvlan: "true" '
@@ -42,6 +46,7 @@ class Outcome:
     def __init__(self) -> None:
         self.transaction: Transaction | None = None
         self.full_table = False
+        self.network_steps: list[Step] = []
         self.announced: tuple[str, ...] = ()
         self.conflicts: tuple[str, ...] = ()  # MACs of other hosts answering for the source
         self.warnings: list[str] = []
@@ -70,7 +75,9 @@ class Router:
         self.nft, self.net, self.announcer = nft, net, announcer
         self.log = log if log is not None else Log()
         self.applied: TableSpec | None = None  # what this process last put in the kernel
-        self.applied_network: NetworkPlan | None = None  # likewise for addresses and routes
+        self.applied_network: NetworkPlan | None = None  # likewise for the network side
+        self.facts: Facts | None = None  # what the last plan was made with
+        self.resolv_conf = "/etc/resolv.conf"  # the pod's nameservers (the proxy modes)
 
     def forget(self) -> None:
         """The kernel may no longer hold what was applied (drift, a failure): the next
@@ -78,37 +85,46 @@ class Router:
         self.applied = None
         self.applied_network = None
 
-    def read_network(self, network: NetworkPlan, families: tuple[int, ...]) -> NetSnapshot:
-        """What the kernel holds of what `network` sets: the link, the routes, the sysctls."""
-        keys = tuple(key for key, _ in network.sysctls)
-        return self.net.snapshot(network.interface, families, keys)
+    def plan(self, config: RouterConfig, fresh: bool = True) -> tuple[Plan, NetState | None]:
+        """The plan for `config`, and the state read to make it (None: made with the facts
+        of the last one, as a reload of the rules alone may be)."""
+        if not fresh and self.facts is not None:
+            return build_plan(config, self.facts), None
+        current = self.net.read(network_scope(config))
+        self.facts = Facts.of(current, read_nameservers(config, self.resolv_conf))
+        return build_plan(config, self.facts), current
 
-    def reconcile(self, config: RouterConfig, announce: bool = False) -> Outcome:
-        """Make the kernel hold `config`. Raises `SetupError` or `ApplyError`, after putting
-        back whatever it had changed."""
+    def apply(self, config: RouterConfig, fresh: bool = True, announce: bool = False) -> Outcome:
+        """Plan `config` (see `plan`) and reconcile the kernel to it."""
+        plan, current = self.plan(config, fresh)
+        return self.reconcile(plan, current, announce)
+
+    def reconcile(self, plan: Plan, current: NetState | None = None, announce: bool = False) -> Outcome:
+        """Make the kernel hold `plan`. `current`: the namespace as just read, if the caller
+        has it. Raises `SetupError` or `ApplyError`, after putting back whatever it changed."""
         started = time.perf_counter()
-        plan = build_plan(config)
         network = plan.network
-        if network == self.applied_network and not announce:
+        outcome = Outcome()
+        if current is None and network == self.applied_network and not announce:
             # A reload of the rules only: one element transaction, all-or-nothing by itself.
-            outcome = Outcome()
             self._apply_table(plan, outcome)
             outcome.seconds = time.perf_counter() - started
             return outcome
-        snapshot = self.read_network(network, config.families)
-        if snapshot.link is None:
+        if current is None:
+            current = self.net.read(network.scope)
+        if current.link is None:
             raise SetupError(
                 f"the egress interface {network.interface} does not exist in this pod",
                 MISSING_INTERFACE_HINT,
             )
+        steps = converge(current, network.wanted(current.link))
         before = self.applied
-        outcome = Outcome()
         listing = None
         try:
             listing = self._apply_table(plan, outcome)
-            self._apply_network(plan, snapshot)
+            self._apply_network(steps, outcome)
         except EgressRouterError:
-            self._roll_back(plan, snapshot, before, listing)
+            self._roll_back(plan, current, before, listing)
             self.applied_network = None
             raise
         self.applied_network = network
@@ -116,11 +132,8 @@ class Router:
             outcome.warnings.append(
                 f"{network.interface} has no carrier: its parent interface on the node may be down"
             )
-        # Announce whenever the LAN may still map the address elsewhere: a new address, or a
-        # link that was down (the address may have been there, unannounced, before).
-        new = [a for a in network.addresses if a not in snapshot.link.addresses]
-        if new or not snapshot.link.up or announce:
-            self._neighbours(config, plan, snapshot.link.mac, outcome)
+        if announce or _lan_may_not_know(network, current):
+            self._neighbours(network, current.link.mac, outcome)
         for warning in outcome.warnings:
             self.log.warning(warning)
         outcome.seconds = time.perf_counter() - started
@@ -130,8 +143,6 @@ class Router:
         """Apply the table. When this process had not applied one, return the table the kernel
         held before (None: there was none), the state to go back to if the reconcile fails
         later."""
-        if plan.table is None:
-            return None
         if self.applied is not None:
             self._run(diff(self.applied, plan.table), outcome, plan.table)
             return None
@@ -156,35 +167,26 @@ class Router:
         self.nft.apply(tx)
         self.applied = table
 
-    def _apply_network(self, plan: Plan, snapshot: NetSnapshot) -> None:
-        network = plan.network
-        for key, value in network.sysctls:
-            self.net.set_sysctl(key, value)
-            self.log.debug("sysctl set", key=key.replace("/", "."), value=value)
-        assert snapshot.link is not None
-        stale = tuple(a for a in snapshot.link.addresses if a not in network.addresses)
-        for a in stale:
-            self.log.debug("removing stale address", address=str(a), interface=network.interface)
-        self.net.configure(network, stale)
-        self.log.debug(
-            "network set up",
-            interface=network.interface,
-            addresses=",".join(str(a) for a in network.addresses),
-            routes=",".join(f"{r.destination} via {r.via}" if r.via else r.destination for r in network.routes),
-        )
+    def _apply_network(self, steps: list[Step], outcome: Outcome) -> None:
+        outcome.network_steps = steps
+        for step in steps:
+            self.log.debug("network step", step=str(step))
+        self.net.apply(steps)
 
     def _roll_back(
-        self, plan: Plan, snapshot: NetSnapshot, before: TableSpec | None, listing: str | None
+        self, plan: Plan, current: NetState, before: TableSpec | None, listing: str | None
     ) -> None:
         """Put back the network and the table, each on its own: one failing to come back must
         not keep the other from it."""
         restored = True
         try:
-            self.net.restore(snapshot, plan.network)
+            now = self.net.read(plan.network.scope)
+            if now.link is not None and current.link is not None:
+                self.net.apply(converge(now, current), keep_going=True)
         except EgressRouterError as error:
             restored = False
             self.log.error("could not restore the previous network setup", error=str(error))
-        if plan.table is not None and self.applied is plan.table:
+        if self.applied is plan.table:
             try:
                 self.nft.apply(_table_back(plan.table, before, listing))
                 self.applied = before
@@ -195,14 +197,9 @@ class Router:
         if restored:
             self.log.warning("failed part-way; the previous state is restored")
 
-    def _neighbours(self, config: RouterConfig, plan: Plan, mac: str, outcome: Outcome) -> None:
-        network = plan.network
-        probes = []
-        for source in config.sources:
-            gateway = config.gateway(source.version)
-            if gateway is not None:
-                probes.append((source.ip, gateway))
-        addresses = [a.ip for a in network.addresses]
+    def _neighbours(self, network: NetworkPlan, mac: str, outcome: Outcome) -> None:
+        probes = [(p.source, p.gateway) for p in network.probes]
+        addresses = [a.address.ip for a in network.addresses]
         try:
             report = self.announcer.exchange(
                 network.interface, mac, addresses, probes, GATEWAY_ANSWER_TIMEOUT
@@ -230,6 +227,29 @@ class Router:
                 "previous router pod going away this passes, otherwise two hosts share the "
                 "reserved address"
             )
+
+
+def _lan_may_not_know(network: NetworkPlan, current: NetState) -> bool:
+    """Whether to ask the LAN about the gateway and announce the source: a new address, a new
+    gateway (a typo in it must not pass silently on a running pod), or a link that was down
+    (the address may have been there, unannounced)."""
+    if not current.up:
+        return True
+    if any(a.address not in current.ips() for a in network.addresses):
+        return True
+    return any(current.route_via(ROUTE_TABLE, p.gateway.version) != str(p.gateway) for p in network.probes)
+
+
+def read_nameservers(config: RouterConfig, path: str = "/etc/resolv.conf") -> tuple[IPAddress, ...]:
+    """The pod's nameservers, which the proxy modes keep on the pod network; () otherwise."""
+    if config.mode.redirects:
+        return ()
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except OSError:
+        return ()
+    return nameservers(text)
 
 
 def _table_back(table: TableSpec, before: TableSpec | None, listing: str | None) -> Transaction:

@@ -31,3 +31,20 @@ def bytes_set_name(protocol: str, family: int) -> str:
 def connections_set_name(protocol: str, family: int) -> str:
     """A set that traffic fills: one element per local port, counting new connections."""
     return f"conns_{protocol}{family}"
+
+
+# --- the router's routing objects in its pod's namespace ------------------------------------
+# Redirected connections leave through the egress interface by policy routing: nftables marks
+# their packets, a rule sends the marked ones to the router's own table. The pod's main table
+# is left as its network made it. The numbers only have to be unused in the pod: nothing else
+# there makes tables or rules of its own.
+ROUTE_TABLE = 2430
+FWMARK = 0x2430  # on the packets of connections the router redirected
+RULE_PRIORITY = 2430  # fwmark FWMARK lookup ROUTE_TABLE
+# The proxy modes: the proxy in the pod makes its own connections, which leave through the
+# egress interface, while replies to its clients and the pod's DNS lookups stay on eth0.
+INBOUND_MARK = 0x2431  # on the replies of connections that came in on the pod interface
+INBOUND_PRIORITY = 2431  # fwmark INBOUND_MARK lookup main
+NAMESERVER_PRIORITY = 2432  # to <nameserver> lookup main
+LOCAL_PRIORITY = 2433  # iif lo lookup ROUTE_TABLE
+RULE_PRIORITIES = (RULE_PRIORITY, INBOUND_PRIORITY, NAMESERVER_PRIORITY, LOCAL_PRIORITY)

@@ -13,12 +13,13 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from .config import EGRESS_INTERFACE
+from .config import EGRESS_INTERFACE, POD_INTERFACE
 from .metrics import traffic
-from .model import DEFAULT_EGRESS_INTERFACE
+from .model import DEFAULT_EGRESS_INTERFACE, DEFAULT_POD_INTERFACE
 from .network import NetBackend
+from .network.state import Scope
 from .nft.listing import NftTableReader, TableReader
-from .schema import TABLE_FAMILY, TABLE_NAME
+from .schema import ROUTE_TABLE, TABLE_FAMILY, TABLE_NAME
 
 USAGE = "usage: egress-router status [--json]\n"
 
@@ -29,15 +30,19 @@ def main(args: list[str], env: Mapping[str, str]) -> int:
         return 2
     from .network.rtnl import RtNetlink
 
-    state = gather(env.get(EGRESS_INTERFACE) or DEFAULT_EGRESS_INTERFACE, RtNetlink(), NftTableReader())
+    interface = env.get(EGRESS_INTERFACE) or DEFAULT_EGRESS_INTERFACE
+    pod = env.get(POD_INTERFACE) or DEFAULT_POD_INTERFACE
+    state = gather(Scope(interface, pod), RtNetlink(), NftTableReader())
     sys.stdout.write(json.dumps(state, indent=2) + "\n" if args else render(state))
     return 0 if state["table"] is not None and state["interface"]["exists"] else 1
 
 
-def gather(interface: str, net: NetBackend, reader: TableReader) -> dict[str, Any]:
-    now = net.snapshot(interface, (4, 6), ())
+def gather(scope: Scope, net: NetBackend, reader: TableReader) -> dict[str, Any]:
+    interface = scope.interface
+    now = net.read(scope)
     link = now.link
-    routes = [r for r in now.routes if r.destination == "default"]
+    # The default routes of the router's own table: where redirected connections leave.
+    routes = [r for r in now.routes if r.destination == "default" and r.table == ROUTE_TABLE]
     table = reader.read_table(TABLE_FAMILY, TABLE_NAME)
     mappings: list[dict[str, Any]] = []
     fallbacks: list[dict[str, Any]] = []
@@ -52,11 +57,12 @@ def gather(interface: str, net: NetBackend, reader: TableReader) -> dict[str, An
             "up": bool(link and link.up),
             "carrier": bool(link and link.carrier),
             "mac": link.mac if link else None,
-            "addresses": [str(a) for a in link.addresses] if link else [],
+            "addresses": [str(a) for a in now.ips()],
         },
         "routes": [
             {"family": f"ipv{r.family}", "gateway": r.via, "device": r.dev} for r in routes
         ],
+        "rules": [f"{'ipv6' if r.family == 6 else 'ipv4'} {r}" for r in now.rules],
         "table": None if table is None else f"{TABLE_FAMILY} {TABLE_NAME}",
         "mappings": mappings,
         "fallbacks": fallbacks,
@@ -74,7 +80,9 @@ def render(state: dict[str, Any]) -> str:
         lines = [f"interface  {i['name']}: MISSING"]
     for r in state["routes"] or [{"family": "any", "gateway": None, "device": None}]:
         where = f"via {r['gateway']} dev {r['device']}" if r["gateway"] else "NONE"
-        lines.append(f"gateway    {r['family']} default route {where}")
+        lines.append(f"gateway    {r['family']} default route {where} (table {ROUTE_TABLE})")
+    for rule in state["rules"] or ["NONE: no connection leaves through the egress interface"]:
+        lines.append(f"rule       {rule}")
     if state["table"] is None:
         lines.append(f"table      {TABLE_FAMILY} {TABLE_NAME}: MISSING (no redirection)")
         return "\n".join(lines) + "\n"

@@ -24,13 +24,20 @@ def ok(lab: Lab, env: dict[str, str]) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def kernel_state(lab: Lab) -> tuple[str, str, str]:
-    """The table without its counters, the egress addresses, and the routes."""
+def kernel_state(lab: Lab) -> tuple[str, str, str, str]:
+    """The table without its counters, the egress addresses, the routes of both families in
+    the main table and the router's, and the rules."""
     table = lab.nft_table() or ""
     table = "\n".join(line for line in table.splitlines() if "packets" not in line)
-    addresses = lab.exec("router", ["ip", "-br", "address", "show", "dev", "macvlan0"]).stdout
-    routes = lab.exec("router", ["ip", "route", "show"]).stdout
-    return table, addresses, routes
+    addresses = lab.exec("router", ["ip", "address", "show", "dev", "macvlan0"]).stdout
+    addresses = "\n".join(line for line in addresses.splitlines() if "valid_lft" not in line)
+    routes = "".join(
+        lab.exec("router", ["ip", family, "route", "show", "table", table_id], check=False).stdout
+        for family in ("-4", "-6")
+        for table_id in ("main", "2430")
+    )
+    rules = lab.exec("router", ["ip", "rule"]).stdout + lab.exec("router", ["ip", "-6", "rule"]).stdout
+    return table, addresses, routes, rules
 
 
 def test_a_client_routing_through_the_router_reaches_no_address_that_no_rule_names(router_lab: Lab) -> None:
@@ -148,7 +155,7 @@ def test_nft_missing_is_named_and_nothing_is_applied(router_lab: Lab) -> None:
         done = router_lab.run_router({**seed_env(), "PATH": bin_dir})
     assert done.returncode == 1
     assert "the nft command was not found" in done.stderr and "apt-get install nftables" in done.stderr
-    _, addresses, _ = kernel_state(router_lab)
+    _, addresses, _, _ = kernel_state(router_lab)
     assert SOURCE not in addresses
 
 
@@ -177,7 +184,7 @@ def test_a_failure_part_way_restores_the_running_router(ipv6_refused_on_macvlan0
     before = kernel_state(lab)
     done = lab.run_router(seed_env(**DUAL_STACK_ON_A_NEW_ADDRESS))
     assert done.returncode == 1, done.stderr
-    assert "apply error: failed to address replace 2001:db8:1::98/64 dev macvlan0" in done.stderr
+    assert "apply error: failed to address add 2001:db8:1::98/64 noprefixroute dev macvlan0 nodad" in done.stderr
     assert "the previous state is restored" in done.stderr
     assert kernel_state(lab) == before
     assert lab.sysctl("router", "net/ipv6/conf/all/forwarding") == "0"

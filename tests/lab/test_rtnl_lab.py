@@ -1,11 +1,12 @@
-"""`RtNetlink` (`network.rtnl`) on the real kernel, checked against what `ip` reads back.
+"""`RtNetlink` (`network.rtnl`) on the real kernel, checked against what `ip` reads back, and
+`FakeNet` against the kernel: the same steps, the same state.
 
 Every test builds a pod of its own: a router namespace as a new pod has it (the egress link
 `eg0` down and without address, a cluster-side link `ve0` holding the pod's default routes)
 and, next to it, the LAN's gateway (192.0.2.1, fe80::1, 2001:db8:1::1), which also holds
 the far ends of both links and one address "outside" (203.0.113.1, 2001:db8:2::1) to connect
-to. `RtNetlink` replaced `ip -batch`: where the kernel's state after a change is compared with
-what `ip -batch` makes of the same steps, the same steps go to `ip` in a twin pod.
+to. Where the kernel's state after the steps is compared with what `ip -batch` makes of the
+lines the steps stand for, those lines go to `ip` in a twin pod.
 
 The backend runs in a thread that has joined the router namespace (`in_netns`), so its socket
 and its interface lookups are the namespace's; `has_carrier` reads /sys, which only
@@ -31,9 +32,21 @@ import egress_router
 from egress_router.config import load_environment
 from egress_router.errors import ApplyError
 from egress_router.lab.netns import delete_namespaces, in_netns, ip, read_sysctl
-from egress_router.network import LinkState, NetSnapshot, SavedRoute, restore_steps, setup_steps
+from egress_router.network.fake import FakeLink, FakeNet
 from egress_router.network.rtnl import RtNetlink
-from egress_router.plan import NetworkPlan, Route, build_network
+from egress_router.network.state import (
+    MAIN_TABLE,
+    NetState,
+    ReplaceRoute,
+    Route,
+    Rule,
+    SetSysctl,
+    Step,
+    Sysctl,
+    converge,
+)
+from egress_router.plan import NetworkPlan, build_network
+from egress_router.schema import FWMARK, ROUTE_TABLE
 
 pytestmark = pytest.mark.lab
 
@@ -46,8 +59,10 @@ ENV = {
     "EGRESS_GATEWAY": "192.0.2.1,fe80::1",
     "EGRESS_DESTINATION": "80 tcp 203.0.113.25",
     "EGRESS_INTERFACE": EGRESS,
+    "EGRESS_POD_INTERFACE": OTHER,
 }
 SOURCE_ROOT = str(Path(egress_router.__file__).resolve().parents[1])
+SO_MARK = 36
 
 
 def addr(text: str) -> Any:
@@ -175,19 +190,45 @@ class Pod:
             "routes6": sorted(self.routes(6), key=_json),
         }
 
-    def reach(self, address: str) -> str:
-        """Connect from the router namespace to `address` (in the gateway's) over TCP; return
-        the source address the far end saw."""
+    def rules(self, family: int) -> list[dict[str, Any]]:
+        return self.json(f"-{family}", "rule", "show")  # type: ignore[no-any-return]
+
+    def reach(self, address: str, mark: int = 0) -> str:
+        """Connect from the router namespace to `address` (in the gateway's) over TCP, the
+        socket's packets marked `mark` as the router's table marks redirected ones; return the
+        source address the far end saw."""
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         server = in_netns(self.gw, lambda: socket.create_server((address, 0), family=family))
+
+        def connect(port: int) -> socket.socket:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(5)
+            if mark:
+                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+            sock.connect((address, port))
+            return sock
+
         with server:
             server.settimeout(5)
             port = server.getsockname()[1]
-            client = self.inside(lambda: socket.create_connection((address, port), timeout=5))
+            client = self.inside(lambda: connect(port))
             with client:
                 conn, peer = server.accept()
                 conn.close()
         return str(peer[0])
+
+    # -- the backend under test ----------------------------------------------------------------
+
+    def read(self, plan: NetworkPlan) -> NetState:
+        return self(lambda net: net.read(plan.scope))
+
+    def converge(self, plan: NetworkPlan) -> list[Step]:
+        """Take the pod to `plan`, as a reconcile does: read, converge, apply; the steps."""
+        state = self.read(plan)
+        assert state.link is not None
+        steps = converge(state, plan.wanted(state.link))
+        self(lambda net: net.apply(steps))
+        return steps
 
 
 def _json(route: dict[str, Any]) -> str:
@@ -212,47 +253,9 @@ def pod(pods: Callable[..., Pod]) -> Pod:
     return pods()
 
 
-def saved_routes_of(pod: Pod, family: int, interface: str = EGRESS) -> list[SavedRoute]:
-    """The routes a snapshot must hold, read from `ip -j route show` as the `ip` backend read
-    them: unicast routes of the main table, the default ones and those through `interface`,
-    but for those the kernel added for an address; the destination with its prefix length."""
-    found = []
-    for r in pod.routes(family):
-        if r.get("protocol") == "kernel" or r.get("type", "unicast") != "unicast":
-            continue
-        if r["dst"] != "default" and r.get("dev") != interface:
-            continue
-        destination = r["dst"]
-        if destination != "default" and "/" not in destination:
-            destination += "/32" if family == 4 else "/128"
-        found.append(
-            SavedRoute(
-                family, destination, r.get("gateway"), r.get("dev"), r.get("scope"), int(r.get("metric", 0))
-            )
-        )
-    return found
-
-
-def link_state_of(pod: Pod, name: str = EGRESS) -> LinkState:
-    link = pod.link(name)
-    return LinkState(
-        name,
-        "UP" in link["flags"],
-        "LOWER_UP" in link["flags"],
-        link["address"],
-        link["mtu"],
-        tuple(
-            addr(f"{a['local']}/{a['prefixlen']}")
-            for a in link.get("addr_info", [])
-            if a.get("scope") == "global"
-        ),
-    )
-
-
-def defaults(routes: list[dict[str, Any]]) -> list[tuple[str | None, str | None, int | None]]:
-    return [
-        (r.get("gateway"), r.get("dev"), r.get("metric")) for r in routes if r["dst"] == "default"
-    ]
+def ip_lines(steps: list[Step]) -> list[str]:
+    """The `ip` command lines the steps stand for (sysctls are not ip's)."""
+    return [str(step) for step in steps if not isinstance(step, SetSysctl)]
 
 
 def kernel_words(stderr: str) -> str:
@@ -261,67 +264,63 @@ def kernel_words(stderr: str) -> str:
     return first.removeprefix("Error: ").removeprefix("RTNETLINK answers: ").rstrip(".")
 
 
-# -- configure -----------------------------------------------------------------------------------
+# -- setting up ------------------------------------------------------------------------------------
 
 
-def test_a_dual_stack_plan_is_set_up_as_ip_batch_would_and_carries_traffic(
+def test_a_dual_stack_plan_sends_only_marked_traffic_out_and_leaves_the_pods_routes(
     pods: Callable[..., Pod],
 ) -> None:
     plan = dual_plan()
     ours, theirs = pods(), pods()
-    ours(lambda net: net.configure(plan, ()))
+    main4, main6 = ours.routes(4), ours.routes(6)
+    steps = ours.converge(plan)
 
     link = ours.link()
     assert {"UP", "LOWER_UP"} <= set(link["flags"])
-    found = {
-        f"{a['local']}/{a['prefixlen']}": a for a in link["addr_info"] if a["scope"] == "global"
-    }
+    found = {f"{a['local']}/{a['prefixlen']}": a for a in link["addr_info"] if a["scope"] == "global"}
     assert sorted(found) == ["192.0.2.99/24", "2001:db8:1::99/64"]
+    assert all(a.get("noprefixroute") for a in found.values()), found
     six = found["2001:db8:1::99/64"]
-    assert six.get("nodad") and not six.get("tentative"), (
-        f"the IPv6 source is not usable at once: {six}"
-    )
+    assert six.get("nodad") and not six.get("tentative"), f"the IPv6 source is not usable at once: {six}"
+    # The pod's own routes, its default routes through the cluster-side link among them, are
+    # exactly as its network left them: no subnet route, no default route through eg0.
+    eg0_link_local = {"dst": "fe80::/64", "dev": EGRESS, "protocol": "kernel", "metric": 256, "flags": [], "pref": "medium"}
+    assert (ours.routes(4), [r for r in ours.routes(6) if r != eg0_link_local]) == (main4, main6)
+    table4 = ours.json("-4", "route", "show", "table", str(ROUTE_TABLE))
+    assert sorted((r["dst"], r.get("gateway"), r["dev"], r.get("prefsrc")) for r in table4) == [
+        ("192.0.2.0/24", None, EGRESS, "192.0.2.99"),
+        ("default", "192.0.2.1", EGRESS, "192.0.2.99"),
+    ]
+    for family in (4, 6):
+        ours_rules = [r for r in ours.rules(family) if r.get("priority") == 2430]
+        assert [(r.get("fwmark"), r.get("table")) for r in ours_rules] == [(hex(FWMARK), str(ROUTE_TABLE))]
 
-    routes4, routes6 = ours.routes(4), ours.routes(6)
-    (host4,) = [r for r in routes4 if r["dst"] == "192.0.2.1"]
-    assert (host4["dev"], host4.get("scope"), host4.get("gateway")) == (EGRESS, "link", None)
-    (host6,) = [r for r in routes6 if r["dst"] == "fe80::1"]
-    assert (host6["dev"], host6.get("gateway")) == (EGRESS, None)
-    # The pod's default routes through its cluster-side link were replaced, not joined.
-    assert defaults(routes4) == [("192.0.2.1", EGRESS, None)]
-    assert defaults(routes6) == [("fe80::1", EGRESS, 1024)]
+    # Unmarked, the pod's own connections follow the pod network; marked (as the table marks
+    # what it redirects), they leave through the gateway from the source the plan gave: over
+    # IPv6 via a link-local gateway, at once (no duplicate detection holds the address).
+    (plain,) = ours.json("route", "get", "203.0.113.1")
+    assert plain["dev"] == OTHER
+    assert ours.reach("203.0.113.1", FWMARK) == "192.0.2.99"
+    assert ours.reach("2001:db8:2::1", FWMARK) == "2001:db8:1::99"
 
-    (way4,) = ours.json("route", "get", "203.0.113.1")
-    assert (way4.get("gateway"), way4["dev"], way4["prefsrc"]) == (
-        "192.0.2.1",
-        EGRESS,
-        "192.0.2.99",
-    )
-    (way6,) = ours.json("-6", "route", "get", "2001:db8:2::1")
-    assert (way6.get("gateway"), way6["dev"], way6["prefsrc"]) == (
-        "fe80::1",
-        EGRESS,
-        "2001:db8:1::99",
-    )
-    # A connection goes out through the gateway, from the source the plan gave: over IPv6 via
-    # a link-local gateway, and answered at once (no duplicate detection holds the address).
-    assert ours.reach("203.0.113.1") == "192.0.2.99"
-    assert ours.reach("2001:db8:2::1") == "2001:db8:1::99"
-
-    # `ip -batch`, given the lines the steps stand for, leaves the twin pod in the same state.
-    lines = [step.command() for step in setup_steps(plan, ())]
-    done = theirs.batch(lines)
-    assert done.returncode == 0, done.stderr
+    # `ip`, given the lines the steps stand for, leaves the twin pod in the same state.
+    for line in ip_lines(steps):
+        done = theirs.ip(*line.split())
+        assert done.returncode == 0, f"ip {line}: {done.stderr}"
     assert ours.view(macs=False) == theirs.view(macs=False)
+    assert ours.json("-4", "route", "show", "table", str(ROUTE_TABLE)) == theirs.json(
+        "-4", "route", "show", "table", str(ROUTE_TABLE)
+    )
 
 
-def test_configuring_again_changes_nothing(pod: Pod) -> None:
+def test_converging_again_takes_no_step(pod: Pod) -> None:
     plan = dual_plan()
-    pod(lambda net: net.configure(plan, ()))
+    pod.converge(plan)
     once = pod.view()
-    pod(lambda net: net.configure(plan, ()))
-    assert pod.view() == once
-    pod.inside(lambda: RtNetlink().configure(plan, ()))  # a restarted router, a new socket
+    assert pod.converge(plan) == []
+    fresh = pod.inside(RtNetlink)  # a restarted router, a new socket
+    state = pod.inside(lambda: fresh.read(plan.scope))
+    assert state.link is not None and converge(state, plan.wanted(state.link)) == []
     assert pod.view() == once
 
 
@@ -332,335 +331,154 @@ PREFIXLESS = {
 }
 
 
-def test_sources_without_prefix_reach_their_gateway_through_the_host_routes(pod: Pod) -> None:
+def test_sources_without_prefix_reach_their_gateway_through_host_routes(pod: Pod) -> None:
     plan = build_network(load_environment(PREFIXLESS))
-    pod(lambda net: net.configure(plan, ()))
+    pod.converge(plan)
     found = [a for a in pod.link()["addr_info"] if a["scope"] == "global"]
-    assert [f"{a['local']}/{a['prefixlen']}" for a in found] == [
-        "192.0.2.99/32",
-        "2001:db8:1::99/128",
-    ]
-    (host4,) = [r for r in pod.routes(4) if r["dst"] == "192.0.2.1"]
-    assert (host4["dev"], host4.get("scope")) == (EGRESS, "link")
-    (host6,) = [r for r in pod.routes(6) if r["dst"] == "2001:db8:1::1"]
-    assert host6["dev"] == EGRESS
-    assert defaults(pod.routes(4)) == [("192.0.2.1", EGRESS, None)]
-    assert defaults(pod.routes(6)) == [("2001:db8:1::1", EGRESS, 1024)]
-    assert pod.reach("203.0.113.1") == "192.0.2.99"
-    assert pod.reach("2001:db8:2::1") == "2001:db8:1::99"
+    assert [f"{a['local']}/{a['prefixlen']}" for a in found] == ["192.0.2.99/32", "2001:db8:1::99/128"]
+    table6 = pod.json("-6", "route", "show", "table", str(ROUTE_TABLE))
+    assert sorted(r["dst"] for r in table6) == ["2001:db8:1::1", "default"]
+    assert pod.reach("203.0.113.1", FWMARK) == "192.0.2.99"
+    assert pod.reach("2001:db8:2::1", FWMARK) == "2001:db8:1::99"
 
 
-# -- snapshot ------------------------------------------------------------------------------------
+# -- reading -----------------------------------------------------------------------------------------
 
 
-def test_a_new_pods_snapshot_is_what_ip_shows(pod: Pod) -> None:
-    snapshot = pod(lambda net: net.snapshot(EGRESS, (4, 6), FORWARDING))
-    assert snapshot.link == link_state_of(pod)
-    assert snapshot.link is not None and not snapshot.link.up and not snapshot.link.carrier
-    assert snapshot.link.addresses == ()
-    assert list(snapshot.routes) == saved_routes_of(pod, 4) + saved_routes_of(pod, 6)
-    assert list(snapshot.routes) == [
-        SavedRoute(4, "default", "198.51.100.1", OTHER),
-        SavedRoute(6, "default", "fe80::a", OTHER, metric=1024),  # the kernel's IPv6 default
-    ]
-    assert snapshot.sysctls == tuple((key, pod.sysctl(key)) for key in FORWARDING)
-
-
-def test_a_configured_pods_snapshot_is_what_ip_shows(pod: Pod) -> None:
-    pod(lambda net: net.configure(dual_plan(), ()))
-    more = [
-        f"link set dev {EGRESS} mtu 1400",
-        f"address add 192.0.2.100/24 dev {EGRESS}",  # a secondary
-        f"address add 2001:db8:1::100/64 dev {EGRESS} nodad",
-        f"address add 203.0.113.200/28 dev {EGRESS} scope link",  # not global: not the router's
-        f"route add 203.0.113.0/24 via 192.0.2.1 dev {EGRESS}",
-        f"route add 198.51.100.128/25 dev {EGRESS}",  # scope link, by ip's choice
-        f"route add 203.0.113.9 dev {EGRESS} scope host",
-        f"route add default via 198.51.100.1 dev {OTHER} metric 100",  # through another link
-        f"route add 198.51.100.64/26 via 198.51.100.1 dev {OTHER}",  # neither: left out
-        "route add blackhole 203.0.113.128/25",  # not unicast: left out
-        "route add unreachable default metric 500",
-        f"route add default via 192.0.2.1 dev {EGRESS} table 100",  # not the main table
-        f"route add 2001:db8:5::/48 via fe80::1 dev {EGRESS}",
-        f"route add ::/0 via fe80::a dev {OTHER} metric 2000",
-        f"route add 2001:db8:6::/48 via fe80::a dev {OTHER}",
-    ]
-    pod.setup(more)
-    keys = (*FORWARDING, f"net/ipv4/conf/{EGRESS}/rp_filter", "net/ipv4/no_such_sysctl")
-    snapshot = pod(lambda net: net.snapshot(EGRESS, (4, 6), keys))
-
-    assert snapshot.link == link_state_of(pod)
-    assert snapshot.link is not None and snapshot.link.mtu == 1400
-    assert set(snapshot.link.addresses) == {
-        addr(a)
-        for a in ("192.0.2.99/24", "192.0.2.100/24", "2001:db8:1::99/64", "2001:db8:1::100/64")
-    }
-    assert list(snapshot.routes) == saved_routes_of(pod, 4) + saved_routes_of(pod, 6)
-    assert set(snapshot.routes) == {
-        SavedRoute(4, "default", "192.0.2.1", EGRESS),
-        SavedRoute(4, "default", "198.51.100.1", OTHER, metric=100),
-        SavedRoute(4, "192.0.2.1/32", None, EGRESS, "link"),
-        SavedRoute(4, "203.0.113.0/24", "192.0.2.1", EGRESS),
-        SavedRoute(4, "198.51.100.128/25", None, EGRESS, "link"),
-        SavedRoute(4, "203.0.113.9/32", None, EGRESS, "host"),
-        SavedRoute(6, "default", "fe80::1", EGRESS, metric=1024),
-        SavedRoute(6, "default", "fe80::a", OTHER, metric=2000),
-        SavedRoute(6, "fe80::1/128", None, EGRESS, metric=1024),
-        SavedRoute(6, "2001:db8:5::/48", "fe80::1", EGRESS, metric=1024),
-    }
-    assert snapshot.sysctls == (
-        *((key, pod.sysctl(key)) for key in keys[:3]),
-        ("net/ipv4/no_such_sysctl", None),
-    )
-    # Only the families asked for.
-    four = pod(lambda net: net.snapshot(EGRESS, (4,), ()))
-    assert list(four.routes) == saved_routes_of(pod, 4) and four.sysctls == ()
-    six = pod(lambda net: net.snapshot(EGRESS, (6,), ()))
-    assert list(six.routes) == saved_routes_of(pod, 6)
-
-
-def test_a_missing_interface_has_an_empty_snapshot(pod: Pod) -> None:
-    assert pod(lambda net: net.snapshot("nope0", (4, 6), FORWARDING)) == NetSnapshot(None, (), ())
-
-
-# -- restore -------------------------------------------------------------------------------------
-
-
-STALE_DOWN = (f"address add 192.0.2.50/24 dev {EGRESS}",)  # left on the link, which is down
-CONFIGURED_UP = (  # a link someone set up before: an address, a route through it
-    f"link set {EGRESS} up",
-    f"address add 192.0.2.50/24 dev {EGRESS}",
-    f"route add 203.0.113.0/24 via 192.0.2.1 dev {EGRESS}",
-    f"route add 198.51.100.200 dev {EGRESS}",
-    f"address add 2001:db8:1::50/64 dev {EGRESS}",
-)
-
-
-@pytest.mark.parametrize(
-    "before", [(), STALE_DOWN, CONFIGURED_UP], ids=["new", "stale-down", "configured-up"]
-)
-def test_restore_puts_the_namespace_back_as_it_was(
-    pods: Callable[..., Pod], before: tuple[str, ...]
-) -> None:
-    pod = pods(*before)
+def test_a_new_pods_read_is_what_ip_shows(pod: Pod) -> None:
     plan = dual_plan()
-    was = pod.view()
-    sysctls_were = [pod.sysctl(key) for key in FORWARDING]
-    snapshot = pod(lambda net: net.snapshot(EGRESS, (4, 6), FORWARDING))
-    assert snapshot.link is not None
-    stale = tuple(a for a in snapshot.link.addresses if a not in plan.addresses)
-
-    def change(net: RtNetlink) -> None:  # as the reconcile does
-        for key, value in plan.sysctls:
-            net.set_sysctl(key, value)
-        net.configure(plan, stale)
-
-    pod(change)
-    assert pod.view() != was and [pod.sysctl(key) for key in FORWARDING] == ["1", "1"]
-    pod(lambda net: net.restore(snapshot, plan))
-    assert pod.view() == was
-    assert [pod.sysctl(key) for key in FORWARDING] == sysctls_were
-
-
-def test_a_step_refused_part_way_stops_there_as_ip_batch_did_and_restore_undoes_it(
-    pods: Callable[..., Pod],
-) -> None:
-    ours, theirs = pods(*STALE_DOWN), pods(*STALE_DOWN)
-    was = ours.view()
-    gateway = ipaddress.ip_address("203.0.113.1")  # not on the link: the kernel refuses the route
-    plan = NetworkPlan(
-        EGRESS,
-        (addr("192.0.2.99/24"), addr("2001:db8:1::99/64")),
-        (
-            Route("192.0.2.1/32", None, 4),
-            Route("default", gateway, 4),
-            Route("fe80::1/128", None, 6),
-            Route("default", ipaddress.ip_address("fe80::1"), 6),
-        ),
-        (),
-    )
-    stale = (addr("192.0.2.50/24"),)
-    snapshot = ours(lambda net: net.snapshot(EGRESS, (4, 6), ()))
-    with pytest.raises(ApplyError) as caught:
-        ours(lambda net: net.configure(plan, stale))
-    lines = [step.command() for step in setup_steps(plan, stale)]
-    refused = f"route replace default via 203.0.113.1 dev {EGRESS}"
-    assert caught.value.step == refused
-    assert str(caught.value).startswith(f"failed to {refused}: ")
-
-    done = theirs.batch(lines)
-    assert done.returncode != 0 and f"Command failed -:{lines.index(refused) + 1}" in done.stderr
-    assert kernel_words(done.stderr) in caught.value.detail  # the kernel's own words
-    # What came before the refused step stayed, nothing after it was taken: as with ip -batch.
-    assert ours.view(macs=False) == theirs.view(macs=False)
-    assert "UP" in ours.link()["flags"]
-    assert [
-        r["dst"] for r in ours.routes(4) if r.get("dev") == EGRESS and r.get("protocol") != "kernel"
-    ] == ["192.0.2.1"]
-    assert defaults(ours.routes(4)) == [("198.51.100.1", OTHER, None)]
-    assert defaults(ours.routes(6)) == [("fe80::a", OTHER, 1024)]
-
-    # The rollback: deleting what the refused step never added is no failure.
-    ours(lambda net: net.restore(snapshot, plan))
-    assert ours.view() == was
-    theirs.batch([step.command() for step in restore_steps(snapshot, plan)], force=True)
-    assert ours.view(macs=False) == theirs.view(macs=False)
-
-
-def test_a_link_that_does_not_exist_is_named_and_nothing_changes(pod: Pod) -> None:
-    was = pod.view()
-    with pytest.raises(ApplyError) as caught:
-        pod(lambda net: net.configure(dual_plan("nope0"), ()))
-    assert str(caught.value).startswith("failed to link set dev nope0 up: ")
-    with pytest.raises(ApplyError) as caught:
-        pod(lambda net: net.configure(dual_plan("nope0"), (addr("192.0.2.50/24"),)))
-    assert str(caught.value).startswith("failed to address del 192.0.2.50/24 dev nope0: ")
-    assert pod.view() == was
-
-
-def test_a_stale_address_already_gone_is_refused_first(pod: Pod) -> None:
-    was = pod.view()
-    with pytest.raises(ApplyError) as caught:
-        pod(lambda net: net.configure(dual_plan(), (addr("192.0.2.77/24"),)))
-    assert str(caught.value).startswith(
-        f"failed to address del 192.0.2.77/24 dev {EGRESS}: Cannot assign requested address"
-    )
-    done = pod.batch([f"address del 192.0.2.77/24 dev {EGRESS}"])
-    assert done.returncode != 0 and kernel_words(done.stderr) in caught.value.detail
-    assert pod.view() == was
-
-
-def test_a_restore_that_cannot_put_a_route_back_says_so_and_restores_the_rest(pod: Pod) -> None:
-    plan = dual_plan()
-    snapshot = pod(lambda net: net.snapshot(EGRESS, (4, 6), FORWARDING))
-    pod(lambda net: net.configure(plan, ()))
-    done = pod.ip("link", "del", OTHER)  # the link the pod's default routes went through
-    assert done.returncode == 0, done.stderr
-    with pytest.raises(ApplyError) as caught:
-        pod(lambda net: net.restore(snapshot, plan))
-    message = str(caught.value)
-    assert message.startswith("failed to restore the previous network setup: ")
-    assert f"route replace 0.0.0.0/0 via 198.51.100.1 dev {OTHER}: " in message
-    assert f"route replace ::/0 via fe80::a dev {OTHER} metric 1024: " in message
-    assert " del " not in message
+    state = pod.read(plan)
     link = pod.link()
-    assert (
-        "UP" not in link["flags"] and [a for a in link["addr_info"] if a["scope"] == "global"] == []
-    )
-    assert defaults(pod.routes(4)) == [] and defaults(pod.routes(6)) == []
+    assert state.link is not None
+    assert (state.link.up, state.link.mac, state.link.mtu) == (False, link["address"], link["mtu"])
+    # Nothing of the router's: the pod's default routes go through ve0, not eg0.
+    assert (state.addresses, state.routes, state.rules) == ((), (), ())
+    assert state.pod_mtu == pod.link(OTHER)["mtu"]
+    assert dict(state.sysctls) == {key: pod.sysctl(key) for key in plan.scope.sysctls}
 
 
-def test_restore_puts_back_a_stale_ipv6_address_of_a_link_that_was_down(
-    pods: Callable[..., Pod],
-) -> None:
-    pod = pods(f"address add 2001:db8:1::50/64 dev {EGRESS}")
+def test_a_configured_pods_read_is_the_plan_exactly(pod: Pod) -> None:
     plan = dual_plan()
-    snapshot = pod(lambda net: net.snapshot(EGRESS, (4, 6), ()))
-    assert snapshot.link is not None and snapshot.link.addresses == (addr("2001:db8:1::50/64"),)
-    pod(lambda net: net.configure(plan, snapshot.link.addresses))
-    pod(lambda net: net.restore(snapshot, plan))
-    after = pod(lambda net: net.snapshot(EGRESS, (4, 6), ()))
-    assert after.link == snapshot.link
+    pod.converge(plan)
+    state = pod.read(plan)
+    assert state.link is not None and state.link.up
+    # One idea of "the same route" for the kernel and the plan: what is read compares equal.
+    assert state._replace(pod_mtu=None) == plan.wanted(state.link)
 
 
-def test_restore_puts_back_a_default_route_with_a_metric(pods: Callable[..., Pod]) -> None:
-    pod = pods(
-        f"route del default via 198.51.100.1 dev {OTHER}",
-        f"route add default via 198.51.100.1 dev {OTHER} metric 100",
-    )
-    plan = dual_plan()
-    was = defaults(pod.routes(4))
-    assert was == [("198.51.100.1", OTHER, 100)]
-    snapshot = pod(lambda net: net.snapshot(EGRESS, (4, 6), ()))
-    pod(lambda net: net.configure(plan, ()))
-    pod(lambda net: net.restore(snapshot, plan))
-    assert defaults(pod.routes(4)) == was
+def test_a_missing_interface_reads_as_none(pod: Pod) -> None:
+    assert pod.read(dual_plan("nope0")).link is None
 
 
-def test_restore_removes_the_routers_default_route_beside_one_with_a_metric_on_an_up_link(
-    pods: Callable[..., Pod],
-) -> None:
-    # The link is up with the source already on it (a CNI's static IPAM): a restore must take
-    # the router's default route (metric 0) away again, not keep it beside the pod's (100).
-    pod = pods(
+def test_what_an_older_router_left_converges_to_the_plan_and_back(pod: Pod) -> None:
+    # An address without noprefixroute (its subnet route in the main table) and a default
+    # route through eg0 beside the pod's own.
+    pod.setup([
         f"link set {EGRESS} up",
         f"address add 192.0.2.99/24 dev {EGRESS}",
-        f"route del default via 198.51.100.1 dev {OTHER}",
-        f"route add default via 198.51.100.1 dev {OTHER} metric 100",
-    )
+        f"route add default via 192.0.2.1 dev {EGRESS} metric 10",
+    ])
     plan = dual_plan()
-    was = pod.view()
-    snapshot = pod(lambda net: net.snapshot(EGRESS, (4, 6), ()))
-    pod(lambda net: net.configure(plan, ()))
-    assert ("192.0.2.1", EGRESS, None) in defaults(pod.routes(4))
-    pod(lambda net: net.restore(snapshot, plan))
-    assert defaults(pod.routes(4)) == [("198.51.100.1", OTHER, 100)]
-    assert pod.view() == was
+    old = pod.read(plan)
+    old_view = pod.view()
+    pod.converge(plan)
+    assert not [r for r in pod.routes(4) if r.get("dev") == EGRESS]
+    assert [r["dev"] for r in pod.routes(4) if r["dst"] == "default"] == [OTHER]
+    now = pod.read(plan)
+    assert now.link is not None and old.link is not None
+    pod(lambda net: net.apply(converge(now, old), keep_going=True))
+    assert pod.view() == old_view
 
 
-def test_restore_keeps_an_ipv6_address_of_the_plan_that_a_down_link_held(
-    pods: Callable[..., Pod],
-) -> None:
-    # Taking the link down again drops every IPv6 address, the planned one included.
-    pod = pods(f"address add 2001:db8:1::99/64 dev {EGRESS} nodad")
+# -- refusals and the way back -----------------------------------------------------------------
+
+
+def test_a_step_refused_part_way_stops_there_and_converging_back_restores_the_pod(pod: Pod) -> None:
     plan = dual_plan()
-    snapshot = pod(lambda net: net.snapshot(EGRESS, (4, 6), ()))
-    assert snapshot.link is not None and snapshot.link.addresses == (addr("2001:db8:1::99/64"),)
-    pod(lambda net: net.configure(plan, ()))
-    pod(lambda net: net.restore(snapshot, plan))
-    after = pod(lambda net: net.snapshot(EGRESS, (4, 6), ()))
-    assert after.link == snapshot.link
+    before = pod.read(plan)
+    before_view = pod.view()
+    subprocess.run(["ip", "netns", "exec", pod.ns, "sysctl", "-qw", f"net.ipv6.conf.{EGRESS}.disable_ipv6=1"], check=True)
+    with pytest.raises(ApplyError) as refused:
+        pod.converge(plan)
+    assert str(refused.value).startswith(f"failed to address add 2001:db8:1::99/64 noprefixroute dev {EGRESS} nodad: ")
+    half = pod.read(plan)
+    assert half.link is not None and half.up and half.addresses  # the steps before it stayed
+    assert before.link is not None
+    pod(lambda net: net.apply(converge(half, before), keep_going=True))
+    assert pod.read(plan) == before._replace(sysctls=pod.read(plan).sysctls)
+    assert pod.view() == before_view
 
 
-def test_restore_puts_back_a_default_route_whose_gateway_only_a_host_route_reaches(
-    pods: Callable[..., Pod],
-) -> None:
-    # A link set up by an earlier configuration: a source without prefix, its gateway reached
-    # through the host route; the new one changes the source.
-    pod = pods(
-        f"link set {EGRESS} up",
-        f"address add 192.0.2.50/32 dev {EGRESS}",
-        f"route add 192.0.2.1/32 dev {EGRESS}",
-        f"route replace default via 192.0.2.1 dev {EGRESS}",
+def test_a_refusal_names_the_step_and_the_kernels_words(pod: Pod) -> None:
+    pod.setup([f"link set {EGRESS} up"])
+    route = Route(4, ROUTE_TABLE, "default", "203.0.113.77", EGRESS, "global", 0)
+    with pytest.raises(ApplyError) as refused:
+        pod(lambda net: net.apply([ReplaceRoute(route)]))
+    done = pod.ip("route", "replace", "default", "via", "203.0.113.77", "dev", EGRESS, "table", str(ROUTE_TABLE))
+    assert done.returncode != 0
+    assert str(refused.value) == (
+        f"failed to route replace default via 203.0.113.77 dev {EGRESS} table 2430: "
+        f"Network is unreachable ({kernel_words(done.stderr)})"
     )
-    plan = build_network(
-        load_environment({**ENV, "EGRESS_SOURCE": "192.0.2.99", "EGRESS_GATEWAY": "192.0.2.1"})
+
+
+def test_the_fake_takes_the_same_steps_to_the_same_state_and_back(pod: Pod) -> None:
+    plan = dual_plan()
+    real = pod.read(plan)
+    assert real.link is not None
+    fake = FakeNet(
+        links={EGRESS: FakeLink(mac=real.link.mac, mtu=real.link.mtu, carrier=False), OTHER: FakeLink(up=True)},
+        sysctls={k: v for k, v in real.sysctls if v is not None},
     )
-    was = pod.view()
-    snapshot = pod(lambda net: net.snapshot(EGRESS, (4,), ()))
-    pod(lambda net: net.configure(plan, (addr("192.0.2.50/32"),)))
-    refused = None
-    try:
-        pod(lambda net: net.restore(snapshot, plan))
-    except ApplyError as error:  # "route replace 0.0.0.0/0 via 192.0.2.1 dev eg0: ..."
-        refused = str(error)
-    assert refused is None
-    assert pod.view() == was
+    assert fake.read(plan.scope) == real
+    steps = converge(real, plan.wanted(real.link))
+    pod(lambda net: net.apply(steps))
+    fake.apply(steps)
+    after = pod.read(plan)
+    assert fake.read(plan.scope)._replace(link=after.link) == after
+    # Back, on both, the same way.
+    back = converge(after, real)
+    pod(lambda net: net.apply(back, keep_going=True))
+    fake.apply(back, keep_going=True)
+    assert pod.read(plan) == real
+    assert fake.read(plan.scope) == real
+
+
+def test_a_rule_and_a_route_of_the_routers_table_are_read_whatever_their_origin(pod: Pod) -> None:
+    # Someone else's rule pointing at the router's table, and a stray route in it: both are
+    # the router's to remove.
+    pod.setup([f"link set {EGRESS} up", f"rule add priority 100 iif {OTHER} lookup {ROUTE_TABLE}",
+               f"route add 203.0.113.0/24 dev {EGRESS} table {ROUTE_TABLE}"])
+    state = pod.read(dual_plan())
+    assert Rule(4, 100, ROUTE_TABLE, iif=OTHER) in state.rules
+    assert Route(4, ROUTE_TABLE, "203.0.113.0/24", None, EGRESS, "link", 0) in state.routes
+    pod.converge(dual_plan())
+    assert "priority 100" not in str(pod.read(dual_plan()).rules)
+    assert "203.0.113.0/24" not in str(pod.read(dual_plan()).routes)
+    assert MAIN_TABLE not in {r.table for r in pod.read(dual_plan()).routes}
 
 
 # -- sysctls and carrier -------------------------------------------------------------------------
 
 
-def test_set_sysctl_writes_the_namespaces_value_only(pod: Pod) -> None:
+def test_sysctl_steps_write_the_namespaces_value_only(pod: Pod) -> None:
     key = "net/ipv4/ip_forward"
     host = Path(f"/proc/sys/{key}").read_text().strip()
-    assert pod.sysctl(key) == "0"
-    pod(lambda net: net.set_sysctl(key, "1"))
-    assert pod.sysctl(key) == "1"
-    assert pod(lambda net: net.snapshot(EGRESS, (4,), (key,))).sysctls == ((key, "1"),)
+    subprocess.run(["ip", "netns", "exec", pod.ns, "sysctl", "-qw", "net.ipv4.ip_forward=0"], check=True)
+    pod(lambda net: net.apply([SetSysctl(Sysctl(key, "1")), SetSysctl(Sysctl(f"net/ipv4/conf/{EGRESS}/rp_filter", "2"))]))
+    assert pod.sysctl(key) == "1" and pod.sysctl(f"net/ipv4/conf/{EGRESS}/rp_filter") == "2"
     assert Path(f"/proc/sys/{key}").read_text().strip() == host
-    pod(lambda net: net.set_sysctl(f"net/ipv4/conf/{EGRESS}/rp_filter", "2"))
-    assert pod.sysctl(f"net/ipv4/conf/{EGRESS}/rp_filter") == "2"
-    with pytest.raises(ApplyError, match=r"^failed to set net\.ipv4\.no_such_sysctl=1: "):
-        pod(lambda net: net.set_sysctl("net/ipv4/no_such_sysctl", "1"))
+    with pytest.raises(ApplyError, match=r"^failed to sysctl net\.ipv4\.no_such_sysctl=1: "):
+        pod(lambda net: net.apply([SetSysctl(Sysctl("net/ipv4/no_such_sysctl", "1"))]))
 
 
 CARRIER_PROBE = f"""
 import json, subprocess
 from egress_router.network.rtnl import RtNetlink
+from egress_router.network.state import Scope
 net = RtNetlink()
 def look():
-    link = net.snapshot("{EGRESS}", (4,), ()).link
+    link = net.read(Scope("{EGRESS}", "{OTHER}")).link
     return [net.has_carrier("{EGRESS}"), link.up, link.carrier]
 seen = {{"down": look()}}
 subprocess.run(["ip", "link", "set", "{EGRESS}", "up"], check=True)
@@ -692,7 +510,7 @@ def test_has_carrier_follows_the_far_end_of_the_link(pod: Pod) -> None:
     )
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
-    # has_carrier, then the snapshot's up and carrier (ip's UP and LOWER_UP)
+    # has_carrier, then the read's up and carrier (ip's UP and LOWER_UP)
     assert seen == {
         "down": [None, False, False],  # a link that is down cannot tell
         "up": [True, True, True],

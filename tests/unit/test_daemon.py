@@ -14,9 +14,11 @@ from egress_router.daemon import CHECK_EVERY, Daemon
 from egress_router.log import Log
 from egress_router.metrics import Stats
 from egress_router.neighbours.fake import RecordingAnnouncer
-from egress_router.network.fake import FakeLink, FakeNet
+from egress_router.network.fake import FakeLink, FakeNet, pod_network
+from egress_router.network.state import MAIN_TABLE, Route
 from egress_router.nft.fake import FakeNft, FakeTableReader
 from egress_router.reconcile import Router
+from egress_router.schema import ROUTE_TABLE
 
 RULES = "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n53 udp 203.0.113.27\n"
 
@@ -52,11 +54,12 @@ def make_daemon(path: Path) -> tuple[Daemon, FakeNft, FakeNet, io.StringIO, Cloc
         "EGRESS_GATEWAY": "192.0.2.1",
         "EGRESS_DESTINATION_FILE": str(path / "destinations"),
     }
-    nft, net, stream, clock = FakeNft(), FakeNet(links={"macvlan0": FakeLink()}), io.StringIO(), Clock()
+    net = FakeNet(links={"macvlan0": FakeLink(), "eth0": FakeLink(up=True)}, routes=pod_network())
+    nft, stream, clock = FakeNft(), io.StringIO(), Clock()
     log = Log(stream=stream)
     router = Router(nft=nft, net=net, announcer=RecordingAnnouncer(), log=log)
     config = load_environment(env)
-    router.reconcile(config)
+    router.apply(config)
     daemon = Daemon(router, config, env, log, FakeTableReader(nft, net), Stats(), clock)
     daemon.started()
     return daemon, nft, net, stream, clock
@@ -122,6 +125,13 @@ def test_sighup_reloads_even_without_a_change(mounted: Path) -> None:
     assert daemon.stats.reloads == {"success": 1, "failure": 0}
 
 
+STRAY = Route(4, MAIN_TABLE, "192.0.2.0/24", None, "macvlan0", "link", 0, "192.0.2.99")
+
+
+def drop_route(net: FakeNet, destination: str) -> None:
+    net.routes = [r for r in net.routes if not (r.table == ROUTE_TABLE and r.destination == destination)]
+
+
 @pytest.mark.parametrize(
     "damage",
     [
@@ -131,14 +141,17 @@ def test_sighup_reloads_even_without_a_change(mounted: Path) -> None:
             id="element deleted",
         ),
         pytest.param(lambda nft, net: setattr(net.links["macvlan0"], "addresses", []), id="address removed"),
-        pytest.param(lambda nft, net: net.routes.pop((4, "default")), id="default route removed"),
-        pytest.param(lambda nft, net: net.routes.pop((4, "192.0.2.1/32")), id="gateway route removed"),
+        pytest.param(lambda nft, net: drop_route(net, "default"), id="default route removed"),
+        pytest.param(lambda nft, net: drop_route(net, "192.0.2.0/24"), id="subnet route removed"),
+        pytest.param(lambda nft, net: net.rules.clear(), id="fwmark rule removed"),
+        pytest.param(lambda nft, net: net.routes.append(STRAY), id="a route through macvlan0 in the main table"),
         pytest.param(lambda nft, net: net.sysctls.update({"net/ipv4/ip_forward": "0"}), id="forwarding off"),
     ],
 )
 def test_drift_is_repaired_by_the_periodic_check(mounted: Path, damage) -> None:  # type: ignore[no-untyped-def]
     daemon, nft, net, _, clock = make_daemon(mounted)
     good_table = nft.list_table("inet", "egress_router")
+    good_network = (sorted(net.routes), list(net.rules), list(net.links["macvlan0"].addresses))
     damage(nft, net)
     daemon.tick()  # not due yet
     assert daemon.stats.drift_repairs == 0
@@ -146,19 +159,18 @@ def test_drift_is_repaired_by_the_periodic_check(mounted: Path, damage) -> None:
     daemon.tick()
     assert daemon.stats.drift_repairs == 1
     assert nft.list_table("inet", "egress_router") == good_table
-    assert net.links["macvlan0"].addresses == [ipaddress.ip_interface("192.0.2.99/24")]
-    assert net.routes[(4, "default")].via == ipaddress.ip_address("192.0.2.1")
+    assert (sorted(net.routes), list(net.rules), list(net.links["macvlan0"].addresses)) == good_network
     assert net.sysctls["net/ipv4/ip_forward"] == "1"
     assert daemon.stats.ready
 
 
 def test_a_check_without_drift_changes_nothing(mounted: Path) -> None:
     daemon, nft, net, _, clock = make_daemon(mounted)
-    scripts, calls = len(nft.scripts), net.calls
+    scripts, taken = len(nft.scripts), len(net.taken)
     for _ in range(3):
         clock.now += CHECK_EVERY
         daemon.tick()
-    assert (len(nft.scripts), net.calls, daemon.stats.drift_repairs) == (scripts, calls, 0)
+    assert (len(nft.scripts), len(net.taken), daemon.stats.drift_repairs) == (scripts, taken, 0)
 
 
 def test_a_vanished_file_is_a_failed_reload_and_its_return_a_reload(mounted: Path) -> None:

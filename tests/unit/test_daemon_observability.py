@@ -18,6 +18,7 @@ from egress_router.log import Log
 from egress_router.metrics import Stats
 from egress_router.neighbours.fake import RecordingAnnouncer
 from egress_router.network.fake import FakeLink, FakeNet
+from egress_router.network.state import Scope
 from egress_router.nft.fake import FakeNft, FakeTableReader
 from egress_router.nft.listing import parse_table
 from egress_router.reconcile import Router
@@ -96,7 +97,7 @@ def test_the_watcher_sees_a_data_symlink_swap_but_not_a_touch(tmp_path: Path) ->
 def fake_stack() -> tuple[Router, FakeTableReader, FakeNet]:
     nft, net = FakeNft(), FakeNet(links={"macvlan0": FakeLink()})
     router = Router(nft=nft, net=net, announcer=RecordingAnnouncer(), log=Log(stream=io.StringIO()))
-    router.reconcile(load_environment(ENV))
+    router.apply(load_environment(ENV))
     return router, FakeTableReader(nft, net), net
 
 
@@ -149,7 +150,7 @@ def test_health_ready_and_metrics_over_http() -> None:
 def test_status_table_and_json_read_the_kernel() -> None:
     _, kernel, net = fake_stack()
     kernel.counts = {"conns_tcp4": {"80": (7, 420)}, "bytes_tcp4": {"80": (30, 5000)}}
-    state = gather("macvlan0", net, kernel)
+    state = gather(Scope("macvlan0", "eth0"), net, kernel)
     assert state["interface"]["addresses"] == ["192.0.2.99/24"]
     assert state["routes"] == [{"family": "ipv4", "gateway": "192.0.2.1", "device": "macvlan0"}]
     assert {"protocol": "tcp", "port": "80", "destination": "203.0.113.25:80", "connections": 7, "bytes": 5000} in state["mappings"]
@@ -157,7 +158,9 @@ def test_status_table_and_json_read_the_kernel() -> None:
     json.dumps(state)
     text = render(state)
     assert "203.0.113.25:80" in text and "PROTOCOL" in text and "192.0.2.1" in text
-    missing = gather("macvlan9", net, kernel)
+    assert state["rules"] == ["ipv4 priority 2430 fwmark 0x2430 lookup 2430"]
+    assert "rule       ipv4 priority 2430 fwmark 0x2430 lookup 2430" in text
+    missing = gather(Scope("macvlan9", "eth0"), net, kernel)
     assert "MISSING" in render(missing)
 
 

@@ -72,17 +72,35 @@ def test_legacy_mode_never_redirects_its_http_port() -> None:
 
 def test_network_without_prefix_is_a_host_route_to_the_gateway() -> None:
     network = plan_for(EGRESS_SOURCE="192.0.2.99").network
-    assert [str(a) for a in network.addresses] == ["192.0.2.99/32"]
-    assert [(r.destination, str(r.via) if r.via else None) for r in network.routes] == [
-        ("192.0.2.1/32", None),
-        ("default", "192.0.2.1"),
+    assert [str(a) for a in network.addresses] == ["192.0.2.99/32 noprefixroute"]
+    assert [(r.table, r.destination, r.via) for r in network.routes] == [
+        (2430, "192.0.2.1/32", None),
+        (2430, "default", "192.0.2.1"),
     ]
-    assert network.sysctls == (("net/ipv4/ip_forward", "1"),)
+    assert network.sysctls == (("net/ipv4/ip_forward", "1"), ("net/ipv4/conf/macvlan0/rp_filter", "2"))
 
 
-def test_proxy_modes_plan_the_network_only() -> None:
+def test_proxy_modes_plan_the_network_and_no_nat() -> None:
     plan = plan_for(EGRESS_ROUTER_MODE="dns-proxy")
-    assert plan.table is None and plan.network.addresses
+    assert plan.network.addresses and plan.table.maps == ()
+    assert "nat" not in plan.table.body and "policy drop" in plan.table.body.split("chain forward")[1]
+
+
+def test_redirected_connections_are_marked_after_dnat_and_their_syns_clamped() -> None:
+    from egress_router.plan import Facts, build_plan
+
+    config = load_environment(
+        {"EGRESS_SOURCE": "192.0.2.99/24", "EGRESS_GATEWAY": "192.0.2.1", "EGRESS_DESTINATION": "80 tcp 203.0.113.25"}
+    )
+    body = build_plan(config, Facts(pod_mtu=1400, egress_mtu=1500)).table.body
+    mark = body.split("chain redirected")[1].split("}")[0]
+    assert "hook prerouting priority dstnat + 10" in mark
+    assert 'iifname "eth0" ct direction original ct status dnat meta mark set 0x2430' in mark
+    forward = body.split("chain forward")[1]
+    # The narrower side (the pod's 1400) less the headers, for both SYNs of a connection.
+    clamp = "ct status dnat tcp flags syn / syn,rst tcp option maxseg size > 1360 tcp option maxseg size set 1360"
+    assert f"meta nfproto ipv4 {clamp}" in forward
+    assert "tcp option maxseg size > 1340 tcp option maxseg size set 1340" in forward
 
 
 def test_dual_stack_plans_both_families() -> None:
@@ -111,6 +129,7 @@ def test_describe_says_what_happens() -> None:
     )
     assert describe(config) == [
         "source 192.0.2.99/32 on macvlan0 via gateway 192.0.2.1",
+        "redirected connections leave through macvlan0 (mark 0x2430, table 2430); everything else keeps the pod's own routes",
         "redirect 80/tcp -> 203.0.113.25 port 80",
         "refuse connections to any other port",
         "serve health and metrics on port 9090/tcp",

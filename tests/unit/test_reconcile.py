@@ -10,9 +10,11 @@ from egress_router.config import load_environment
 from egress_router.errors import ApplyError, SetupError
 from egress_router.log import Log
 from egress_router.neighbours.fake import RecordingAnnouncer
-from egress_router.network.fake import FakeLink, FakeNet
+from egress_router.network.fake import FakeLink, FakeNet, pod_network
+from egress_router.network.state import MAIN_TABLE, Address, Route, Rule
 from egress_router.nft.fake import FakeNft
 from egress_router.reconcile import Router
+from egress_router.schema import FWMARK, ROUTE_TABLE
 
 SEED = "80   tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n8443 tcp 203.0.113.26 443\n203.0.113.27\n"
 
@@ -27,10 +29,24 @@ def config(destinations: str = SEED, **env: str):  # type: ignore[no-untyped-def
     return load_environment({**base, **env})
 
 
+def pod() -> FakeNet:
+    """A pod as a Calico-like CNI leaves it: eth0 with its default route, macvlan0 down."""
+    return FakeNet(links={"macvlan0": FakeLink(), "eth0": FakeLink(up=True, mtu=1450)}, routes=pod_network())
+
+
 @pytest.fixture
 def router() -> Router:
-    net = FakeNet(links={"macvlan0": FakeLink()})
-    return Router(nft=FakeNft(), net=net, announcer=RecordingAnnouncer(), log=Log(stream=_Null()))
+    return Router(nft=FakeNft(), net=pod(), announcer=RecordingAnnouncer(), log=Log(stream=_Null()))
+
+
+def ours(net: FakeNet) -> set[Route]:
+    return {r for r in net.routes if r.table == ROUTE_TABLE}
+
+
+SEED_ROUTES = {
+    Route(4, ROUTE_TABLE, "192.0.2.0/24", None, "macvlan0", "link", 0, "192.0.2.99"),
+    Route(4, ROUTE_TABLE, "default", "192.0.2.1", "macvlan0", "global", 0, "192.0.2.99"),
+}
 
 
 class _Null:
@@ -44,118 +60,175 @@ def tcp4(router: Router) -> dict[str, str]:
 
 
 def test_first_reconcile_sets_everything_up(router: Router) -> None:
-    outcome = router.reconcile(config())
+    outcome = router.apply(config())
     net = router.net
     assert isinstance(net, FakeNet)
     link = net.links["macvlan0"]
-    assert link.up and link.addresses == [ipaddress.ip_interface("192.0.2.99/24")]
-    assert str(net.routes[(4, "default")].via) == "192.0.2.1"
+    assert link.up and link.addresses == [Address(ipaddress.ip_interface("192.0.2.99/24"))]
+    # Only redirected connections (marked) leave through macvlan0, by the router's own table;
+    # the pod's main table keeps its routes and gets no subnet route through macvlan0.
+    assert ours(net) == SEED_ROUTES
+    assert net.rules == [Rule(4, 2430, ROUTE_TABLE, fwmark=FWMARK)]
+    assert [r for r in net.routes if r.table == MAIN_TABLE] == pod_network()
     assert net.sysctls["net/ipv4/ip_forward"] == "1"
+    assert net.sysctls["net/ipv4/conf/macvlan0/rp_filter"] == "2"
     assert tcp4(router) == {"80": "203.0.113.25 . 80", "8080": "203.0.113.26 . 80", "8443": "203.0.113.26 . 443"}
     assert outcome.full_table and outcome.announced == ("192.0.2.99",)
 
 
 def test_second_reconcile_with_the_same_config_changes_nothing(router: Router) -> None:
-    router.reconcile(config())
+    router.apply(config())
     assert isinstance(router.nft, FakeNft)
     applied = len(router.nft.scripts)
-    outcome = router.reconcile(config())
+    outcome = router.apply(config())
     assert len(router.nft.scripts) == applied and outcome.nft_script == ""
     assert outcome.announced == ()  # the address was already there: nothing to announce
 
 
 def test_new_config_converges_exactly_with_element_changes(router: Router) -> None:
-    router.reconcile(config())
-    outcome = router.reconcile(config("80 tcp 203.0.113.26\n9000 tcp 203.0.113.25 90\n203.0.113.27\n"))
+    router.apply(config())
+    outcome = router.apply(config("80 tcp 203.0.113.26\n9000 tcp 203.0.113.25 90\n203.0.113.27\n"))
     assert not outcome.full_table
     assert tcp4(router) == {"80": "203.0.113.26 . 80", "9000": "203.0.113.25 . 90"}
 
 
 def test_a_new_process_replaces_the_table_whole(router: Router) -> None:
-    router.reconcile(config())
+    router.apply(config())
     fresh = Router(nft=router.nft, net=router.net, announcer=RecordingAnnouncer(), log=router.log)
-    outcome = fresh.reconcile(config("81 tcp 203.0.113.25\n"))
+    outcome = fresh.apply(config("81 tcp 203.0.113.25\n"))
     assert outcome.full_table and tcp4(fresh) == {"81": "203.0.113.25 . 81"}
 
 
 def test_missing_interface_fails_before_anything_is_applied() -> None:
     nft = FakeNft()
-    router = Router(nft=nft, net=FakeNet(), announcer=RecordingAnnouncer())
+    router = Router(nft=nft, net=FakeNet(links={"eth0": FakeLink(up=True)}), announcer=RecordingAnnouncer())
     with pytest.raises(SetupError) as caught:
-        router.reconcile(config())
+        router.apply(config())
     assert "macvlan0 does not exist" in str(caught.value)
     assert 'assign-macvlan: "true"' in str(caught.value)
     assert nft.tables == {}
 
 
 def test_refused_transaction_keeps_the_running_rules(router: Router) -> None:
-    router.reconcile(config())
+    router.apply(config())
     assert isinstance(router.nft, FakeNft)
     router.nft.fail_with = "Could not process rule: No such file or directory"
     with pytest.raises(ApplyError):
-        router.reconcile(config("81 tcp 203.0.113.25\n"))
+        router.apply(config("81 tcp 203.0.113.25\n"))
     assert "80" in tcp4(router)
     # The router did not record the refused state: the next attempt retries it.
-    router.reconcile(config("81 tcp 203.0.113.25\n"))
+    router.apply(config("81 tcp 203.0.113.25\n"))
     assert tcp4(router) == {"81": "203.0.113.25 . 81"}
 
 
 def test_stale_addresses_are_removed(router: Router) -> None:
     assert isinstance(router.net, FakeNet)
-    router.net.links["macvlan0"].addresses.append(ipaddress.ip_interface("192.0.2.50/24"))
-    router.reconcile(config())
-    assert router.net.links["macvlan0"].addresses == [ipaddress.ip_interface("192.0.2.99/24")]
+    router.net.links["macvlan0"].addresses.append(Address(ipaddress.ip_interface("192.0.2.50/24"), False))
+    router.apply(config())
+    assert router.net.links["macvlan0"].addresses == [Address(ipaddress.ip_interface("192.0.2.99/24"))]
+
+
+def test_an_address_without_noprefixroute_is_added_again_with_it_and_its_subnet_route_goes(router: Router) -> None:
+    # As an older router left it: the kernel's subnet route in the main table sends replies to
+    # the LAN's hosts (the node among them) out of macvlan0.
+    net = router.net
+    assert isinstance(net, FakeNet)
+    net.apply([])  # nothing yet
+    link = net.links["macvlan0"]
+    link.up = True
+    link.addresses.append(Address(ipaddress.ip_interface("192.0.2.99/24"), False))
+    net.routes.append(Route(4, MAIN_TABLE, "192.0.2.0/24", None, "macvlan0", "link", 0, "192.0.2.99"))
+    net.routes.append(Route(4, MAIN_TABLE, "default", "192.0.2.1", "macvlan0", "global", 10))
+    router.apply(config())
+    assert link.addresses == [Address(ipaddress.ip_interface("192.0.2.99/24"))]
+    assert [r for r in net.routes if r.table == MAIN_TABLE] == pod_network()
+    assert ours(net) == SEED_ROUTES
+
+
+def test_a_changed_gateway_is_probed_and_a_silent_one_named() -> None:
+    from egress_router.neighbours import NeighbourReport
+
+    announcer = RecordingAnnouncer()
+    router = Router(nft=FakeNft(), net=pod(), announcer=announcer, log=Log(stream=_Null()))
+    router.apply(config())
+    again = Router(nft=router.nft, net=router.net, announcer=announcer, log=router.log)
+    again.apply(config())
+    assert len(announcer.probes) == 1  # same address, same gateway: the LAN knows them
+    announcer.report = NeighbourReport(answered=())
+    outcome = Router(nft=router.nft, net=router.net, announcer=announcer, log=router.log).apply(
+        config(EGRESS_GATEWAY="192.0.2.254")
+    )
+    assert announcer.probes[-1][1][1] == ipaddress.ip_address("192.0.2.254")
+    assert any("the gateway 192.0.2.254 did not answer ARP" in w for w in outcome.warnings)
 
 
 def test_read_only_sysctl_that_is_already_right_is_fine(router: Router) -> None:
     assert isinstance(router.net, FakeNet)
     router.net.read_only_sysctls = True
     with pytest.raises(ApplyError, match="net.ipv4.ip_forward"):
-        router.reconcile(config())
+        router.apply(config())
     router.net.sysctls["net/ipv4/ip_forward"] = "1"
-    router.reconcile(config())
+    with pytest.raises(ApplyError, match="net.ipv4.conf.macvlan0.rp_filter=2"):
+        router.apply(config())
+    router.net.sysctls["net/ipv4/conf/macvlan0/rp_filter"] = "2"
+    router.apply(config())
 
 
-def test_proxy_modes_touch_no_nat_table(router: Router) -> None:
-    router.reconcile(config(EGRESS_ROUTER_MODE="http-proxy"))
-    assert isinstance(router.nft, FakeNft)
-    assert router.nft.tables == {}
+def test_proxy_modes_have_no_nat_and_send_the_pods_own_connections_out(router: Router, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("search svc.cluster.local\nnameserver 198.51.100.53\noptions ndots:5\n")
+    router.resolv_conf = str(resolv)
+    router.apply(config(EGRESS_ROUTER_MODE="http-proxy"))
+    assert isinstance(router.nft, FakeNft) and isinstance(router.net, FakeNet)
+    (table,) = router.nft.tables.values()
+    assert table.maps == {} and "dnat" not in table.skeleton and "snat" not in table.skeleton
+    assert [(r.priority, r.table, r.fwmark, r.iif) for r in router.net.rules] == [
+        (2431, MAIN_TABLE, 0x2431, None),  # replies to the proxy's clients: the pod network
+        (2432, MAIN_TABLE, None, None),  # the pod's DNS lookups: the pod network
+        (2433, ROUTE_TABLE, None, "lo"),  # the proxy's own connections: the LAN
+    ]
+    assert router.net.rules[1].destination == "198.51.100.53/32"
+    assert "net/ipv4/ip_forward" not in router.net.sysctls  # a proxy forwards nothing
 
 
 def test_failure_part_way_restores_the_previous_state(router: Router) -> None:
     net, nft = router.net, router.nft
     assert isinstance(net, FakeNet) and isinstance(nft, FakeNft)
-    router.reconcile(config())
+    router.apply(config())
     before_table = nft.list_table("inet", "egress_router")
-    before_link = list(net.links["macvlan0"].addresses)
-    net.fail_configure = "RTNETLINK answers: Network is unreachable"
-    with pytest.raises(ApplyError, match="Network is unreachable"):
-        router.reconcile(config("81 tcp 203.0.113.25\n", EGRESS_SOURCE="192.0.2.98/24"))
+    before = (list(net.links["macvlan0"].addresses), sorted(net.routes), list(net.rules), dict(net.sysctls))
+    net.fail_on = "route replace default"
+    with pytest.raises(ApplyError, match="failed to route replace default via 192.0.2.1 dev macvlan0"):
+        router.apply(config("81 tcp 203.0.113.25\n", EGRESS_SOURCE="192.0.2.98/24"))
+    # The new address and its subnet route were in before the refusal; both are gone again.
+    assert any("192.0.2.98" in str(step) for step in net.taken[-6:])
     assert nft.list_table("inet", "egress_router") == before_table
-    assert net.links["macvlan0"].addresses == before_link
+    assert (list(net.links["macvlan0"].addresses), sorted(net.routes), list(net.rules), dict(net.sysctls)) == before
     assert tcp4(router) == {"80": "203.0.113.25 . 80", "8080": "203.0.113.26 . 80", "8443": "203.0.113.26 . 443"}
 
 
 def test_failure_on_a_fresh_kernel_leaves_no_table_and_forwarding_off() -> None:
-    net = FakeNet(links={"macvlan0": FakeLink()}, sysctls={"net/ipv4/ip_forward": "0"})
+    net = pod()
+    net.sysctls["net/ipv4/ip_forward"] = "0"
     nft = FakeNft()
     router = Router(nft=nft, net=net, announcer=RecordingAnnouncer(), log=Log(stream=_Null()))
-    net.fail_configure = "RTNETLINK answers: File exists"
+    net.fail_on = "sysctl net.ipv4.ip_forward"  # the last step
     with pytest.raises(ApplyError):
-        router.reconcile(config())
+        router.apply(config())
     assert nft.tables == {}
     assert net.sysctls["net/ipv4/ip_forward"] == "0"
     assert not net.links["macvlan0"].up and net.links["macvlan0"].addresses == []
+    assert ours(net) == set() and net.rules == [] and net.routes == pod_network()
 
 
 def test_a_new_process_restores_the_table_it_found(router: Router) -> None:
-    router.reconcile(config())
+    router.apply(config())
     assert isinstance(router.net, FakeNet) and isinstance(router.nft, FakeNft)
     found = router.nft.list_table("inet", "egress_router")
     fresh = Router(nft=router.nft, net=router.net, announcer=RecordingAnnouncer(), log=router.log)
-    router.net.fail_configure = "boom"
+    router.net.fail_on = "route replace"
     with pytest.raises(ApplyError):
-        fresh.reconcile(config("81 tcp 203.0.113.25\n"))
+        fresh.apply(config("81 tcp 203.0.113.25\n", EGRESS_SOURCE="192.0.2.98/24"))
     assert router.nft.list_table("inet", "egress_router") == found
 
 
@@ -163,8 +236,8 @@ def test_gateway_that_does_not_answer_is_a_warning_with_its_address() -> None:
     from egress_router.neighbours import NeighbourReport
 
     announcer = RecordingAnnouncer(NeighbourReport(answered=()))
-    router = Router(nft=FakeNft(), net=FakeNet(links={"macvlan0": FakeLink()}), announcer=announcer, log=Log(stream=_Null()))
-    outcome = router.reconcile(config())
+    router = Router(nft=FakeNft(), net=pod(), announcer=announcer, log=Log(stream=_Null()))
+    outcome = router.apply(config())
     assert any("the gateway 192.0.2.1 did not answer ARP on macvlan0" in w for w in outcome.warnings)
     assert announcer.sent  # announced all the same
 
@@ -173,34 +246,36 @@ def test_another_holder_of_the_source_is_reported() -> None:
     from egress_router.neighbours import NeighbourReport
 
     announcer = RecordingAnnouncer(NeighbourReport(("192.0.2.1",), (("192.0.2.99", "02:aa:00:00:00:01"),)))
-    router = Router(nft=FakeNft(), net=FakeNet(links={"macvlan0": FakeLink()}), announcer=announcer, log=Log(stream=_Null()))
-    outcome = router.reconcile(config())
+    router = Router(nft=FakeNft(), net=pod(), announcer=announcer, log=Log(stream=_Null()))
+    outcome = router.apply(config())
     assert outcome.conflicts == ("02:aa:00:00:00:01",)
     assert any("another host (02:aa:00:00:00:01) answers for 192.0.2.99" in w for w in outcome.warnings)
 
 
 def test_a_link_without_carrier_is_reported() -> None:
-    net = FakeNet(links={"macvlan0": FakeLink(carrier=False)})
+    net = pod()
+    net.links["macvlan0"].carrier = False
     router = Router(nft=FakeNft(), net=net, announcer=RecordingAnnouncer(), log=Log(stream=_Null()))
-    outcome = router.reconcile(config())
+    outcome = router.apply(config())
     assert any("macvlan0 has no carrier" in w for w in outcome.warnings)
 
 
 def test_an_address_that_was_there_on_a_down_link_is_announced() -> None:
-    link = FakeLink(up=False, addresses=[ipaddress.ip_interface("192.0.2.99/24")])
+    net = pod()
+    net.links["macvlan0"].addresses.append(Address(ipaddress.ip_interface("192.0.2.99/24")))
     announcer = RecordingAnnouncer()
-    router = Router(nft=FakeNft(), net=FakeNet(links={"macvlan0": link}), announcer=announcer, log=Log(stream=_Null()))
-    router.reconcile(config())
+    router = Router(nft=FakeNft(), net=net, announcer=announcer, log=Log(stream=_Null()))
+    router.apply(config())
     assert announcer.sent and announcer.sent[0][2] == (ipaddress.ip_address("192.0.2.99"),)
 
 
 def test_a_reload_of_the_rules_alone_changes_only_map_elements(router: Router) -> None:
     assert isinstance(router.net, FakeNet)
-    router.reconcile(config())
-    calls = router.net.calls
-    outcome = router.reconcile(config("81 tcp 203.0.113.25\n203.0.113.27\n"))
-    assert router.net.calls == calls and not outcome.full_table
+    router.apply(config())
+    taken = len(router.net.taken)
+    outcome = router.apply(config("81 tcp 203.0.113.25\n203.0.113.27\n"), fresh=False)
+    assert len(router.net.taken) == taken and not outcome.full_table
     assert outcome.nft_script.startswith("delete element inet egress_router tcp4")
     router.forget()  # after drift: everything again, the table whole
-    outcome = router.reconcile(config("81 tcp 203.0.113.25\n203.0.113.27\n"))
-    assert router.net.calls == calls + 1 and outcome.full_table
+    outcome = router.apply(config("81 tcp 203.0.113.25\n203.0.113.27\n"))
+    assert outcome.full_table

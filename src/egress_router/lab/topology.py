@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
-from ..schema import TABLE_FAMILY, TABLE_NAME
+from ..schema import ROUTE_TABLE, RULE_PRIORITIES, TABLE_FAMILY, TABLE_NAME
 from . import addresses as A
 from .netns import delete_namespaces, in_netns, ip, ip_batch, read_sysctl, write_sysctls
 from .probe import Probe, Stream, probe_tcp, probe_udp
@@ -244,12 +244,15 @@ class Lab:
         macvlan0, so that tests sharing one lab start from the same state."""
         self.exec("router", ["nft", "delete", "table", *TABLE], check=False)
         if self.has_link("router", "macvlan0"):
-            # Down takes the routes through macvlan0 (the default route) with it.
+            # Down takes the routes through macvlan0 with it; the router's rules and table go
+            # by hand. The pod's own routes (its default route on eth0) stay.
             lines = [
                 "address flush dev macvlan0",
                 "link set macvlan0 down",
-                "route del default",
-                "route del ::/0",
+                *(f"rule del priority {p}" for p in RULE_PRIORITIES),
+                *(f"-6 rule del priority {p}" for p in RULE_PRIORITIES),
+                f"route flush table {ROUTE_TABLE}",
+                f"-6 route flush table {ROUTE_TABLE}",
             ]
             ip(
                 ["-n", self.ns("router"), "-force", "-batch", "-"],
@@ -420,7 +423,9 @@ def pod_addresses(role: str, ipv6: bool) -> list[str]:
     v4: dict[str, list[str]] = {
         "node": [_addr(A.NODE_IP, A.LAN_PREFIX, "nic0"), f"route replace default via {A.GATEWAY}"],
         "lan": [],
-        "router": [_addr(A.ROUTER_IP, A.POD_PREFIX, "eth0")],
+        # A pod's default route is on its pod network, as every CNI gives one; the router must
+        # keep it. (Nothing answers at .1: the pod network leads nowhere but the client.)
+        "router": [_addr(A.ROUTER_IP, A.POD_PREFIX, "eth0"), "route replace default via 198.51.100.1 dev eth0"],
         "client": [
             _addr(A.CLIENT_IP, A.POD_PREFIX, "eth0"),
             f"route replace default via {A.ROUTER_IP}",
@@ -435,7 +440,7 @@ def pod_addresses(role: str, ipv6: bool) -> list[str]:
     v6: dict[str, list[str]] = {
         "node": [_addr(A.NODE_IP6, A.V6_PREFIX, "nic0"), f"route replace default via {A.GATEWAY6}"],
         "lan": [],
-        "router": [_addr(A.ROUTER_IP6, A.V6_PREFIX, "eth0")],
+        "router": [_addr(A.ROUTER_IP6, A.V6_PREFIX, "eth0"), "route replace default via 2001:db8:3::1 dev eth0"],
         "client": [
             _addr(A.CLIENT_IP6, A.V6_PREFIX, "eth0"),
             f"route replace default via {A.ROUTER_IP6}",

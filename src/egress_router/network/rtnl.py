@@ -1,9 +1,8 @@
 """`NetBackend` on the real kernel, over rtnetlink: no `ip` process.
 
-A pod start used to run `ip` twice (to read the interface and routes, then to change them):
-two processes and a JSON parser, about 5 ms of a 45 ms start. The same reads are three dumps
-on one NETLINK_ROUTE socket and the changes one acknowledged message each, sent in the order
-`setup_steps` gives, stopping at the first the kernel refuses, as `ip -batch` did.
+A read is five dumps on one NETLINK_ROUTE socket (links, addresses, routes and rules of both
+families); each step is one acknowledged message, sent in the order `converge` gives, stopping at
+the first the kernel refuses, as `ip -batch` would.
 """
 
 from __future__ import annotations
@@ -11,37 +10,62 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+from collections.abc import Sequence
 
 from .. import netlink
 from ..errors import ApplyError, Kind
-from ..model import IPInterface
-from ..netlink import NLM_F_CREATE, NLM_F_REPLACE, NetlinkError
-from ..plan import NetworkPlan
-from . import LinkState, NetSnapshot, SavedRoute, Step, restore_steps, setup_steps
+from ..netlink import NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NetlinkError
+from ..schema import ROUTE_TABLE, RULE_PRIORITIES
+from .state import (
+    MAIN_TABLE,
+    AddAddress,
+    Address,
+    AddRule,
+    DelAddress,
+    DelRoute,
+    DelRule,
+    LinkDown,
+    LinkState,
+    LinkUp,
+    NetState,
+    ReplaceRoute,
+    Route,
+    Rule,
+    Scope,
+    SetSysctl,
+    Step,
+    canonical,
+    removes,
+)
 
 RTM_NEWLINK, RTM_GETLINK = 16, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU = 1, 3, 4
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_NODAD = 0x02
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
-RT_TABLE_MAIN = 254
-RTPROT_KERNEL, RTPROT_BOOT = 2, 3
+IFA_F_NOPREFIXROUTE = 0x200
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 6, 7, 15
+FRA_DST, FRA_IIFNAME, FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK = 1, 3, 6, 10, 15, 16
+FR_ACT_TO_TBL = 1
+RTPROT_BOOT = 3
 RTN_UNICAST = 1
-RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
+RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
 SCOPES = {"global": 0, "site": 200, "link": 253, "host": 254}
-SCOPE_NAMES = {value: name for name, value in SCOPES.items() if value}
+SCOPE_NAMES = {value: name for name, value in SCOPES.items()}
 
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 VERSION = {socket.AF_INET: 4, socket.AF_INET6: 6}
+LINK_LOCAL6 = ipaddress.IPv6Network("fe80::/10")
 
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, index
 RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+RULEMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, res, res, action, flags
 U32 = struct.Struct("=I")
 
 
@@ -52,74 +76,101 @@ class RtNetlink:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def snapshot(self, name: str, families: tuple[int, ...], sysctls: tuple[str, ...]) -> NetSnapshot:
+    def read(self, scope: Scope) -> NetState:
         try:
-            index = socket.if_nametoindex(name)
+            index = socket.if_nametoindex(scope.interface)
         except OSError:
-            return NetSnapshot(None, (), ())
+            return NetState(None)
         try:
-            names, link = self._links(index)
+            names, links = self._links()
             addresses = self._addresses(index)
-            routes = [r for family in families for r in self._routes(family, names, index)]
+            routes = tuple(r for family in (4, 6) for r in self._routes(family, names, index))
+            rules = tuple(r for family in (4, 6) for r in self._rules(family))
         except OSError as error:
-            raise ApplyError(f"read interface {name}", _words(error)) from None
+            raise ApplyError(f"read interface {scope.interface}", _words(error), _kind(error)) from None
+        link = links.get(index)
         if link is None:  # gone between the two reads
-            return NetSnapshot(None, (), ())
-        values = tuple((key, _read(f"{self.proc_sys}/{key}")) for key in sysctls)
-        return NetSnapshot(link._replace(addresses=addresses), tuple(routes), values)
+            return NetState(None)
+        pod = next((state for state in links.values() if state.name == scope.pod_interface), None)
+        values = tuple((key, _read(f"{self.proc_sys}/{key}")) for key in scope.sysctls)
+        return canonical(NetState(link, addresses, routes, rules, values, pod.mtu if pod else None))
 
-    def _links(self, index: int) -> tuple[dict[int, str], LinkState | None]:
-        """Every link's name by index (routes name their device by index), and the one link."""
+    def _links(self) -> tuple[dict[int, str], dict[int, LinkState]]:
         names: dict[int, str] = {}
-        link = None
+        links: dict[int, LinkState] = {}
         for _, data, start, end in self.channel.dump(RTM_GETLINK, IFINFOMSG.pack(0, 0, 0, 0, 0)):
             _, _, number, flags, _ = IFINFOMSG.unpack_from(data, start)
             found = netlink.attributes(data, start + IFINFOMSG.size, end)
             name = found.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(errors="replace")
             names[number] = name
-            if number == index:
-                mac = ":".join(f"{b:02x}" for b in found.get(IFLA_ADDRESS, b""))
-                mtu = U32.unpack(found[IFLA_MTU])[0] if IFLA_MTU in found else 0
-                link = LinkState(name, bool(flags & IFF_UP), bool(flags & IFF_LOWER_UP), mac, mtu, ())
-        return names, link
+            mac = ":".join(f"{b:02x}" for b in found.get(IFLA_ADDRESS, b""))
+            mtu = U32.unpack(found[IFLA_MTU])[0] if IFLA_MTU in found else 0
+            links[number] = LinkState(name, bool(flags & IFF_UP), bool(flags & IFF_LOWER_UP), mac, mtu)
+        return names, links
 
-    def _addresses(self, index: int) -> tuple[IPInterface, ...]:
+    def _addresses(self, index: int) -> tuple[Address, ...]:
         """The link's addresses of global scope (link-local ones are the kernel's own)."""
         out = []
         for _, data, start, end in self.channel.dump(RTM_GETADDR, IFADDRMSG.pack(0, 0, 0, 0, 0)):
-            family, prefix, _, scope, number = IFADDRMSG.unpack_from(data, start)
+            family, prefix, flags, scope, number = IFADDRMSG.unpack_from(data, start)
             if number != index or scope != RT_SCOPE_UNIVERSE or family not in VERSION:
                 continue
             found = netlink.attributes(data, start + IFADDRMSG.size, end)
             raw = found.get(IFA_LOCAL) or found.get(IFA_ADDRESS)
+            if IFA_FLAGS in found:  # the header holds only the lower 8 bits
+                flags = U32.unpack(found[IFA_FLAGS])[0]
             if raw:
-                out.append(ipaddress.ip_interface((raw, prefix)))
+                ip = ipaddress.ip_interface((raw, prefix))
+                out.append(Address(ip, bool(flags & IFA_F_NOPREFIXROUTE)))
         return tuple(out)
 
-    def _routes(self, family: int, names: dict[int, str], index: int) -> list[SavedRoute]:
-        """The main table's routes a reconcile may change: the default route, and those
-        through the interface that the kernel did not add by itself for an address."""
+    def _routes(self, family: int, names: dict[int, str], index: int) -> list[Route]:
+        """The routes the router owns: all of its table's, and the main table's through the
+        egress link (but the kernel's own IPv6 link-local one)."""
         out = []
         request = RTMSG.pack(FAMILY[family], 0, 0, 0, 0, 0, 0, 0, 0)
         for _, data, start, end in self.channel.dump(RTM_GETROUTE, request):
-            route_family, dst_len, _, _, table, protocol, scope, kind, _ = RTMSG.unpack_from(data, start)
-            if route_family != FAMILY[family]:  # a kernel without IPv6 answers with every family
+            route_family, dst_len, _, _, table, _, scope, kind, _ = RTMSG.unpack_from(data, start)
+            if route_family != FAMILY[family] or kind != RTN_UNICAST:  # a kernel without IPv6 answers with every family
                 continue
             found = netlink.attributes(data, start + RTMSG.size, end)
             if RTA_TABLE in found:
                 table = U32.unpack(found[RTA_TABLE])[0]
-            if table != RT_TABLE_MAIN or kind != RTN_UNICAST or protocol == RTPROT_KERNEL:
-                continue
             oif = U32.unpack(found[RTA_OIF])[0] if RTA_OIF in found else None
-            if dst_len and oif != index:
-                continue
             destination = "default"
             if dst_len:
                 destination = f"{ipaddress.ip_address(found[RTA_DST])}/{dst_len}"
+            if table != ROUTE_TABLE:
+                if table != MAIN_TABLE or oif != index:
+                    continue
+                if family == 6 and dst_len and _link_local6(destination):
+                    continue
             via = str(ipaddress.ip_address(found[RTA_GATEWAY])) if RTA_GATEWAY in found else None
             dev = names.get(oif) if oif is not None else None
             metric = U32.unpack(found[RTA_PRIORITY])[0] if RTA_PRIORITY in found else 0
-            out.append(SavedRoute(family, destination, via, dev, SCOPE_NAMES.get(scope), metric))
+            source = str(ipaddress.ip_address(found[RTA_PREFSRC])) if RTA_PREFSRC in found else None
+            out.append(Route(family, table, destination, via, dev, SCOPE_NAMES.get(scope, str(scope)), metric, source))
+        return out
+
+    def _rules(self, family: int) -> list[Rule]:
+        """The rules at the router's priorities, or pointing at its table."""
+        out = []
+        for _, data, start, end in self.channel.dump(RTM_GETRULE, RULEMSG.pack(FAMILY[family], 0, 0, 0, 0, 0, 0, 0, 0)):
+            rule_family, dst_len, _, _, table, _, _, _, _ = RULEMSG.unpack_from(data, start)
+            if rule_family != FAMILY[family]:
+                continue
+            found = netlink.attributes(data, start + RULEMSG.size, end)
+            if FRA_TABLE in found:
+                table = U32.unpack(found[FRA_TABLE])[0]
+            priority = U32.unpack(found[FRA_PRIORITY])[0] if FRA_PRIORITY in found else 0
+            if table != ROUTE_TABLE and priority not in RULE_PRIORITIES:
+                continue
+            fwmark = U32.unpack(found[FRA_FWMARK])[0] if FRA_FWMARK in found else None
+            iif = found[FRA_IIFNAME].rstrip(b"\0").decode(errors="replace") if FRA_IIFNAME in found else None
+            destination = None
+            if FRA_DST in found:
+                destination = f"{ipaddress.ip_address(found[FRA_DST])}/{dst_len}"
+            out.append(Rule(family, priority, table, fwmark, iif, destination))
         return out
 
     def has_carrier(self, name: str) -> bool | None:
@@ -129,100 +180,139 @@ class RtNetlink:
 
     # --- changing ----------------------------------------------------------------------------
 
-    def configure(self, plan: NetworkPlan, remove: tuple[IPInterface, ...]) -> None:
-        for step in setup_steps(plan, remove):
-            try:
-                self._take(step)
-            except OSError as error:
-                raise ApplyError(step.command(), _words(error), Kind.of_errno(error.errno or 0)) from None
-
-    def restore(self, snapshot: NetSnapshot, plan: NetworkPlan) -> None:
-        for key, value in snapshot.sysctls:
-            if value is not None:
-                self.set_sysctl(key, value)
-        # Every step is tried, past one that fails, so that as much as can be is put back.
-        # Deleting what is already gone (the step that failed never added it) is no failure.
+    def apply(self, steps: Sequence[Step], keep_going: bool = False) -> None:
         failures = []
-        for step in restore_steps(snapshot, plan):
+        for step in steps:
             try:
                 self._take(step)
+            except ApplyError as error:
+                if not keep_going:
+                    raise
+                failures.append(str(error).removeprefix("failed to "))
             except OSError as error:
-                if not step.deletes:
-                    failures.append(f"{step.command()}: {_words(error)}")
+                if not keep_going:
+                    raise ApplyError(str(step), _words(error), _kind(error)) from None
+                if not (removes(step) and _kind(error) is Kind.NOT_FOUND):
+                    failures.append(f"{step}: {_words(error)}")
         if failures:
             raise ApplyError("restore the previous network setup", "; ".join(failures))
 
-    def set_sysctl(self, key: str, value: str) -> None:
+    def _take(self, step: Step) -> None:
+        """Send the step's message; raises OSError (NetlinkError: the kernel's refusal)."""
+        if isinstance(step, SetSysctl):
+            self._set_sysctl(step)
+        elif isinstance(step, (LinkUp, LinkDown)):
+            index = socket.if_nametoindex(step.dev)
+            flags = IFF_UP if isinstance(step, LinkUp) else 0
+            self.channel.change(RTM_NEWLINK, 0, IFINFOMSG.pack(0, 0, index, flags, IFF_UP))
+        elif isinstance(step, (AddAddress, DelAddress)):
+            self.channel.change(*address_message(step, socket.if_nametoindex(step.dev)))
+        elif isinstance(step, (ReplaceRoute, DelRoute)):
+            dev = step.route.dev
+            self.channel.change(*route_message(step, socket.if_nametoindex(dev) if dev else 0))
+        else:
+            self.channel.change(*rule_message(step))
+
+    def _set_sysctl(self, step: SetSysctl) -> None:
+        key, value = step.sysctl
         path = f"{self.proc_sys}/{key}"
         try:
             with open(path, "w") as handle:
                 handle.write(value)
         except OSError as error:
-            # /proc/sys is read-only in an unprivileged container. Fine if the value is already
-            # right (a sysctl set in the Pod spec); an error naming the fix otherwise.
-            if _read(path) == value:
+            # /proc/sys is read-only in an unprivileged container. Fine if what the value does
+            # is already so (a sysctl set in the Pod spec); an error naming the fix otherwise.
+            if self._already(key, value):
                 return
-            name = key.replace("/", ".")
             raise ApplyError(
-                f"set {name}={value}",
-                f"{error.strerror or error}; allow it as a Pod sysctl "
-                f"(securityContext.sysctls) or run the container privileged",
+                str(step),
+                f"{error.strerror or error}; allow it as a Pod sysctl (securityContext.sysctls), "
+                "set it in the CNI plugin, or run the container privileged",
+                _kind(error),
             ) from None
 
-    def _take(self, step: Step) -> None:
-        """Send the step's message; raises OSError (NetlinkError: the kernel's refusal)."""
-        index = socket.if_nametoindex(step.dev) if step.dev else 0
-        if step.verb.startswith("link"):
-            flags = IFF_UP if step.verb == "link up" else 0
-            self.channel.change(RTM_NEWLINK, 0, IFINFOMSG.pack(0, 0, index, flags, IFF_UP))
-        elif step.address is not None:
-            self.channel.change(*address_message(step, index))
-        else:
-            self.channel.change(*route_message(step, index))
+    def _already(self, key: str, value: str) -> bool:
+        now = _read(f"{self.proc_sys}/{key}")
+        if now == value:
+            return True
+        if key.endswith("/rp_filter") and now is not None:
+            # The kernel checks with the larger of the interface's value and `all`'s: only
+            # strict mode (1) drops the router's replies.
+            every = _read(f"{self.proc_sys}/net/ipv4/conf/all/rp_filter") or "0"
+            return max(int(now), int(every)) != 1
+        return False
 
 
-def address_message(step: Step, index: int) -> tuple[int, int, bytes]:
-    """(type, flags, body) of an `address replace` or `address del` step."""
-    address = step.address
-    assert address is not None
-    flags = IFA_F_NODAD if step.nodad else 0
-    body = IFADDRMSG.pack(FAMILY[address.version], address.network.prefixlen, flags, 0, index)
+def address_message(step: AddAddress | DelAddress, index: int) -> tuple[int, int, bytes]:
+    """(type, flags, body) of an address step."""
+    address = step.address.address
+    flags = IFA_F_NOPREFIXROUTE if step.address.noprefixroute else 0
+    if address.version == 6:
+        # nodad: an IPv6 source must be usable at once, not after a second of duplicate
+        # address detection (the announcement that follows tells the LAN instead).
+        flags |= IFA_F_NODAD
+    body = IFADDRMSG.pack(FAMILY[address.version], address.network.prefixlen, flags & 0xFF, 0, index)
     packed = address.ip.packed
     body += netlink.attr(IFA_LOCAL, packed) + netlink.attr(IFA_ADDRESS, packed)
-    if step.verb == "address del":
+    if isinstance(step, DelAddress):
         return RTM_DELADDR, 0, body
-    if flags:
-        body += netlink.attr(IFA_FLAGS, U32.pack(flags))
+    body += netlink.attr(IFA_FLAGS, U32.pack(flags))
     return RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, body
 
 
-def route_message(step: Step, index: int) -> tuple[int, int, bytes]:
-    """(type, flags, body) of a `route replace` or `route del` step, in the main table, with
-    the scope `ip` would choose: link for an IPv4 route without a gateway, else universe."""
-    family = FAMILY[step.family]
-    if step.destination in ("default", "0.0.0.0/0", "::/0"):
+def route_message(step: ReplaceRoute | DelRoute, index: int) -> tuple[int, int, bytes]:
+    """(type, flags, body) of a route step; the table always goes as RTA_TABLE (it may not fit
+    the header's byte)."""
+    route = step.route
+    family = FAMILY[route.family]
+    if route.destination == "default":
         dst_len, dst = 0, b""
     else:
-        network = ipaddress.ip_interface(step.destination)
+        network = ipaddress.ip_interface(route.destination)
         dst_len, dst = network.network.prefixlen, network.ip.packed
     attrs = netlink.attr(RTA_DST, dst) if dst_len else b""
-    if step.via:
-        attrs += netlink.attr(RTA_GATEWAY, ipaddress.ip_address(step.via).packed)
+    attrs += netlink.attr(RTA_TABLE, U32.pack(route.table)) + netlink.attr(RTA_PRIORITY, U32.pack(route.metric))
+    header_table = route.table if route.table < 256 else 0
+    if isinstance(step, DelRoute):
+        scope = RT_SCOPE_NOWHERE if route.family == 4 else RT_SCOPE_UNIVERSE  # any scope
+        return RTM_DELROUTE, 0, RTMSG.pack(family, dst_len, 0, 0, header_table, 0, scope, 0, 0) + attrs
+    if route.via:
+        attrs += netlink.attr(RTA_GATEWAY, ipaddress.ip_address(route.via).packed)
     if index:
         attrs += netlink.attr(RTA_OIF, U32.pack(index))
-    if step.metric:
-        attrs += netlink.attr(RTA_PRIORITY, U32.pack(step.metric))
-    if step.verb == "route del":
-        scope = RT_SCOPE_NOWHERE if step.family == 4 else RT_SCOPE_UNIVERSE  # any scope
-        return RTM_DELROUTE, 0, RTMSG.pack(family, dst_len, 0, 0, RT_TABLE_MAIN, 0, scope, 0, 0) + attrs
-    if step.scope is not None:
-        scope = SCOPES.get(step.scope, RT_SCOPE_UNIVERSE)
-    elif step.family == 4 and not step.via:
-        scope = RT_SCOPE_LINK
-    else:
-        scope = RT_SCOPE_UNIVERSE
-    body = RTMSG.pack(family, dst_len, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST, 0)
+    if route.source:
+        attrs += netlink.attr(RTA_PREFSRC, ipaddress.ip_address(route.source).packed)
+    scope = SCOPES.get(route.scope, RT_SCOPE_UNIVERSE)
+    body = RTMSG.pack(family, dst_len, 0, 0, header_table, RTPROT_BOOT, scope, RTN_UNICAST, 0)
     return RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body + attrs
+
+
+def rule_message(step: AddRule | DelRule) -> tuple[int, int, bytes]:
+    rule = step.rule
+    dst_len = 0
+    attrs = netlink.attr(FRA_PRIORITY, U32.pack(rule.priority)) + netlink.attr(FRA_TABLE, U32.pack(rule.table))
+    if rule.fwmark is not None:
+        attrs += netlink.attr(FRA_FWMARK, U32.pack(rule.fwmark)) + netlink.attr(FRA_FWMASK, U32.pack(0xFFFFFFFF))
+    if rule.iif:
+        attrs += netlink.name_attr(FRA_IIFNAME, rule.iif)
+    if rule.destination:
+        network = ipaddress.ip_interface(rule.destination)
+        dst_len = network.network.prefixlen
+        attrs += netlink.attr(FRA_DST, network.ip.packed)
+    header_table = rule.table if rule.table < 256 else 0
+    body = RULEMSG.pack(FAMILY[rule.family], dst_len, 0, 0, header_table, 0, 0, FR_ACT_TO_TBL, 0) + attrs
+    if isinstance(step, DelRule):
+        return RTM_DELRULE, 0, body
+    return RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, body
+
+
+def _link_local6(destination: str) -> bool:
+    network = ipaddress.IPv6Network(destination, strict=False)
+    return network.subnet_of(LINK_LOCAL6)
+
+
+def _kind(error: OSError) -> Kind:
+    return Kind.of_errno(error.errno or 0)
 
 
 def _words(error: OSError) -> str:
