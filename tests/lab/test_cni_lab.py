@@ -123,6 +123,9 @@ def test_router_works_through_the_plugins_interface(lab):
     assert code == 0, result
     try:
         assert lab.sysctl("router", "net/ipv4/ip_forward") == "1"
+        # Loose reverse-path filtering on the interface it made: what an unprivileged router
+        # cannot set itself, and needs for the replies that arrive on it.
+        assert lab.sysctl("router", "net/ipv4/conf/macvlan0/rp_filter") == "2"
         done = lab.run_router(seed_env("init"))
         assert done.returncode == 0, done.stderr
         probe = lab.connect(80)
@@ -144,6 +147,8 @@ def test_plugin_sets_the_router_up_itself(lab):
         assert cni(lab, "CHECK", conf(egressRouter=settings, prevResult=result)) == (0, None)
         probe = lab.connect(8080)
         assert probe.ok and probe.source == "192.0.2.99", probe
+        assert "lookup 2430" in lab.exec("router", ["ip", "rule"]).stdout
     finally:
         assert cni(lab, "DEL", conf(egressRouter=settings)) == (0, None)
     assert lab.nft_table() is None and not lab.has_link("router", "macvlan0")
+    assert "2430" not in lab.exec("router", ["ip", "rule"]).stdout + lab.exec("router", ["ip", "-6", "rule"]).stdout

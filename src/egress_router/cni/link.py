@@ -100,9 +100,14 @@ def delete(netns: str, name: str) -> None:
         _check(done, f"delete {name}")
 
 
-def enable_forwarding(netns: str) -> None:
+def enable_forwarding(netns: str, ifname: str) -> None:
+    """What the router needs of /proc/sys, which is read-only in an unprivileged container:
+    forwarding on, and loose reverse-path filtering on the interface (replies arrive on it from
+    addresses the pod's main table routes elsewhere)."""
     # /proc/sys/net shows the namespace of the process that opens it: a shell entered into the
     # pod's namespace writes the pod's sysctl, not the node's. IPv6 may be off in the pod.
-    for key in FORWARDING_SYSCTLS:
-        script = 'test ! -e "$1" || echo 1 > "$1"'
-        _check(run(["sh", "-c", script, "sh", f"/proc/sys/{key}"], netns), f"set {key.replace('/', '.')}=1 in the pod")
+    values = [(key, "1") for key in FORWARDING_SYSCTLS] + [(f"net/ipv4/conf/{ifname}/rp_filter", "2")]
+    for key, value in values:
+        script = 'test ! -e "$1" || echo "$2" > "$1"'
+        done = run(["sh", "-c", script, "sh", f"/proc/sys/{key}", value], netns)
+        _check(done, f"set {key.replace('/', '.')}={value} in the pod")

@@ -127,7 +127,7 @@ def add(conf: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     try:
         link.set_up(netns, ifname)
         if conf.get("forwarding") is True:
-            link.enable_forwarding(netns)
+            link.enable_forwarding(netns, ifname)
         if settings is not None:
             router.set_up(netns, settings.env)
         created = link.show(netns, ifname)

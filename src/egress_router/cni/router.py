@@ -13,7 +13,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..schema import TABLE_FAMILY, TABLE_NAME
+from ..schema import RULE_PRIORITIES, TABLE_FAMILY, TABLE_NAME
 from .errors import INVALID_CONFIG, ROUTER_FAILURE, CniError
 from .link import run
 
@@ -82,9 +82,13 @@ def set_up(netns: str, env: dict[str, str]) -> None:
 
 
 def tear_down(netns: str) -> None:
-    """Remove the router's table; its addresses and routes went with the interface."""
+    """Remove the router's table and policy rules; its addresses and routes went with the
+    interface."""
     if os.path.exists(netns):
         run(["nft", "delete", "table", *TABLE], netns)  # absent already: nothing to do
+        for family in ("-4", "-6"):
+            for priority in RULE_PRIORITIES:
+                run(["ip", family, "rule", "del", "priority", str(priority)], netns)
 
 
 def has_table(netns: str) -> bool:
