@@ -11,8 +11,10 @@ top=$(cd "$here/../.." && pwd)
 . "$here/env.sh"
 
 # None of these starts a service on install (podman's socket unit needs systemd, and is not
-# enabled by the package), so no policy-rc.d is needed.
-packages=(podman buildah runc netavark debootstrap)
+# enabled by the package), so no policy-rc.d is needed. netavark 1.4 sets up a bridge network
+# (the tests' cluster side) with iptables; catatonit is what podman builds its local pause
+# (infra) image from, as the registry's pause image cannot be pulled.
+packages=(podman buildah runc netavark aardvark-dns iptables catatonit debootstrap)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
