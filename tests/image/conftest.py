@@ -54,10 +54,8 @@ def image() -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_podman_objects_left_behind() -> Iterator[None]:
-    if os.geteuid() != 0:
-        yield
-        return
+def no_podman_objects_left_behind(image: str) -> Iterator[None]:
+    """After `image`, which installs podman on a fresh machine."""
     remove_all(prefix=None)  # what runs killed with SIGKILL left behind
     yield
     left = [n for kind in ("pod", "container", "volume", "network") for n in names(kind)]
@@ -149,15 +147,19 @@ class PodLab:
 
     def connect(self, pod: str, port: int, timeout: float = 3.0) -> Probe:
         """From the host (the client) to the pod's cluster-side address; what the server at
-        the other end saw. Refuses to send anything unless the host's route to the pod is the
-        internal network's bridge: never towards the host's own network."""
+        the other end saw."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        return probe_tcp(sock, self.address(pod), port, timeout)
+
+    def address(self, pod: str) -> str:
+        """The pod's cluster-side address, once it is sure that the host's route to it is the
+        internal network's bridge: nothing is ever sent towards the host's own network."""
         address = self.pod_ip(pod)
         route = json.loads(ip(["-j", "route", "get", address]).stdout)[0]
         assert route.get("dev") == self.bridge and "gateway" not in route, (
             f"the host's route to {address} is not the pod network's bridge: {route}"
         )
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        return probe_tcp(sock, address, port, timeout)
+        return address
 
     def pod_ip(self, pod: str) -> str:
         infra = json.loads(podman(["pod", "inspect", pod]).stdout)

@@ -11,7 +11,7 @@ from egress_router.lab import SEED_EXPECTATIONS
 from egress_router.lab import addresses as A
 
 from .conftest import PodLab
-from .podman import PREFIX, container_logs, inspect, podman
+from .podman import container_logs, inspect, podman
 from .specs import dump, for_podman, seed_pod
 
 pytestmark = pytest.mark.lab
