@@ -53,3 +53,17 @@ def test_egress_1_without_a_prefix_reaches_its_one_destination_on_every_port(
             assert probe.source == "192.0.2.98", f"{port}: the server saw {probe.source}"
     finally:
         podman(["pod", "rm", "-f", "-t", "0", name], check=False)
+
+
+def test_the_image_is_the_one_manifests_names_and_carries_no_build_leftovers(image: str) -> None:
+    from egress_router.kube.spec import DEFAULT_IMAGE
+
+    assert podman(["image", "exists", DEFAULT_IMAGE], check=False).returncode == 0, DEFAULT_IMAGE
+    script = (
+        "for tool in gcc cc make curl; do command -v $tool; done;"
+        " find /usr/share/doc -type f ! -name copyright;"
+        " find /usr/share/man /var/lib/apt/lists /var/cache/apt -mindepth 1 -maxdepth 1 -type f;"
+        " ls -d /root/.cache /wheels 2>/dev/null; true"
+    )
+    done = podman(["run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c", script])
+    assert done.stdout.split() == [], f"found in the image: {done.stdout.split()}"

@@ -30,7 +30,7 @@ import pytest
 import egress_router
 from egress_router.config import load_environment
 from egress_router.errors import ApplyError
-from egress_router.lab.netns import delete_namespaces, in_netns, ip, read_sysctl
+from egress_router.lab.netns import delete_namespaces, in_netns, ip, read_sysctl, write_sysctls
 from egress_router.netlink import LinkState, NetSnapshot, SavedRoute, restore_steps, setup_steps
 from egress_router.netlink.rtnl import RtNetlink
 from egress_router.plan import NetworkPlan, Route, build_network
@@ -644,6 +644,8 @@ def test_restore_puts_back_a_default_route_whose_gateway_only_a_host_route_reach
 def test_set_sysctl_writes_the_namespaces_value_only(pod: Pod) -> None:
     key = "net/ipv4/ip_forward"
     host = Path(f"/proc/sys/{key}").read_text().strip()
+    # A new namespace copies the host's value, which podman's netavark switches on: start at 0.
+    write_sysctls(pod.ns, [(key, "0")])
     assert pod.sysctl(key) == "0"
     pod(lambda net: net.set_sysctl(key, "1"))
     assert pod.sysctl(key) == "1"
