@@ -15,10 +15,17 @@ import pytest
 import yaml
 
 from egress_router.lab import addresses as A
-
-from .conftest import PodLab
-from .podman import IMAGE, PREFIX, container_logs, inspect, podman
-from .specs import INIT_TYPE, LAB_VALUES, dump
+from egress_router.lab.pods import (
+    IMAGE,
+    INIT_TYPE,
+    LAB_VALUES,
+    PREFIX,
+    PodLab,
+    container_logs,
+    dump,
+    inspect,
+    podman,
+)
 
 pytestmark = pytest.mark.lab
 

@@ -6,10 +6,18 @@ from __future__ import annotations
 import pytest
 
 from egress_router.lab import addresses as A
-
-from .conftest import PodLab
-from .podman import IMAGE, PREFIX, PodmanError, container_logs, inspect, podman
-from .specs import dump, for_podman, seed_pod
+from egress_router.lab.pods import (
+    IMAGE,
+    PREFIX,
+    PodLab,
+    PodmanError,
+    container_logs,
+    dump,
+    for_podman,
+    inspect,
+    podman,
+    seed_pod,
+)
 
 pytestmark = pytest.mark.lab
 

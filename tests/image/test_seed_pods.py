@@ -9,18 +9,13 @@ import pytest
 
 from egress_router.lab import SEED_EXPECTATIONS
 from egress_router.lab import addresses as A
-
-from .conftest import PodLab
-from .podman import container_logs, inspect, podman
-from .specs import dump, for_podman, seed_pod
+from egress_router.lab.pods import PodLab, container_logs, dump, for_podman, podman, seed_pod, state
 
 pytestmark = pytest.mark.lab
 
 
 def init_state(pod: str) -> tuple[str, int]:
-    state = inspect(f"{pod}-egress-router")["State"]
-    assert isinstance(state, dict)
-    return str(state["Status"]), int(state["ExitCode"])
+    return state(f"{pod}-egress-router")
 
 
 def test_egress_multi_redirects_every_seed_rule_from_the_reserved_address(pod_lab: PodLab) -> None:
