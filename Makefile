@@ -2,11 +2,12 @@
 #   make demo   build the lab, run the router with the seed's example, show it, tear it down
 #   make test   the whole test suite: pure, fake-backed, and the root-only lab tests
 # and, for the container image:
-#   make image  build localhost/egress-router:<version> and :latest with podman
+#   make image     build localhost/egress-router:<version> and :latest with podman
+#   make pod-demo  the seed's Pod from that image under podman kube play, on the lab
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test typecheck bench lint clean image
+.PHONY: demo test typecheck bench lint clean image pod-demo
 
 demo:
 	@./scripts/setup.sh
@@ -18,6 +19,10 @@ test:
 
 image:
 	@./scripts/image/build.sh
+
+pod-demo: image
+	@./scripts/setup.sh
+	$(PY) -m egress_router.lab.pod_demo
 
 typecheck:
 	@./scripts/setup.sh

@@ -198,9 +198,18 @@ def for_podman(pod: dict[str, Any], image: str = IMAGE) -> dict[str, Any]:
 
 
 def dump(*docs: dict[str, Any]) -> str:
+    """YAML as people write it: multi-line values (the rules) as `|` blocks."""
     import yaml
 
-    return yaml.safe_dump_all(docs, sort_keys=False)
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump_all(docs, Dumper=Dumper, sort_keys=False)
 
 
 # -- the lab with pods ---------------------------------------------------------------------------
