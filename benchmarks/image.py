@@ -39,8 +39,8 @@ from egress_router.lab import Lab, seed_env
 from egress_router.lab import addresses as A
 from egress_router.lab.pods import (
     IMAGE,
-    PREFIX,
     LAB_VALUES,
+    PREFIX,
     PodLab,
     build_image,
     dump,
