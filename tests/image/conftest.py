@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from egress_router.lab import sweep_stale
 from egress_router.lab.pods import IMAGE, PodLab, build_image, leftovers, remove_all
 
 
@@ -22,7 +23,10 @@ def image() -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_podman_objects_left_behind(image: str) -> Iterator[None]:
-    remove_all(prefix=None)  # what runs killed with SIGKILL left behind
+    # What runs killed with SIGKILL left behind: podman objects, and lab namespaces (the host
+    # end of a pod LAN's veth goes with its peer there).
+    remove_all(prefix=None)
+    sweep_stale()
     yield
     ours = leftovers()
     remove_all()
