@@ -38,9 +38,15 @@ args=()
 # host's bundle is mounted for the build's RUN steps only, and is not copied into the image.
 [ -f /etc/ssl/certs/ca-certificates.crt ] &&
   args+=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+previous=$(podman image inspect --format '{{.Id}}' "$name:latest" 2>/dev/null || true)
 started=$(date +%s)
 # The host's network for the build: it needs no bridge, NAT or firewall rules of its own.
 podman build -q --network host --pull=never "${args[@]}" -f "$top/Containerfile" \
   -t "$name:$version" -t "$name:latest" "$top" >/dev/null
+# The image this one replaces, now untagged; kept if a container still uses it.
+current=$(podman image inspect --format '{{.Id}}' "$name:latest")
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true
+fi
 size=$(podman image inspect --format '{{.Size}}' "$name:latest")
 echo "image: built $name:$version and :latest in $(( $(date +%s) - started ))s, $(( size / 1000000 )) MB" >&2
