@@ -31,24 +31,20 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from egress_router.lab import Lab, seed_env
 from egress_router.lab import addresses as A
 from egress_router.lab.pods import (
-    IMAGE,
-    LAB_VALUES,
-    PREFIX,
     PodLab,
     build_image,
     dump,
     for_podman,
     inspect,
+    legacy_pod,
     podman,
     remove_all,
     seed_pod,
+    state,
 )
 
 from . import stats
@@ -105,28 +101,15 @@ def image_init(lab: PodLab) -> dict[str, float]:
         lab.play(dump(pod))
         returned = time.time()
         router = f"{name}-egress-router"
-        if inspect(router)["State"]["ExitCode"] != 0:
+        if state(router) != ("exited", 0):
             raise RuntimeError(f"the init container failed: {podman(['logs', router]).stderr}")
         return {"container": finished_at(router) - started_at(router), "kube_play": returned - called}
     finally:
         podman(["pod", "rm", "-f", "-t", "0", name], check=False)
 
 
-def legacy_docs() -> tuple[dict[str, Any], dict[str, Any]]:
-    out = subprocess.run(
-        [sys.executable, "-m", "egress_router", "manifests", "--mode", "legacy", "--image", IMAGE,
-         "--name", f"{PREFIX}legacy", "--source", LAB_VALUES["192.168.12.99/24"],
-         "--gateway", A.GATEWAY, "--destination", "80 tcp 203.0.113.25",
-         "--destination", "8080 tcp 203.0.113.26 80"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    docs = {d["kind"]: d for d in yaml.safe_load_all(out) if d}
-    docs["Pod"]["spec"]["restartPolicy"] = "Never"
-    return docs["ConfigMap"], docs["Pod"]
-
-
 def image_legacy(lab: PodLab, workdir: Path) -> dict[str, float]:
-    configmap, pod = legacy_docs()
+    configmap, pod = legacy_pod("legacy")
     name = pod["metadata"]["name"]
     cm_file = workdir / "configmap.yaml"
     cm_file.write_text(dump(configmap))

@@ -5,52 +5,16 @@ container, answers its probes, applies an edited ConfigMap live and ends promptl
 from __future__ import annotations
 
 import http.client
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from egress_router.lab import addresses as A
-from egress_router.lab.pods import (
-    IMAGE,
-    INIT_TYPE,
-    LAB_VALUES,
-    PREFIX,
-    PodLab,
-    container_logs,
-    dump,
-    inspect,
-    podman,
-)
+from egress_router.lab.pods import PodLab, container_logs, dump, legacy_pod, podman, state
 
 pytestmark = pytest.mark.lab
-
-
-def manifests(*args: str) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        [sys.executable, "-m", "egress_router", "manifests", "--image", IMAGE, *args],
-        capture_output=True, text=True, check=True,
-    )
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-
-
-def legacy_pod(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(ConfigMap, Pod) as `manifests` writes them for the lab, with this run's names and
-    restartPolicy Never (podman would restart an exited container forever)."""
-    docs = manifests(
-        "--mode", "legacy", "--name", PREFIX + name,
-        "--source", LAB_VALUES["192.168.12.99/24"], "--gateway", A.GATEWAY,
-        "--destination", "80 tcp 203.0.113.25", "--destination", "8080 tcp 203.0.113.26 80",
-    )
-    by_kind = {doc["kind"]: doc for doc in docs}
-    pod = by_kind["Pod"]
-    pod["spec"]["restartPolicy"] = "Never"
-    assert INIT_TYPE not in pod["metadata"].get("annotations", {})  # no init container here
-    return by_kind["ConfigMap"], pod
 
 
 def get(address: str, path: str) -> tuple[int, str]:
@@ -107,9 +71,7 @@ def test_the_legacy_pod_serves_probes_reloads_its_configmap_and_stops_promptly(
         started = time.monotonic()
         podman(["pod", "stop", "-t", "10", name])
         stopped = time.monotonic() - started
-        state = inspect(router)["State"]
-        assert isinstance(state, dict)
-        assert state["ExitCode"] == 0, container_logs(router)
+        assert state(router) == ("exited", 0), container_logs(router)
         assert stopped < 3, f"the router took {stopped:.1f}s to stop on SIGTERM"
         assert "Traceback" not in container_logs(router)
     finally:

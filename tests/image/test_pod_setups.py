@@ -17,6 +17,7 @@ from egress_router.lab.pods import (
     inspect,
     podman,
     seed_pod,
+    state,
 )
 
 pytestmark = pytest.mark.lab
@@ -44,9 +45,7 @@ def test_net_admin_and_net_raw_suffice_where_the_pod_has_forwarding_on(pod_lab: 
         podman(["create", "--pod", pod, "--name", f"{pod}-wait", "--cap-drop", "all",
                 "--entrypoint", "sleep", IMAGE, "infinity"])
         podman(["pod", "start", pod])
-        state = inspect(router)["State"]
-        assert isinstance(state, dict)
-        assert (state["Status"], state["ExitCode"]) == ("exited", 0), container_logs(router)
+        assert state(router) == ("exited", 0), container_logs(router)
         caps = inspect(router)["EffectiveCaps"]
         assert sorted(caps) == ["CAP_NET_ADMIN", "CAP_NET_RAW"]  # type: ignore[arg-type]
         probe = pod_lab.connect(pod, 8443)
@@ -63,15 +62,12 @@ def test_a_pod_without_macvlan0_fails_with_the_routers_one_line(pod_lab: PodLab)
         # The init container fails, so the pod does not start: kube play says so.
         with pytest.raises(PodmanError, match="init container .* exited with code 1"):
             pod_lab.play(dump(pod), macvlan=False)
-        state = inspect(router)["State"]
-        assert isinstance(state, dict)
-        assert (state["Status"], state["ExitCode"]) == ("exited", 1)
+        assert state(router) == ("exited", 1)
         log = container_logs(router).strip().splitlines()
         assert len(log) == 1, log
         assert log[0].startswith(
             "egress-router: setup error: the egress interface macvlan0 does not exist in this pod"
         ), log
-        wait = inspect(f"{name}-egress-router-wait")["State"]
-        assert isinstance(wait, dict) and wait["Status"] != "running"
+        assert state(f"{name}-egress-router-wait")[0] != "running"
     finally:
         podman(["pod", "rm", "-f", "-t", "0", name], check=False)

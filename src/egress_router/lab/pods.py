@@ -197,6 +197,27 @@ def for_podman(pod: dict[str, Any], image: str = IMAGE) -> dict[str, Any]:
     return pod
 
 
+def legacy_pod(name: str, image: str = IMAGE) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(ConfigMap, Pod) as `egress-router manifests --mode legacy` writes them for the lab,
+    named `PREFIX + name`, with restartPolicy Never (podman restarts an exited container
+    forever otherwise). Two rules: 80/tcp to 203.0.113.25, 8080/tcp to 203.0.113.26:80."""
+    import sys
+
+    import yaml
+
+    done = subprocess.run(
+        [sys.executable, "-m", "egress_router", "manifests", "--mode", "legacy",
+         "--image", image, "--name", PREFIX + name,
+         "--source", LAB_VALUES["192.168.12.99/24"], "--gateway", A.GATEWAY,
+         "--destination", "80 tcp 203.0.113.25", "--destination", "8080 tcp 203.0.113.26 80"],
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": SOURCE_ROOT},
+    )
+    by_kind = {doc["kind"]: doc for doc in yaml.safe_load_all(done.stdout) if doc}
+    pod = by_kind["Pod"]
+    pod["spec"]["restartPolicy"] = "Never"
+    return by_kind["ConfigMap"], pod
+
+
 def dump(*docs: dict[str, Any]) -> str:
     """YAML as people write it: multi-line values (the rules) as `|` blocks."""
     import yaml
