@@ -26,6 +26,7 @@ usage: egress-router                      run from the environment (the containe
        egress-router status [--json]      the live state, read from the kernel
        egress-router manifests ...        Kubernetes/OpenShift YAML for a router
        egress-router lint FILE...         find what would break the router in existing YAML
+       egress-router health [--ready]     ask this pod's legacy router /healthz (or /readyz)
        egress-router --help | --version
 
 The egress router in redirect mode: connections made to this pod on a mapped port are sent to
@@ -80,6 +81,7 @@ SUBCOMMANDS = {
     "status": (".status", "main"),
     "manifests": (".kube.manifests", "main"),
     "lint": (".kube.lint", "main"),
+    "health": (".health", "main"),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
+from .. import __version__
 from ..cni.link import MACVLAN_MODES
 from ..config import DESTINATION, GATEWAY, MODE, SOURCE, load_environment, parse_interface_name
 from ..errors import ConfigError, Problem
@@ -22,9 +23,11 @@ CONFIG_VIA = ("env", "file")
 MODES = ("init", "legacy")
 CNI_TYPES = ("egress-router-cni", "macvlan")
 
-# A placeholder until the project publishes an image: build it from the Containerfile and push
-# it to a registry of your own, then pass --image.
-DEFAULT_IMAGE = "ghcr.io/egress-router/egress-router:latest"
+# The project publishes no image. This is the one `make image` builds: it runs as it is only
+# where the node's runtime shares that storage (CRI-O beside podman, as root, on the node); a
+# version tag, not :latest, so that the kubelet does not insist on pulling it. Anywhere else,
+# push the image to a registry of your own and pass --image.
+DEFAULT_IMAGE = f"localhost/egress-router:{__version__}"
 # The long-lived container only keeps the pod (and its network namespace) alive, as the seed's
 # ose-pod does; any pause image will do.
 DEFAULT_WAIT_IMAGE = "registry.k8s.io/pause:3.10"
