@@ -132,6 +132,7 @@ def remove_all(prefix: str | None = PREFIX) -> list[str]:
             ["volume", "rm", "-f"],
             ["network", "rm", "-f"],
         ),
+        strict=True,
     ):
         found = [
             n for n in names(kind) if (n.startswith(prefix) if prefix else _dead_run(n))
