@@ -49,7 +49,8 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture
 def router_lab(lab: Lab) -> Lab:
-    """The module's lab with the router namespace as a new pod has it: no table, macvlan0
-    present, down and without address, no default route, forwarding off."""
+    """The module's lab with the router namespace as a new pod of its wiring has it: no
+    table, macvlan0 present, down and without address, eth0 with its CNI's routes (its
+    default route included), no rules or routing tables but the kernel's, forwarding off."""
     lab.reset_router()
     return lab
