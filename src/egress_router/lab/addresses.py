@@ -53,6 +53,10 @@ OUTSIDE_GATEWAY6 = "2001:db8:2::1"
 EXTERNAL6 = ("2001:db8:2::25", "2001:db8:2::26", "2001:db8:2::27")
 V6_PREFIX = 64
 
+# Bulk transfer endpoints (lab/servers.py): a download (`source`) and an upload (`sink`).
+DOWNLOAD_PORT = 9000
+UPLOAD_PORT = 9001
+
 # The seed's example, verbatim but for the LAN addresses (192.168.12.x -> 192.0.2.x).
 SEED_DESTINATION = (
     "80   tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n8443 tcp 203.0.113.26 443\n203.0.113.27\n"

@@ -296,3 +296,36 @@ def upload(sock: socket.socket, address: str, port: int, size: int, timeout: flo
 def _check_size(size: int) -> None:
     if not 0 < size <= MAX_TRANSFER:
         raise ValueError(f"a transfer is 1 to {MAX_TRANSFER} bytes, not {size}")
+
+
+# -- path MTU, as a sender learns it -----------------------------------------------------------
+
+# <linux/in.h>, <linux/in6.h>: Python's socket module does not name these.
+IP_MTU_DISCOVER, IP_MTU, IP_PMTUDISC_DO = 10, 14, 2
+IPV6_MTU_DISCOVER, IPV6_MTU, IPV6_PMTUDISC_DO = 23, 24, 2
+DISCARD_PORT = 9
+
+
+def learn_path_mtu(sock: socket.socket, address: str, size: int, wait: float = 0.3) -> int:
+    """Send a few `size`-byte UDP datagrams with "don't fragment" to `address` and return the
+    path MTU the kernel believes afterwards: smaller than the first hop's only if an ICMP
+    "fragmentation needed" / "packet too big" came back."""
+    v6 = sock.family == socket.AF_INET6
+    level = socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP
+    option, mtu, value = (
+        (IPV6_MTU_DISCOVER, IPV6_MTU, IPV6_PMTUDISC_DO)
+        if v6
+        else (IP_MTU_DISCOVER, IP_MTU, IP_PMTUDISC_DO)
+    )
+    header = 48 if v6 else 28
+    with sock:
+        sock.setsockopt(level, option, value)
+        sock.connect((address, DISCARD_PORT))
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                sock.send(bytes(size - header))
+            except OSError:
+                pass  # EMSGSIZE once the smaller MTU is known; an ICMP error otherwise
+            time.sleep(0.05)
+        return int(sock.getsockopt(level, mtu))

@@ -38,7 +38,18 @@ from . import addresses as A
 from . import podstate
 from . import wirings as W
 from .netns import delete_namespaces, in_netns, ip, ip_batch, read_sysctl, write_sysctls
-from .probe import HttpReply, Probe, Stream, Transfer, download, http_get, probe_tcp, probe_udp, upload
+from .probe import (
+    HttpReply,
+    Probe,
+    Stream,
+    Transfer,
+    download,
+    http_get,
+    learn_path_mtu,
+    probe_tcp,
+    probe_udp,
+    upload,
+)
 from .servers import format_spec
 
 # Where `python -m egress_router` finds this very checkout, installed or not.
@@ -365,6 +376,12 @@ class Lab:
         if dropped:
             self.nft("gw", W.pmtu_blackhole())
         self.drop_icmp_too_big = dropped
+
+    def path_mtu(self, role: str, address: str, size: int = 1500) -> int:
+        """The path MTU from `role` to `address` that a sender there learns by sending
+        `size`-byte packets with "don't fragment" (e.g. to see the PMTU black hole)."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        return learn_path_mtu(self.socket(role, family, socket.SOCK_DGRAM), address, size)
 
     def node_get(
         self, port: int, path: str = "/", ipv6: bool = False, timeout: float = 3.0

@@ -218,6 +218,9 @@ def sysctls(role: str, rp_filter: int) -> list[tuple[str, str]]:
     # router's is the one that matters (strict, as many nodes set it, unless opted out).
     strict = str(rp_filter) if role == "router" else "0"
     values += [("net/ipv4/conf/all/rp_filter", strict), ("net/ipv4/conf/default/rp_filter", strict)]
+    if role in ("node", A.NODE_B, "gw"):
+        # Every "fragmentation needed" a test provokes must be sent, not rate-limited away.
+        values += [("net/ipv4/icmp_ratelimit", "0"), ("net/ipv6/icmp/ratelimit", "0")]
     return values
 
 
