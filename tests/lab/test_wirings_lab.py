@@ -208,6 +208,28 @@ def test_no_pod_reaches_the_outside_without_the_router(pod: Lab, ipv6: bool) -> 
     assert probe_tcp(pod.socket("router", family(ipv6)), outside, 80, 0.5).error == "timeout"
 
 
+@FAMILIES
+def test_the_client_nodes_can_steer_outside_traffic_through_the_router_pod(pod: Lab, ipv6: bool) -> None:
+    # What a test of "the router is no open gateway" needs on every wiring: the client's
+    # packets for an outside address arrive at the router pod's eth0 (and, the pod not
+    # forwarding, go no further).
+    outside = A.EXTERNAL6[0] if ipv6 else A.EXTERNAL[0]
+    ip_word = "ip6" if ipv6 else "ip"
+    pod.nft("router", "table inet lab_count {\n  chain prerouting {\n"
+            "    type filter hook prerouting priority -300; policy accept;\n"
+            f"    iifname eth0 {ip_word} daddr {outside} counter\n  }}\n}}\n")  # fmt: skip
+    try:
+        with pod.routed_through_router(outside):
+            assert pod.connect(80, address=outside, timeout=0.5).error == "timeout"
+        listing = pod.exec("router", ["nft", "list", "table", "inet", "lab_count"]).stdout
+        assert "counter packets 0 " not in listing and "counter packets" in listing, listing
+        assert pod.connect(80, address=outside, timeout=0.5).error == "timeout"
+    finally:
+        pod.exec("router", ["nft", "delete", "table", "inet", "lab_count"])
+    for node in pod.wiring.nodes:
+        assert outside not in pod.exec(node, ["ip", "-6" if ipv6 else "-4", "route"]).stdout
+
+
 # -- reverse-path filtering -------------------------------------------------------------------
 
 

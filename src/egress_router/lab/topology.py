@@ -20,6 +20,7 @@ block whatever the reason (exception, Ctrl-C), and at interpreter exit for a lab
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import secrets
@@ -29,7 +30,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -376,6 +377,24 @@ class Lab:
         if dropped:
             self.nft("gw", W.pmtu_blackhole())
         self.drop_icmp_too_big = dropped
+
+    @contextlib.contextmanager
+    def routed_through_router(self, destination: str) -> Iterator[None]:
+        """Make the client's nodes send the client's packets for `destination` (an address)
+        to the router pod's eth0 instead of the LAN, for the `with` block: to check that the
+        router does not forward what it did not redirect (it is no open gateway)."""
+        v6 = ":" in destination
+        router = self.wiring.router
+        hops = [(router.node, router.ip6 if v6 else router.ip, router.veth)]
+        if self.client_node != router.node:
+            hops.append((self.client_node, A.NODE_IP6 if v6 else A.NODE_IP, "nic0"))
+        for role, gateway, dev in hops:
+            ip(["-n", self.ns(role), "route", "replace", destination, "via", gateway, "dev", dev])
+        try:
+            yield
+        finally:
+            for role, gateway, _ in hops:
+                ip(["-n", self.ns(role), "route", "del", destination, "via", gateway], check=False)
 
     def path_mtu(self, role: str, address: str, size: int = 1500) -> int:
         """The path MTU from `role` to `address` that a sender there learns by sending
