@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from egress_router.lab import Lab, sweep_stale
+from egress_router.lab import addresses as A
 from egress_router.lab.netns import delete_namespaces, list_namespaces
+from egress_router.lab.wirings import WIRINGS
 
 # Every endpoint the router tests talk to, in the ext namespace.
 SERVERS = [
@@ -26,6 +29,15 @@ SERVERS = [
     ("203.0.113.27", 5000, "tcp"),
     ("203.0.113.27", 5001, "udp"),
 ]
+
+
+def ext_servers(ipv6: bool) -> list[tuple[str, int, str]]:
+    """SERVERS, the bulk endpoints on 203.0.113.26, and with `ipv6` the same on the IPv6
+    twins of the external addresses (203.0.113.25 -> 2001:db8:2::25)."""
+    bulk = [("203.0.113.26", A.DOWNLOAD_PORT, "source"), ("203.0.113.26", A.UPLOAD_PORT, "sink")]
+    v4 = [*SERVERS, *bulk]
+    twins = dict(zip(A.EXTERNAL, A.EXTERNAL6, strict=True))
+    return v4 + ([(twins[a], port, kind) for a, port, kind in v4] if ipv6 else [])
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -49,7 +61,31 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture
 def router_lab(lab: Lab) -> Lab:
-    """The module's lab with the router namespace as a new pod has it: no table, macvlan0
-    present, down and without address, no default route, forwarding off."""
+    """The module's lab with the router namespace as a new pod of its wiring has it: no
+    table, macvlan0 present, down and without address, eth0 with its CNI's routes (its
+    default route included), no rules or routing tables but the kernel's, forwarding off."""
     lab.reset_router()
     return lab
+
+
+@pytest.fixture(scope="module")
+def lab_options() -> dict[str, Any]:
+    """Keyword arguments of `Lab` for `wired_lab`; a module overrides this fixture, e.g. to
+    return {"ipv6": True, "pod_mtu": 1400, "drop_icmp_too_big": True}."""
+    return {}
+
+
+@pytest.fixture(scope="module", params=WIRINGS)
+def wired_lab(request: pytest.FixtureRequest, lab_options: dict[str, Any]) -> Iterator[Lab]:
+    """One lab per wiring (shared, calico, per-node) for the module: every test that uses it
+    runs once on each, with `ext_servers` serving."""
+    with Lab(wiring=request.param, **lab_options) as built:
+        built.serve(ext_servers(built.ipv6))
+        yield built
+
+
+@pytest.fixture
+def wired_router_lab(wired_lab: Lab) -> Lab:
+    """`wired_lab` with the router namespace as a new pod of its wiring has it."""
+    wired_lab.reset_router()
+    return wired_lab

@@ -185,14 +185,15 @@ def test_unit_test_mode_prints_a_valid_script_and_changes_nothing(router_lab: La
 
 
 def test_a_missing_macvlan_is_explained_and_nothing_is_applied(router_lab: Lab) -> None:
-    routes = router_lab.exec("router", ["ip", "route", "show"]).stdout
     router_lab.delete_link("router", "macvlan0")
+    routes = router_lab.exec("router", ["ip", "route", "show"]).stdout
     done = router_lab.run_router(seed_env())
     assert done.returncode == 1, done.stderr
     assert "macvlan0" in done.stderr and "assign-macvlan" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert router_lab.nft_table() is None
     assert router_lab.sysctl("router", "net/ipv4/ip_forward") == "0"
+    # The pod's own routes (its default route on eth0, as its CNI set it) are untouched.
     assert router_lab.exec("router", ["ip", "route", "show"]).stdout == routes
     assert router_lab.exec("router", ["ip", "rule"]).stdout.count("lookup") == 3  # the kernel's own
 

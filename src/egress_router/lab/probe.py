@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import time
 from dataclasses import dataclass
 from typing import Self
 
@@ -169,3 +170,162 @@ class Stream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- HTTP, as kubelet probes a pod ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpReply:
+    """An HTTP GET's outcome: the status and body, or why there was none."""
+
+    status: int | None = None
+    body: str = ""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 400
+
+
+def http_get(
+    sock: socket.socket, source: str, address: str, port: int, path: str, timeout: float
+) -> HttpReply:
+    """GET `path` from `source` (bound, as kubelet's probes leave from the node's address)."""
+    with sock:
+        sock.settimeout(timeout)
+        try:
+            sock.bind((source, 0))
+            sock.connect((address, port))
+            host = format_endpoint(address, port)
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            answer = _read_to_end(sock, MAX_HTTP)
+        except OSError as error:
+            return HttpReply(error=describe_error(error))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    words = head.split(b"\r\n", 1)[0].split()
+    if len(words) < 2 or not words[1].isdigit():
+        return HttpReply(error=f"not an HTTP answer: {answer[:80]!r}")
+    return HttpReply(int(words[1]), body.decode(errors="replace"))
+
+
+MAX_HTTP = 1 << 20
+
+
+def _read_to_end(sock: socket.socket, limit: int) -> bytes:
+    data = bytearray()
+    while len(data) < limit:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+# -- bulk transfers (MTU and MSS tests) ---------------------------------------------------------
+
+# Bounds of one transfer, on both sides: a broken path must cost a test seconds, not minutes.
+MAX_TRANSFER = 256 << 20
+CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A bulk transfer's outcome: `size` bytes asked, `moved` the count that arrived (for an
+    upload, the count the sink reported), `source` the client address the server saw."""
+
+    size: int
+    moved: int = 0
+    seconds: float = 0.0
+    source: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.moved == self.size
+
+
+def download(sock: socket.socket, address: str, port: int, size: int, timeout: float) -> Transfer:
+    """Ask a `source` server for `size` bytes and count them until it closes or `timeout`."""
+    _check_size(size)
+    started = time.monotonic()
+    deadline = started + timeout
+    moved, source = 0, None
+    with sock:
+        try:
+            sock.settimeout(timeout)
+            sock.connect((address, port))
+            source = parse_report(_read_line(sock)).source
+            sock.sendall(f"{size}\n".encode())
+            while moved < size:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = sock.recv(CHUNK)
+                if not chunk:
+                    break
+                moved += len(chunk)
+        except OSError as error:
+            return Transfer(size, moved, time.monotonic() - started, source, describe_error(error))
+    return Transfer(size, moved, time.monotonic() - started, source)
+
+
+def upload(sock: socket.socket, address: str, port: int, size: int, timeout: float) -> Transfer:
+    """Send `size` bytes to a `sink` server, then read the count it received."""
+    _check_size(size)
+    started = time.monotonic()
+    deadline = started + timeout
+    block = bytes(CHUNK)
+    sent, source = 0, None
+    with sock:
+        try:
+            sock.settimeout(timeout)
+            sock.connect((address, port))
+            source = parse_report(_read_line(sock)).source
+            while sent < size:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                sent += sock.send(block[: min(CHUNK, size - sent)])
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            words = _read_line(sock).decode(errors="replace").strip().split("=", 1)
+        except OSError as error:
+            return Transfer(size, 0, time.monotonic() - started, source, describe_error(error))
+    if len(words) != 2 or words[0] != "received" or not words[1].isdigit():
+        return Transfer(size, 0, time.monotonic() - started, source, f"unexpected answer {words}")
+    return Transfer(size, int(words[1]), time.monotonic() - started, source)
+
+
+def _check_size(size: int) -> None:
+    if not 0 < size <= MAX_TRANSFER:
+        raise ValueError(f"a transfer is 1 to {MAX_TRANSFER} bytes, not {size}")
+
+
+# -- path MTU, as a sender learns it -----------------------------------------------------------
+
+# <linux/in.h>, <linux/in6.h>: Python's socket module does not name these.
+IP_MTU_DISCOVER, IP_MTU, IP_PMTUDISC_DO = 10, 14, 2
+IPV6_MTU_DISCOVER, IPV6_MTU, IPV6_PMTUDISC_DO = 23, 24, 2
+DISCARD_PORT = 9
+
+
+def learn_path_mtu(sock: socket.socket, address: str, size: int, wait: float = 0.3) -> int:
+    """Send a few `size`-byte UDP datagrams with "don't fragment" to `address` and return the
+    path MTU the kernel believes afterwards: smaller than the first hop's only if an ICMP
+    "fragmentation needed" / "packet too big" came back."""
+    v6 = sock.family == socket.AF_INET6
+    level = socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP
+    option, mtu, value = (
+        (IPV6_MTU_DISCOVER, IPV6_MTU, IPV6_PMTUDISC_DO)
+        if v6
+        else (IP_MTU_DISCOVER, IP_MTU, IP_PMTUDISC_DO)
+    )
+    header = 48 if v6 else 28
+    with sock:
+        sock.setsockopt(level, option, value)
+        sock.connect((address, DISCARD_PORT))
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                sock.send(bytes(size - header))
+            except OSError:
+                pass  # EMSGSIZE once the smaller MTU is known; an ICMP error otherwise
+            time.sleep(0.05)
+        return int(sock.getsockopt(level, mtu))

@@ -1,6 +1,11 @@
 """`Lab`: the topology of docs/lab.md on the real kernel, built on enter and removed on exit.
 
-    client ── eth0 router macvlan0 ┄ (macvlan on nic0) ── node nic0 ── br0 (lan) ── gw ── ext
+    client eth0 ── node (node_b) ── router eth0
+                  nic0 ── br0 (lan) ── gw ── ext
+    router macvlan0 ┄ (macvlan on node's nic0)
+
+How the pods hang off their nodes is the lab's `wiring` (lab/wirings.py: shared, calico,
+per-node), as a real cluster's CNI would wire them.
 
 Building is a handful of `ip -batch` calls (namespaces and veths from the host in one batch,
 then one batch per namespace), so a lab is up in a fraction of a second. Every veth end is
@@ -15,6 +20,7 @@ block whatever the reason (exception, Ctrl-C), and at interpreter exit for a lab
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import secrets
@@ -24,14 +30,27 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
-from ..schema import ROUTE_TABLE, RULE_PRIORITIES, TABLE_FAMILY, TABLE_NAME
+from ..schema import TABLE_FAMILY, TABLE_NAME
 from . import addresses as A
+from . import podstate
+from . import wirings as W
 from .netns import delete_namespaces, in_netns, ip, ip_batch, read_sysctl, write_sysctls
-from .probe import Probe, Stream, probe_tcp, probe_udp
+from .probe import (
+    HttpReply,
+    Probe,
+    Stream,
+    Transfer,
+    download,
+    http_get,
+    learn_path_mtu,
+    probe_tcp,
+    probe_udp,
+    upload,
+)
 from .servers import format_spec
 
 # Where `python -m egress_router` finds this very checkout, installed or not.
@@ -53,9 +72,26 @@ class LabCommandError(subprocess.CalledProcessError):
 class Lab:
     """The lab topology. See the module docstring and docs/lab.md."""
 
-    def __init__(self, ipv6: bool = False, macvlan: bool = True) -> None:
+    def __init__(
+        self,
+        ipv6: bool = False,
+        macvlan: bool = True,
+        wiring: str = W.DEFAULT_WIRING,
+        rp_filter: int = 1,
+        pod_mtu: int = W.DEFAULT_MTU,
+        drop_icmp_too_big: bool = False,
+    ) -> None:
+        """`wiring`: how the pods hang off their nodes (lab/wirings.py). `rp_filter`: the
+        router namespace's net.ipv4.conf.{all,default}.rp_filter, set before its interfaces
+        exist (1, strict, as many nodes have it; 0 opts out). `pod_mtu`: the MTU of the router
+        pod's veth pair (the client's stays 1500). `drop_icmp_too_big`: the LAN gateway drops
+        "fragmentation needed" and "packet too big" (see `set_icmp_too_big_dropped`)."""
         self.ipv6 = ipv6
         self.with_macvlan = macvlan
+        self.wiring = W.wiring(wiring)
+        self.rp_filter = rp_filter
+        self.pod_mtu = pod_mtu
+        self.drop_icmp_too_big = drop_icmp_too_big
         self.prefix = f"erl-{os.getpid()}-{secrets.token_hex(2)}-"
         self._processes: list[subprocess.Popen[str]] = []
         self._streams: list[Stream] = []
@@ -79,11 +115,16 @@ class Lab:
         # Registered first, so that even a build cut short is removed at interpreter exit.
         atexit.register(self.destroy)
         self._built = True
-        ip_batch([f"netns add {self.ns(role)}" for role in A.ROLES])
-        for role in A.ROLES:
-            write_sysctls(self.ns(role), sysctls(role))
-        ip_batch(host_links(self.ns))
+        roles = self.wiring.roles
+        ip_batch([f"netns add {self.ns(role)}" for role in roles])
+        for role in roles:
+            write_sysctls(self.ns(role), W.sysctls(role, self.rp_filter))
+        ip_batch(W.host_links(self.wiring, self.ns, self.pod_mtu))
+        for role in self.wiring.nodes:
+            write_sysctls(self.ns(role), W.link_sysctls(self.wiring, role, self.ipv6))
         self._configure_namespaces()
+        self.nft(self.wiring.client.node, W.kube_proxy(self.wiring, self.ipv6))
+        self.set_icmp_too_big_dropped(self.drop_icmp_too_big)
         if self.with_macvlan:
             self.create_macvlan()
         self._wait_for_bridge()
@@ -92,7 +133,7 @@ class Lab:
         # The bridge last: a bridge port whose veth peer is already up forwards at once, while
         # one that gets its carrier later waits for the kernel's linkwatch, up to a second,
         # during which the LAN silently drops frames (a lost SYN, a lost announcement).
-        self._configure_parallel([role for role in A.ROLES if role != "lan"])
+        self._configure_parallel([role for role in self.wiring.roles if role != "lan"])
         self._configure_parallel(["lan"])
 
     def _configure_parallel(self, roles: list[str]) -> None:
@@ -112,7 +153,8 @@ class Lab:
         ]
         failures = []
         for role, process in running:
-            script = "".join(f"{line}\n" for line in namespace_setup(role, self.ipv6))
+            lines = W.namespace_setup(self.wiring, role, self.ipv6)
+            script = "".join(f"{line}\n" for line in lines)
             _, err = process.communicate(script, timeout=30)
             if process.returncode != 0:
                 failures.append(f"{role}: {err.strip()}")
@@ -131,7 +173,7 @@ class Lab:
                 link["ifname"]: link.get("linkinfo", {}).get("info_slave_data", {}).get("state")
                 for link in json.loads(done.stdout)
             }
-            if set(states) == set(BRIDGE_PORTS) and all(s == "forwarding" for s in states.values()):
+            if set(states) == set(self.wiring.bridge_ports) and all(s == "forwarding" for s in states.values()):
                 return
             if time.monotonic() > deadline:
                 raise LabError(f"the LAN bridge ports do not forward after {timeout}s: {states}")
@@ -147,15 +189,16 @@ class Lab:
         for process in self._processes:
             stop_process(process)
         self._processes.clear()
-        delete_namespaces(self.ns(role) for role in A.ROLES)
+        delete_namespaces(self.ns(role) for role in self.wiring.roles)
         self._built = False
         atexit.unregister(self.destroy)
 
     # -- names and commands -------------------------------------------------------------------
 
     def ns(self, role: str) -> str:
-        if role not in A.ROLES:
-            raise ValueError(f"unknown lab role {role!r} (one of {', '.join(A.ROLES)})")
+        if role not in self.wiring.roles:
+            roles = ", ".join(self.wiring.roles)
+            raise ValueError(f"unknown lab role {role!r} (one of {roles})")
         return self.prefix + role
 
     def exec(
@@ -240,28 +283,134 @@ class Lab:
         return done.stdout if done.returncode == 0 else None
 
     def reset_router(self) -> None:
-        """Undo what a router run did (table, addresses, routes, forwarding), keeping
-        macvlan0, so that tests sharing one lab start from the same state."""
+        """Put the router namespace back as a new pod of this wiring has it, whatever a router
+        run did: no nftables table, macvlan0 present, down and without address, no rules but
+        the kernel's, no routing table but main and local, eth0's routes as its CNI set them,
+        forwarding off, rp_filter as the lab was built. Tests sharing one lab start here."""
         self.exec("router", ["nft", "delete", "table", *TABLE], check=False)
         if self.has_link("router", "macvlan0"):
-            # Down takes the routes through macvlan0 with it; the router's rules and table go
-            # by hand. The pod's own routes (its default route on eth0) stay.
-            lines = [
-                "address flush dev macvlan0",
-                "link set macvlan0 down",
-                *(f"rule del priority {p}" for p in RULE_PRIORITIES),
-                *(f"-6 rule del priority {p}" for p in RULE_PRIORITIES),
-                f"route flush table {ROUTE_TABLE}",
-                f"-6 route flush table {ROUTE_TABLE}",
-            ]
-            ip(
-                ["-n", self.ns("router"), "-force", "-batch", "-"],
-                "".join(f"{x}\n" for x in lines),
-                check=False,
-            )
+            self._router_batch(None, ["address flush dev macvlan0", "link set macvlan0 down"])
         elif self.with_macvlan:
             self.create_macvlan()
-        write_sysctls(self.ns("router"), sysctls("router"))
+        for family in (4, 6):
+            rules = self._router_json(family, ["rule", "show"])
+            tables = self._router_json(family, ["route", "show", "table", "all"])
+            main = self._router_json(family, ["route", "show", "table", "main"])
+            self._router_batch(
+                family,
+                podstate.rule_deletions(rules, family)
+                + podstate.extra_tables(tables)
+                + podstate.route_deletions(main, family),
+            )
+        self._router_batch(
+            None, [f"link set eth0 mtu {self.pod_mtu}", *self.wiring.router.lines(self.ipv6)]
+        )
+        write_sysctls(self.ns("router"), self._router_sysctls())
+
+    def _router_sysctls(self) -> list[tuple[str, str]]:
+        values = W.sysctls("router", self.rp_filter)
+        # What the namespace's interfaces inherited when they were made (or moved) in.
+        devices = ["eth0", *(["macvlan0"] if self.has_link("router", "macvlan0") else [])]
+        return values + [(f"net/ipv4/conf/{dev}/rp_filter", str(self.rp_filter)) for dev in devices]
+
+    def _router_json(self, family: int, args: list[str]) -> podstate.Listing:
+        done = ip(["-n", self.ns("router"), f"-{family}", "-j", *args])
+        listing: podstate.Listing = json.loads(done.stdout or "[]")
+        return listing
+
+    def _router_batch(self, family: int | None, lines: list[str]) -> None:
+        if lines:
+            script = "".join(f"{line}\n" for line in lines)
+            flags = [f"-{family}"] if family else []
+            ip(["-n", self.ns("router"), *flags, "-force", "-batch", "-"], script, check=False)
+
+    # -- the pod network ----------------------------------------------------------------------
+
+    @property
+    def router_pod_ip(self) -> str:
+        """The router pod's eth0 address (IPv4): what the Service's endpoint is."""
+        return self.wiring.router.ip
+
+    @property
+    def router_pod_ip6(self) -> str:
+        return self.wiring.router.ip6
+
+    @property
+    def client_ip(self) -> str:
+        return self.wiring.client.ip
+
+    @property
+    def client_ip6(self) -> str:
+        return self.wiring.client.ip6
+
+    @property
+    def cluster_ip(self) -> str:
+        """The router's Service, DNATed to the router pod by the client's node."""
+        return A.CLUSTER_IP
+
+    @property
+    def cluster_ip6(self) -> str:
+        return A.CLUSTER_IP6
+
+    @property
+    def client_node(self) -> str:
+        """The role of the client pod's node: "node" (node A), or "node_b" in per-node."""
+        return self.wiring.client.node
+
+    def address(self, via: str = "pod", ipv6: bool = False) -> str:
+        """Where a client connects to reach the router: `via` "pod" (the router pod's eth0)
+        or "clusterip" (its Service)."""
+        if via == "pod":
+            return self.router_pod_ip6 if ipv6 else self.router_pod_ip
+        if via == "clusterip":
+            return self.cluster_ip6 if ipv6 else self.cluster_ip
+        raise ValueError(f"via must be pod or clusterip, not {via!r}")
+
+    def nft(self, role: str, script: str) -> None:
+        """Load an nftables script in the namespace of `role`."""
+        self.exec(role, ["nft", "-f", "-"], input=script)
+
+    def set_icmp_too_big_dropped(self, dropped: bool) -> None:
+        """Make the LAN gateway drop (or pass again) forwarded ICMP "fragmentation needed" and
+        ICMPv6 "packet too big": a path MTU black hole between the router and the outside."""
+        self.exec("gw", ["nft", "delete", "table", "inet", W.BLACKHOLE_TABLE], check=False)
+        if dropped:
+            self.nft("gw", W.pmtu_blackhole())
+        self.drop_icmp_too_big = dropped
+
+    @contextlib.contextmanager
+    def routed_through_router(self, destination: str) -> Iterator[None]:
+        """Make the client's nodes send the client's packets for `destination` (an address)
+        to the router pod's eth0 instead of the LAN, for the `with` block: to check that the
+        router does not forward what it did not redirect (it is no open gateway)."""
+        v6 = ":" in destination
+        router = self.wiring.router
+        hops = [(router.node, router.ip6 if v6 else router.ip, router.veth)]
+        if self.client_node != router.node:
+            hops.append((self.client_node, A.NODE_IP6 if v6 else A.NODE_IP, "nic0"))
+        for role, gateway, dev in hops:
+            ip(["-n", self.ns(role), "route", "replace", destination, "via", gateway, "dev", dev])
+        try:
+            yield
+        finally:
+            for role, gateway, _ in hops:
+                ip(["-n", self.ns(role), "route", "del", destination, "via", gateway], check=False)
+
+    def path_mtu(self, role: str, address: str, size: int = 1500) -> int:
+        """The path MTU from `role` to `address` that a sender there learns by sending
+        `size`-byte packets with "don't fragment" (e.g. to see the PMTU black hole)."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        return learn_path_mtu(self.socket(role, family, socket.SOCK_DGRAM), address, size)
+
+    def node_get(
+        self, port: int, path: str = "/", ipv6: bool = False, timeout: float = 3.0
+    ) -> HttpReply:
+        """An HTTP GET from the router's node to the router pod's eth0 address, from the node's
+        LAN address (192.0.2.10 / 2001:db8:1::10), as kubelet's probes come."""
+        family = socket.AF_INET6 if ipv6 else socket.AF_INET
+        source = A.NODE_IP6 if ipv6 else A.NODE_IP
+        sock = self.socket("node", family)
+        return http_get(sock, source, self.address("pod", ipv6), port, path, timeout)
 
     # -- interfaces ---------------------------------------------------------------------------
 
@@ -294,9 +443,13 @@ class Lab:
     # -- traffic ------------------------------------------------------------------------------
 
     def serve(
-        self, endpoints: Iterable[tuple[str, int, str]], max_seconds: float = 3600
+        self,
+        endpoints: Iterable[tuple[str, int, str]],
+        max_seconds: float = 3600,
+        role: str = "ext",
     ) -> subprocess.Popen[str]:
-        """Start reporting servers in the ext namespace; return once all of them listen."""
+        """Start reporting servers (lab/servers.py: tcp, udp, http, source, sink) in the
+        namespace of `role`, ext by default; return once all of them listen."""
         specs = [format_spec(address, port, protocol) for address, port, protocol in endpoints]
         argv = [
             sys.executable,
@@ -308,7 +461,7 @@ class Lab:
         ]
         env = {**os.environ, "PYTHONPATH": SOURCE_ROOT}
         process = self.popen(
-            "ext",
+            role,
             argv,
             env=env,
             stdin=subprocess.PIPE,
@@ -339,10 +492,13 @@ class Lab:
         address: str | None = None,
         timeout: float = 3.0,
         payload: bytes = b"",
+        via: str = "pod",
+        ipv6: bool = False,
     ) -> Probe:
-        """Connect from the client to the router's eth0 (or `address`) and report what the
-        server at the other end saw."""
-        target = address or A.ROUTER_IP
+        """Connect from the client to the router (`via` "pod": its eth0 address, "clusterip":
+        its Service; `ipv6` picks the family) or to `address`, and report what the server at
+        the other end saw."""
+        target = address or self.address(via, ipv6)
         family = socket.AF_INET6 if ":" in target else socket.AF_INET
         if protocol == "tcp":
             return probe_tcp(
@@ -354,14 +510,52 @@ class Lab:
             )
         raise ValueError(f"the lab can probe tcp and udp, not {protocol!r}")
 
-    def open_stream(self, port: int, address: str | None = None, timeout: float = 3.0) -> Stream:
+    def open_stream(
+        self,
+        port: int,
+        address: str | None = None,
+        timeout: float = 3.0,
+        via: str = "pod",
+        ipv6: bool = False,
+    ) -> Stream:
         """A long-lived TCP connection from the client through the router; closed on teardown.
         Raises OSError if it cannot be opened."""
-        target = address or A.ROUTER_IP
+        target = address or self.address(via, ipv6)
         family = socket.AF_INET6 if ":" in target else socket.AF_INET
         stream = Stream(self.socket("client", family, socket.SOCK_STREAM), target, port, timeout)
         self._streams.append(stream)
         return stream
+
+    def download(
+        self,
+        port: int,
+        size: int,
+        address: str | None = None,
+        timeout: float = 10.0,
+        via: str = "pod",
+        ipv6: bool = False,
+        role: str = "client",
+    ) -> Transfer:
+        """Ask a `source` server (see `serve`) for `size` bytes, from `role`, and count what
+        arrives within `timeout`."""
+        target = address or self.address(via, ipv6)
+        family = socket.AF_INET6 if ":" in target else socket.AF_INET
+        return download(self.socket(role, family), target, port, size, timeout)
+
+    def upload(
+        self,
+        port: int,
+        size: int,
+        address: str | None = None,
+        timeout: float = 10.0,
+        via: str = "pod",
+        ipv6: bool = False,
+        role: str = "client",
+    ) -> Transfer:
+        """Send `size` bytes to a `sink` server, from `role`; the sink says how many it got."""
+        target = address or self.address(via, ipv6)
+        family = socket.AF_INET6 if ":" in target else socket.AF_INET
+        return upload(self.socket(role, family), target, port, size, timeout)
 
 
 def stop_process(process: subprocess.Popen[str], grace: float = 1.0) -> None:
@@ -382,100 +576,3 @@ def stop_process(process: subprocess.Popen[str], grace: float = 1.0) -> None:
     for pipe in (process.stdin, process.stdout, process.stderr):
         if pipe is not None:
             pipe.close()
-
-
-# -- the topology as data (pure: no I/O below) -----------------------------------------------
-
-
-def sysctls(role: str) -> list[tuple[str, str]]:
-    """Set before any interface exists, so that new interfaces inherit the defaults."""
-    values = [
-        # No duplicate address detection: nothing in the lab should wait a second for it.
-        ("net/ipv6/conf/all/accept_dad", "0"),
-        ("net/ipv6/conf/default/accept_dad", "0"),
-    ]
-    forward = "1" if role == "gw" else "0"
-    # The router starts with forwarding off whatever the host has: the router must switch it
-    # on itself, as on a node whose host setting it cannot count on.
-    values += [("net/ipv4/ip_forward", forward), ("net/ipv6/conf/all/forwarding", forward)]
-    return values
-
-
-def host_links(n: Callable[[str], str]) -> list[str]:
-    """The veths and the bridge, each end created directly in its namespace (`n`: role ->
-    namespace name)."""
-    return [
-        f"link add nic0 netns {n('node')} type veth peer name node0 netns {n('lan')}",
-        f"link add lan0 netns {n('gw')} type veth peer name gw0 netns {n('lan')}",
-        f"link add ext0 netns {n('gw')} type veth peer name eth0 netns {n('ext')}",
-        f"link add eth0 netns {n('router')} type veth peer name eth0 netns {n('client')}",
-        # No multicast snooping: IPv6 neighbour discovery must flood without an MLD querier.
-        f"link add br0 netns {n('lan')} type bridge mcast_snooping 0",
-    ]
-
-
-def _addr(address: str, prefix: int, dev: str) -> str:
-    return f"address add {address}/{prefix} dev {dev}" + (" nodad" if ":" in address else "")
-
-
-def pod_addresses(role: str, ipv6: bool) -> list[str]:
-    """Addresses and routes that make up a namespace (without links being brought up)."""
-    v4: dict[str, list[str]] = {
-        "node": [_addr(A.NODE_IP, A.LAN_PREFIX, "nic0"), f"route replace default via {A.GATEWAY}"],
-        "lan": [],
-        # A pod's default route is on its pod network, as every CNI gives one; the router must
-        # keep it. (Nothing answers at .1: the pod network leads nowhere but the client.)
-        "router": [_addr(A.ROUTER_IP, A.POD_PREFIX, "eth0"), "route replace default via 198.51.100.1 dev eth0"],
-        "client": [
-            _addr(A.CLIENT_IP, A.POD_PREFIX, "eth0"),
-            f"route replace default via {A.ROUTER_IP}",
-        ],
-        # Deliberately no route back to the pod network: only the router's SNAT brings replies home.
-        "gw": [_addr(A.GATEWAY, A.LAN_PREFIX, "lan0"), _addr(A.OUTSIDE_GATEWAY, 24, "ext0")],
-        "ext": [
-            *(_addr(a, 24, "eth0") for a in A.EXTERNAL),
-            f"route replace default via {A.OUTSIDE_GATEWAY}",
-        ],
-    }
-    v6: dict[str, list[str]] = {
-        "node": [_addr(A.NODE_IP6, A.V6_PREFIX, "nic0"), f"route replace default via {A.GATEWAY6}"],
-        "lan": [],
-        "router": [_addr(A.ROUTER_IP6, A.V6_PREFIX, "eth0"), "route replace default via 2001:db8:3::1 dev eth0"],
-        "client": [
-            _addr(A.CLIENT_IP6, A.V6_PREFIX, "eth0"),
-            f"route replace default via {A.ROUTER_IP6}",
-        ],
-        "gw": [
-            _addr(A.GATEWAY6, A.V6_PREFIX, "lan0"),
-            _addr(A.OUTSIDE_GATEWAY6, A.V6_PREFIX, "ext0"),
-        ],
-        "ext": [
-            *(_addr(a, A.V6_PREFIX, "eth0") for a in A.EXTERNAL6),
-            f"route replace default via {A.OUTSIDE_GATEWAY6}",
-        ],
-    }
-    lines = list(v4[role])
-    if ipv6:
-        lines += v6[role]
-    # `address add` fails on an address that is there; the routes need the address first.
-    return lines
-
-
-BRIDGE_PORTS = ("node0", "gw0")
-LINKS_UP = {
-    "node": ["nic0"],
-    "lan": ["node0", "gw0", "br0"],
-    "router": ["eth0"],
-    "client": ["eth0"],
-    "gw": ["lan0", "ext0"],
-    "ext": ["eth0"],
-}
-
-
-def namespace_setup(role: str, ipv6: bool) -> list[str]:
-    """The `ip -batch` lines that configure one namespace."""
-    lines = ["link set lo up"]
-    if role == "lan":
-        lines += ["link set node0 master br0", "link set gw0 master br0"]
-    lines += [f"link set {dev} up" for dev in LINKS_UP[role]]
-    return lines + pod_addresses(role, ipv6)
