@@ -18,10 +18,9 @@ from .nft.table import MapSpec, TableSpec
 from .schema import (
     FAMILIES,
     FWMARK,
-    INBOUND_MARK,
-    INBOUND_PRIORITY,
     LOCAL_PRIORITY,
     NAMESERVER_PRIORITY,
+    POD_SOURCE_PRIORITY,
     PROTOCOLS,
     ROUTE_TABLE,
     RULE_PRIORITY,
@@ -45,11 +44,12 @@ class Facts(NamedTuple):
     pod_mtu: int = 1500  # the pod interface's
     egress_mtu: int = 1500
     nameservers: tuple[IPAddress, ...] = ()  # the pod's /etc/resolv.conf (the proxy modes)
+    pod_addresses: tuple[IPAddress, ...] = ()  # the pod interface's (the proxy modes)
 
     @classmethod
     def of(cls, state: NetState, nameservers: tuple[IPAddress, ...] = ()) -> Facts:
         egress = state.link.mtu if state.link is not None and state.link.mtu else 1500
-        return cls(state.pod_mtu or egress, egress, nameservers)
+        return cls(state.pod_mtu or egress, egress, nameservers, tuple(a.ip for a in state.pod_addresses))
 
 
 DEFAULT_FACTS = Facts()  # a pod as most CNIs make it: 1500 bytes on both sides
@@ -177,8 +177,14 @@ def _rules(config: RouterConfig, family: int, facts: Facts) -> list[Rule]:
         # through the egress interface; replies, and the router's own traffic, follow the pod.
         return [Rule(family, RULE_PRIORITY, ROUTE_TABLE, fwmark=FWMARK)]
     # The proxy modes: the proxy's own connections leave through the egress interface, except
-    # the replies to its clients (marked by the table) and the pod's DNS lookups.
-    rules = [Rule(family, INBOUND_PRIORITY, MAIN_TABLE, fwmark=INBOUND_MARK)]
+    # what the pod sends from its pod address (replies to the proxy's clients and to probes;
+    # this rule also keeps the reverse-path check of what comes in on eth0, which looks up as
+    # if the pod sent it, off the egress interface) and the pod's DNS lookups.
+    rules = [
+        Rule(family, POD_SOURCE_PRIORITY, MAIN_TABLE, source=f"{ip}/{ip.max_prefixlen}")
+        for ip in facts.pod_addresses
+        if ip.version == family
+    ]
     for server in facts.nameservers:
         if server.version == family:
             rules.append(Rule(family, NAMESERVER_PRIORITY, MAIN_TABLE, destination=f"{server}/{server.max_prefixlen}"))
@@ -200,17 +206,9 @@ def build_table(config: RouterConfig, facts: Facts = DEFAULT_FACTS) -> TableSpec
 
 
 def build_proxy_table(config: RouterConfig) -> TableSpec:
-    """The proxy modes' table: no redirection, only what keeps the pod's routing apart. A
-    connection that comes in on the pod interface is marked, and so are the packets the proxy
-    sends on it: its replies route by the main table (eth0), its own connections out."""
-    pod = _quote(config.pod_interface)
+    """The proxy modes' table: no redirection; nothing taken from the LAN, nothing forwarded."""
     egress = _quote(config.egress_interface)
     lines = [
-        *_chain("prerouting", "filter", "prerouting", "mangle", "accept",
-                [f"iifname {pod} ct state new ct mark set {INBOUND_MARK:#x}"]),
-        # A route chain: a packet whose mark it changes is routed again, with the mark.
-        *_chain("output", "route", "output", "mangle", "accept",
-                [f"ct mark {INBOUND_MARK:#x} meta mark set ct mark"]),
         *_chain("input", "filter", "input", "filter", "accept",
                 [f"iifname {egress} ct state new meta l4proto {{ tcp, udp, sctp }} drop"]),
         # The proxy modes forward nothing: the pod is no gateway, from either side.

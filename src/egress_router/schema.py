@@ -43,8 +43,7 @@ FWMARK = 0x2430  # on the packets of connections the router redirected
 RULE_PRIORITY = 2430  # fwmark FWMARK lookup ROUTE_TABLE
 # The proxy modes: the proxy in the pod makes its own connections, which leave through the
 # egress interface, while replies to its clients and the pod's DNS lookups stay on eth0.
-INBOUND_MARK = 0x2431  # on the replies of connections that came in on the pod interface
-INBOUND_PRIORITY = 2431  # fwmark INBOUND_MARK lookup main
+POD_SOURCE_PRIORITY = 2431  # from <the pod interface's address> lookup main
 NAMESERVER_PRIORITY = 2432  # to <nameserver> lookup main
 LOCAL_PRIORITY = 2433  # iif lo lookup ROUTE_TABLE
-RULE_PRIORITIES = (RULE_PRIORITY, INBOUND_PRIORITY, NAMESERVER_PRIORITY, LOCAL_PRIORITY)
+RULE_PRIORITIES = (RULE_PRIORITY, POD_SOURCE_PRIORITY, NAMESERVER_PRIORITY, LOCAL_PRIORITY)

@@ -36,6 +36,7 @@ from egress_router.network.fake import FakeLink, FakeNet
 from egress_router.network.rtnl import RtNetlink
 from egress_router.network.state import (
     MAIN_TABLE,
+    Address,
     NetState,
     ReplaceRoute,
     Route,
@@ -354,6 +355,7 @@ def test_a_new_pods_read_is_what_ip_shows(pod: Pod) -> None:
     # Nothing of the router's: the pod's default routes go through ve0, not eg0.
     assert (state.addresses, state.routes, state.rules) == ((), (), ())
     assert state.pod_mtu == pod.link(OTHER)["mtu"]
+    assert state.pod_addresses == (addr("198.51.100.2/24"),)
     assert dict(state.sysctls) == {key: pod.sysctl(key) for key in plan.scope.sysctls}
 
 
@@ -363,7 +365,7 @@ def test_a_configured_pods_read_is_the_plan_exactly(pod: Pod) -> None:
     state = pod.read(plan)
     assert state.link is not None and state.link.up
     # One idea of "the same route" for the kernel and the plan: what is read compares equal.
-    assert state._replace(pod_mtu=None) == plan.wanted(state.link)
+    assert state._replace(pod_mtu=None, pod_addresses=()) == plan.wanted(state.link)
 
 
 def test_a_missing_interface_reads_as_none(pod: Pod) -> None:
@@ -427,7 +429,10 @@ def test_the_fake_takes_the_same_steps_to_the_same_state_and_back(pod: Pod) -> N
     real = pod.read(plan)
     assert real.link is not None
     fake = FakeNet(
-        links={EGRESS: FakeLink(mac=real.link.mac, mtu=real.link.mtu, carrier=False), OTHER: FakeLink(up=True)},
+        links={
+            EGRESS: FakeLink(mac=real.link.mac, mtu=real.link.mtu, carrier=False),
+            OTHER: FakeLink(up=True, addresses=[Address(a, False) for a in real.pod_addresses]),
+        },
         sysctls={k: v for k, v in real.sysctls if v is not None},
     )
     assert fake.read(plan.scope) == real

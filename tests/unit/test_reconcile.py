@@ -31,7 +31,8 @@ def config(destinations: str = SEED, **env: str):  # type: ignore[no-untyped-def
 
 def pod() -> FakeNet:
     """A pod as a Calico-like CNI leaves it: eth0 with its default route, macvlan0 down."""
-    return FakeNet(links={"macvlan0": FakeLink(), "eth0": FakeLink(up=True, mtu=1450)}, routes=pod_network())
+    eth0 = FakeLink(up=True, mtu=1450, addresses=[Address(ipaddress.ip_interface("198.51.100.2/32"), False)])
+    return FakeNet(links={"macvlan0": FakeLink(), "eth0": eth0}, routes=pod_network())
 
 
 @pytest.fixture
@@ -182,12 +183,11 @@ def test_proxy_modes_have_no_nat_and_send_the_pods_own_connections_out(router: R
     assert isinstance(router.nft, FakeNft) and isinstance(router.net, FakeNet)
     (table,) = router.nft.tables.values()
     assert table.maps == {} and "dnat" not in table.skeleton and "snat" not in table.skeleton
-    assert [(r.priority, r.table, r.fwmark, r.iif) for r in router.net.rules] == [
-        (2431, MAIN_TABLE, 0x2431, None),  # replies to the proxy's clients: the pod network
-        (2432, MAIN_TABLE, None, None),  # the pod's DNS lookups: the pod network
-        (2433, ROUTE_TABLE, None, "lo"),  # the proxy's own connections: the LAN
+    assert [str(r) for r in router.net.rules] == [
+        "priority 2431 from 198.51.100.2/32 lookup main",  # replies to the proxy's clients: the pod network
+        "priority 2432 to 198.51.100.53/32 lookup main",  # the pod's DNS lookups: the pod network
+        "priority 2433 iif lo lookup 2430",  # the proxy's own connections: the LAN
     ]
-    assert router.net.rules[1].destination == "198.51.100.53/32"
     assert "net/ipv4/ip_forward" not in router.net.sysctls  # a proxy forwards nothing
 
 

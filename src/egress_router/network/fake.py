@@ -77,7 +77,8 @@ class FakeNet:
         rules = tuple(r for r in self.rules if r.table == ROUTE_TABLE or r.priority in RULE_PRIORITIES)
         sysctls = tuple((k, self.sysctls.get(k)) for k in scope.sysctls)
         pod = self.links.get(scope.pod_interface)
-        return canonical(NetState(state, tuple(link.addresses), routes, rules, sysctls, pod.mtu if pod else None))
+        pod_addresses = tuple(a.address for a in pod.addresses) if pod else ()
+        return canonical(NetState(state, tuple(link.addresses), routes, rules, sysctls, pod.mtu if pod else None, pod_addresses))
 
     def has_carrier(self, name: str) -> bool | None:
         link = self.links.get(name)

@@ -50,7 +50,7 @@ IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_NODAD = 0x02
 IFA_F_NOPREFIXROUTE = 0x200
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 6, 7, 15
-FRA_DST, FRA_IIFNAME, FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK = 1, 3, 6, 10, 15, 16
+FRA_DST, FRA_SRC, FRA_IIFNAME, FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK = 1, 2, 3, 6, 10, 15, 16
 FR_ACT_TO_TBL = 1
 RTPROT_BOOT = 3
 RTN_UNICAST = 1
@@ -91,9 +91,14 @@ class RtNetlink:
         link = links.get(index)
         if link is None:  # gone between the two reads
             return NetState(None)
-        pod = next((state for state in links.values() if state.name == scope.pod_interface), None)
+        pod = next((i for i, state in links.items() if state.name == scope.pod_interface), None)
         values = tuple((key, _read(f"{self.proc_sys}/{key}")) for key in scope.sysctls)
-        return canonical(NetState(link, addresses, routes, rules, values, pod.mtu if pod else None))
+        try:
+            pod_addresses = tuple(a.address for a in self._addresses(pod)) if pod is not None else ()
+        except OSError as error:
+            raise ApplyError(f"read interface {scope.pod_interface}", _words(error), _kind(error)) from None
+        pod_mtu = links[pod].mtu if pod is not None else None
+        return canonical(NetState(link, addresses, routes, rules, values, pod_mtu, pod_addresses))
 
     def _links(self) -> tuple[dict[int, str], dict[int, LinkState]]:
         names: dict[int, str] = {}
@@ -156,7 +161,7 @@ class RtNetlink:
         """The rules at the router's priorities, or pointing at its table."""
         out = []
         for _, data, start, end in self.channel.dump(RTM_GETRULE, RULEMSG.pack(FAMILY[family], 0, 0, 0, 0, 0, 0, 0, 0)):
-            rule_family, dst_len, _, _, table, _, _, _, _ = RULEMSG.unpack_from(data, start)
+            rule_family, dst_len, src_len, _, table, _, _, _, _ = RULEMSG.unpack_from(data, start)
             if rule_family != FAMILY[family]:
                 continue
             found = netlink.attributes(data, start + RULEMSG.size, end)
@@ -167,10 +172,12 @@ class RtNetlink:
                 continue
             fwmark = U32.unpack(found[FRA_FWMARK])[0] if FRA_FWMARK in found else None
             iif = found[FRA_IIFNAME].rstrip(b"\0").decode(errors="replace") if FRA_IIFNAME in found else None
-            destination = None
+            destination = source = None
             if FRA_DST in found:
                 destination = f"{ipaddress.ip_address(found[FRA_DST])}/{dst_len}"
-            out.append(Rule(family, priority, table, fwmark, iif, destination))
+            if FRA_SRC in found:
+                source = f"{ipaddress.ip_address(found[FRA_SRC])}/{src_len}"
+            out.append(Rule(family, priority, table, fwmark, iif, destination, source))
         return out
 
     def has_carrier(self, name: str) -> bool | None:
@@ -289,7 +296,7 @@ def route_message(step: ReplaceRoute | DelRoute, index: int) -> tuple[int, int, 
 
 def rule_message(step: AddRule | DelRule) -> tuple[int, int, bytes]:
     rule = step.rule
-    dst_len = 0
+    dst_len = src_len = 0
     attrs = netlink.attr(FRA_PRIORITY, U32.pack(rule.priority)) + netlink.attr(FRA_TABLE, U32.pack(rule.table))
     if rule.fwmark is not None:
         attrs += netlink.attr(FRA_FWMARK, U32.pack(rule.fwmark)) + netlink.attr(FRA_FWMASK, U32.pack(0xFFFFFFFF))
@@ -299,8 +306,12 @@ def rule_message(step: AddRule | DelRule) -> tuple[int, int, bytes]:
         network = ipaddress.ip_interface(rule.destination)
         dst_len = network.network.prefixlen
         attrs += netlink.attr(FRA_DST, network.ip.packed)
+    if rule.source:
+        network = ipaddress.ip_interface(rule.source)
+        src_len = network.network.prefixlen
+        attrs += netlink.attr(FRA_SRC, network.ip.packed)
     header_table = rule.table if rule.table < 256 else 0
-    body = RULEMSG.pack(FAMILY[rule.family], dst_len, 0, 0, header_table, 0, 0, FR_ACT_TO_TBL, 0) + attrs
+    body = RULEMSG.pack(FAMILY[rule.family], dst_len, src_len, 0, header_table, 0, 0, FR_ACT_TO_TBL, 0) + attrs
     if isinstance(step, DelRule):
         return RTM_DELRULE, 0, body
     return RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, body

@@ -83,9 +83,12 @@ class Rule(NamedTuple):
     fwmark: int | None = None
     iif: str | None = None  # "lo" for packets this host makes
     destination: str | None = None  # an address with its prefix length
+    source: str | None = None  # likewise
 
     def __str__(self) -> str:
         match = ""
+        if self.source:
+            match += f" from {self.source}"
         if self.destination:
             match += f" to {self.destination}"
         if self.fwmark is not None:
@@ -125,6 +128,7 @@ class NetState(NamedTuple):
     rules: tuple[Rule, ...] = ()
     sysctls: tuple[tuple[str, str | None], ...] = ()  # None: not readable (no such key)
     pod_mtu: int | None = None  # the pod interface's, read along (for MSS clamping)
+    pod_addresses: tuple[IPInterface, ...] = ()  # likewise (the proxy modes' replies)
 
     @property
     def up(self) -> bool:
