@@ -52,10 +52,13 @@ def no_lab_left_behind() -> Iterator[None]:
     assert not ours, f"lab namespaces outlived their tests (now removed): {ours}"
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab() as built:
-        built.serve(SERVERS)
+@pytest.fixture(scope="module", params=WIRINGS)
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """The module's lab, once on each pod-network wiring (shared, calico, per-node), with
+    strict reverse-path filtering in the router's namespace as many nodes give it: every test
+    that uses it runs on each."""
+    with Lab(wiring=request.param) as built:
+        built.serve(ext_servers(False))
         yield built
 
 

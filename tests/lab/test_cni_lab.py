@@ -11,16 +11,17 @@ import sys
 import pytest
 
 from egress_router.lab import SEED_DESTINATION, Lab, seed_env
+from egress_router.lab.wirings import WIRINGS
 
 pytestmark = pytest.mark.lab
 
 PLUGIN = [sys.executable, "-c", "from egress_router.cni.plugin import main; raise SystemExit(main())"]
 
 
-@pytest.fixture(scope="module")
-def lab():  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module", params=WIRINGS)
+def lab(request):  # type: ignore[no-untyped-def]
     # macvlan=False: the plugin, not the lab, creates the router's macvlan0.
-    with Lab(ipv6=False, macvlan=False) as built:
+    with Lab(ipv6=False, macvlan=False, wiring=request.param) as built:
         built.serve([("203.0.113.25", 80, "tcp"), ("203.0.113.26", 80, "tcp")])
         yield built
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from egress_router.lab import SEED_DESTINATION, Lab, seed_env
+from egress_router.lab.wirings import WIRINGS
 
 pytestmark = pytest.mark.lab
 
@@ -31,9 +32,9 @@ SERVERS = [
 CHANGED = SEED_DESTINATION.replace("8080 tcp 203.0.113.26 80", "8080 tcp 203.0.113.27 80")
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab() as built:
+@pytest.fixture(scope="module", params=WIRINGS)
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    with Lab(wiring=request.param) as built:
         built.serve(SERVERS)
         yield built
 

@@ -52,7 +52,7 @@ def test_a_client_routing_through_the_router_reaches_no_address_that_no_rule_nam
 @pytest.fixture
 def client_listener(router_lab: Lab) -> Iterator[int]:
     server = router_lab.socket("client")
-    server.bind(("198.51.100.3", 0))
+    server.bind((router_lab.client_ip, 0))
     server.listen(4)
     server.settimeout(0.2)
     try:
@@ -68,7 +68,7 @@ def test_the_lan_cannot_open_connections_into_the_pod_network(router_lab: Lab, c
         attempt = router_lab.socket("gw")
         attempt.settimeout(1.0)
         with pytest.raises(OSError):
-            attempt.connect(("198.51.100.3", client_listener))
+            attempt.connect((router_lab.client_ip, client_listener))
         attempt.close()
     finally:
         router_lab.exec("gw", ["ip", "route", "del", "198.51.100.0/24"], check=False)
@@ -117,6 +117,7 @@ def test_an_egress_interface_without_carrier_is_reported(router_lab: Lab) -> Non
         done = router_lab.run_router(seed_env())
     finally:
         router_lab.exec("node", ["ip", "link", "set", "nic0", "up"])
+        router_lab.restore_routes("node")  # the node's routes to the other node's pods
     assert done.returncode == 0, done.stderr
     assert "macvlan0 has no carrier" in done.stderr
 

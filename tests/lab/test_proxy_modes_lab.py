@@ -87,13 +87,13 @@ def proxy_pod(router_lab: Lab) -> Iterator[Lab]:
     network (the client's namespace stands in for cluster DNS), the stand-ins running."""
     resolv = Path(f"/etc/netns/{router_lab.ns('router')}/resolv.conf")
     resolv.parent.mkdir(parents=True, exist_ok=True)
-    resolv.write_text(f"nameserver {A.CLIENT_IP}\noptions ndots:5\n")
+    resolv.write_text(f"nameserver {router_lab.client_ip}\noptions ndots:5\n")
     standins: list[subprocess.Popen[str]] = []
     try:
         done = router_lab.run_router(seed_env("http-proxy"))
         assert done.returncode == 0, done.stderr
-        standins.append(started(router_lab, "client", STANDIN_NAMESERVER, A.CLIENT_IP))
-        standins.append(started(router_lab, "router", STANDIN_PROXY, A.ROUTER_IP, str(PROXY_PORT), A.CLIENT_IP))
+        standins.append(started(router_lab, "client", STANDIN_NAMESERVER, router_lab.client_ip))
+        standins.append(started(router_lab, "router", STANDIN_PROXY, router_lab.router_pod_ip, str(PROXY_PORT), router_lab.client_ip))
         yield router_lab
     finally:
         for process in standins:
@@ -108,7 +108,7 @@ def through_proxy(lab: Lab, host: str, port: int) -> tuple[str, bytes]:
     sock = lab.socket("client")
     sock.settimeout(5)
     with sock:
-        sock.connect((A.ROUTER_IP, PROXY_PORT))
+        sock.connect((lab.router_pod_ip, PROXY_PORT))
         sock.sendall(f"{host} {port}\n".encode())
         reader = sock.makefile("rb")
         seen = reader.readline().strip().decode()
@@ -122,7 +122,7 @@ def test_the_proxys_connections_leave_from_the_source_and_its_clients_get_their_
     # reserved source, through the gateway, and the reply reached the client through eth0.
     assert b"203.0.113.25:80" in reply and A.SOURCE.encode() in reply, reply
     # The pod's DNS lookup went to its nameserver on the pod network, from the pod's address.
-    assert seen == A.ROUTER_IP
+    assert seen == proxy_pod.router_pod_ip
 
 
 def test_the_proxy_modes_leave_the_pod_no_gateway(proxy_pod: Lab) -> None:
@@ -137,7 +137,7 @@ def test_a_second_run_in_proxy_mode_changes_nothing(proxy_pod: Lab) -> None:
     done = proxy_pod.run_router(seed_env("http-proxy"))
     assert done.returncode == 0, done.stderr
     assert proxy_pod.exec("router", ["ip", "rule"]).stdout == rules
-    assert through_proxy(proxy_pod, "203.0.113.26", 80)[0] == A.ROUTER_IP
+    assert through_proxy(proxy_pod, "203.0.113.26", 80)[0] == proxy_pod.router_pod_ip
 
 
 def test_the_listening_socket_is_reachable_only_from_the_pod_network(proxy_pod: Lab) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from egress_router.lab import Lab, seed_env
 from egress_router.lab import addresses as A
+from egress_router.lab.wirings import WIRINGS
 
 pytestmark = pytest.mark.lab
 
@@ -32,9 +33,9 @@ DUAL_STACK = {
 }
 
 
-@pytest.fixture(scope="module")
-def lab6() -> Iterator[Lab]:
-    with Lab(ipv6=True) as built:
+@pytest.fixture(scope="module", params=WIRINGS)
+def lab6(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    with Lab(ipv6=True, wiring=request.param) as built:
         built.serve(SERVERS)
         yield built
 
@@ -75,7 +76,7 @@ def dual_stack(lab6: Lab) -> Lab:
 def test_ipv6_rules_reach_their_servers_from_the_ipv6_source(
     dual_stack: Lab, port: int, protocol: str, server: tuple[str, int]
 ) -> None:
-    probe = dual_stack.connect(port, protocol, address=A.ROUTER_IP6)
+    probe = dual_stack.connect(port, protocol, address=dual_stack.router_pod_ip6)
     assert (probe.ok, probe.server, probe.source) == (True, server, A.SOURCE6), probe
 
 
@@ -109,7 +110,7 @@ def test_an_ipv6_only_router_behind_a_link_local_gateway(lab6: Lab) -> None:
         )
     )
     assert done.returncode == 0, done.stderr
-    probe = lab6.connect(8080, address=A.ROUTER_IP6)
+    probe = lab6.connect(8080, address=lab6.router_pod_ip6)
     assert probe.server == ("2001:db8:2::26", 80) and probe.source == A.SOURCE6
 
 

@@ -88,8 +88,11 @@ def test_unmapped_ports_are_refused_at_once_without_a_fallback(router_lab: Lab) 
 
 def test_the_router_is_not_a_plain_gateway_for_the_pods(router_lab: Lab) -> None:
     init(router_lab)
-    # The client's default route is the router, but only redirected connections pass.
-    assert not router_lab.connect(80, address="203.0.113.25", timeout=1).ok
+    # The client's node sends its packets for the server to the router pod, as a pod that
+    # takes the router for its gateway would: only redirected connections pass.
+    with router_lab.routed_through_router("203.0.113.25"):
+        assert not router_lab.connect(80, address="203.0.113.25", timeout=1).ok
+    assert router_lab.connect(80).source == SOURCE
 
 
 # -- repeating and changing the configuration -------------------------------------------------

@@ -84,8 +84,8 @@ class Lab:
         """`wiring`: how the pods hang off their nodes (lab/wirings.py). `rp_filter`: the
         router namespace's net.ipv4.conf.{all,default}.rp_filter, set before its interfaces
         exist (1, strict, as many nodes have it; 0 opts out). `pod_mtu`: the MTU of the router
-        pod's veth pair (the client's stays 1500). `drop_icmp_too_big`: the LAN gateway drops
-        "fragmentation needed" and "packet too big" (see `set_icmp_too_big_dropped`)."""
+        pod's veth pair (the client's stays 1500). `drop_icmp_too_big`: the LAN gateway and the
+        nodes drop "fragmentation needed" and "packet too big" (see `set_icmp_too_big_dropped`)."""
         self.ipv6 = ipv6
         self.with_macvlan = macvlan
         self.wiring = W.wiring(wiring)
@@ -370,12 +370,15 @@ class Lab:
         """Load an nftables script in the namespace of `role`."""
         self.exec(role, ["nft", "-f", "-"], input=script)
 
-    def set_icmp_too_big_dropped(self, dropped: bool) -> None:
+    def set_icmp_too_big_dropped(self, dropped: bool, on_nodes: bool = False) -> None:
         """Make the LAN gateway drop (or pass again) forwarded ICMP "fragmentation needed" and
-        ICMPv6 "packet too big": a path MTU black hole between the router and the outside."""
-        self.exec("gw", ["nft", "delete", "table", "inet", W.BLACKHOLE_TABLE], check=False)
-        if dropped:
-            self.nft("gw", W.pmtu_blackhole())
+        ICMPv6 "packet too big": a path MTU black hole between the router and the outside,
+        which downloads meet. `on_nodes`: the nodes too, forwarded or their own, which uploads
+        meet at the node whose pod veth is narrower (a pod network that filters ICMP)."""
+        for role in ("gw", *self.wiring.nodes):
+            self.exec(role, ["nft", "delete", "table", "inet", W.BLACKHOLE_TABLE], check=False)
+            if dropped and (role == "gw" or on_nodes):
+                self.nft(role, W.pmtu_blackhole())
         self.drop_icmp_too_big = dropped
 
     @contextlib.contextmanager
@@ -428,6 +431,13 @@ class Lab:
         )
         ip(["-n", self.ns("router"), "link", "set", temporary, "name", name])
         return self.mac("router", name)
+
+    def restore_routes(self, role: str) -> None:
+        """Put back the routes the wiring gives `role`: taking a link down (a test of a lost
+        carrier) takes the routes through it with it, and up does not bring them back."""
+        routes = [line.replace("route add", "route replace", 1) for line in W.namespace_setup(self.wiring, role, self.ipv6)
+                  if line.startswith(("route ", "-6 route "))]
+        ip(["-n", self.ns(role), "-force", "-batch", "-"], "".join(f"{x}\n" for x in routes), check=False)
 
     def delete_link(self, role: str, name: str) -> None:
         ip(["-n", self.ns(role), "link", "del", name], check=False)

@@ -329,11 +329,13 @@ def kube_proxy(w: Wiring, ipv6: bool) -> str:
 
 
 def pmtu_blackhole() -> str:
-    """The gateway drops what path MTU discovery needs ("fragmentation needed", "packet too
-    big"), as too many firewalls do: only MSS clamping keeps large transfers working then."""
+    """What path MTU discovery needs ("fragmentation needed", "packet too big") is dropped, as
+    too many firewalls do: only MSS clamping keeps large transfers working then. Forwarded
+    ones (the gateway's, for downloads) and sent ones (a node's, for uploads)."""
+    drops = "    icmp type destination-unreachable icmp code 4 drop\n    icmpv6 type packet-too-big drop\n"
     return (
         f"table inet {BLACKHOLE_TABLE} {{\n"
-        "  chain forward {\n    type filter hook forward priority filter; policy accept;\n"
-        "    icmp type destination-unreachable icmp code 4 drop\n"
-        "    icmpv6 type packet-too-big drop\n  }\n}\n"
+        f"  chain forward {{\n    type filter hook forward priority filter; policy accept;\n{drops}  }}\n"
+        f"  chain output {{\n    type filter hook output priority filter; policy accept;\n{drops}  }}\n"
+        "}\n"
     )
