@@ -14,6 +14,8 @@ out, no socket there.
   a stalled one dropped). Every response closes its connection.
 - At most `MAX_CONNECTIONS` at once: one more displaces the oldest, so that a probe always gets
   in however many idle connections someone holds open.
+- A scrape's body is built for it; only while several are still being sent does a new one
+  share the latest, so that memory does not grow with the connections asking.
 - Every log line goes through `log.Log`, in the router's own format.
 """
 
@@ -28,7 +30,7 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .http_request import MAX_REQUEST, Request, RequestError, parse_request, request_end, response
+from .http_request import MAX_REQUEST, Request, RequestError, parse_request, request_end, response_head
 from .log import Log
 from .metrics import Collector, Stats
 from .nft.listing import TableReader
@@ -41,20 +43,22 @@ TIMEOUT = 5.0  # kubelet's probes and Prometheus send their few hundred bytes at
 # may open fewer files.
 MAX_CONNECTIONS = 1024
 BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
-# Scrapes within this long of each other share one body: 256 connections asking for /metrics
-# at once hold one copy of it, not 256.
-METRICS_FRESH = 1.0
+# A scrape gets a body built for it, unless this many connections are still being sent one:
+# then it shares the latest, so that a thousand connections asking for /metrics at once hold
+# a few copies of it, not a thousand.
+FRESH_METRICS_AT_ONCE = 2
 TEXT = "text/plain; charset=utf-8"
 
 
 class _Connection:
-    __slots__ = ("sock", "client", "inbox", "outbox", "deadline")
+    __slots__ = ("sock", "client", "inbox", "outbox", "metrics", "deadline")
 
     def __init__(self, sock: socket.socket, client: str, deadline: float) -> None:
         self.sock = sock
         self.client = client
         self.inbox = bytearray()
-        self.outbox: memoryview | None = None  # the response, once the request is in
+        self.outbox: list[memoryview] = []  # what is left to send of the response
+        self.metrics = False  # the response holds a metrics body
         self.deadline = deadline
 
 
@@ -80,7 +84,7 @@ class HealthServer:
         os.set_blocking(self._wake_read, False)
         self.selector.register(self._wake_read, selectors.EVENT_READ, "wake")
         self.connections: dict[int, _Connection] = {}  # in order of arrival: the oldest first
-        self._metrics: tuple[float, bytes] | None = None
+        self._metrics: bytes | None = None  # the latest metrics body
         self._stopping = False
         self.thread = threading.Thread(target=self._run, name="http", daemon=True)
 
@@ -171,22 +175,25 @@ class HealthServer:
         self.log.debug(
             "http", client=connection.client, request=request.line if request else "?", status=code
         )
-        connection.outbox = memoryview(response(code, body, kind))
+        connection.outbox = [memoryview(response_head(code, len(body), kind)), memoryview(body)]
+        connection.metrics = kind == CONTENT_TYPE_LATEST
         connection.deadline = time.monotonic() + self.timeout
         self.selector.modify(connection.sock, selectors.EVENT_WRITE, connection)
         self._send(connection)
 
     def _send(self, connection: _Connection) -> None:
         outbox = connection.outbox
-        assert outbox is not None
         try:
-            sent = connection.sock.send(outbox)
+            sent = connection.sock.sendmsg(outbox)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._close(connection)
             return
-        connection.outbox = outbox[sent:]
+        while outbox and sent >= len(outbox[0]):
+            sent -= len(outbox.pop(0))
+        if outbox:
+            outbox[0] = outbox[0][sent:]
         connection.deadline = time.monotonic() + self.timeout  # progress: a slow reader is fine
         if not connection.outbox:
             self._close(connection, done=True)
@@ -203,10 +210,10 @@ class HealthServer:
         return 404, b"not found\n", TEXT
 
     def _metrics_body(self) -> bytes:
-        now = time.monotonic()
-        if self._metrics is None or now - self._metrics[0] > METRICS_FRESH:
-            self._metrics = (now, generate_latest(self.registry))
-        return self._metrics[1]
+        sending = sum(1 for c in self.connections.values() if c.metrics)
+        if self._metrics is None or sending < FRESH_METRICS_AT_ONCE:
+            self._metrics = generate_latest(self.registry)
+        return self._metrics
 
     def _close(self, connection: _Connection, done: bool = False) -> None:
         sock = connection.sock

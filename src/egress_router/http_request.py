@@ -87,11 +87,13 @@ def _is_token(text: bytes) -> bool:
     return all(c in _TOKEN for c in text)
 
 
-def response(code: int, body: bytes, content_type: str) -> bytes:
-    head = (
-        f"HTTP/1.1 {code} {REASONS.get(code, 'Unknown')}\r\n"
+def response_head(code: int, length: int, content_type: str) -> bytes:
+    """The status line and headers of a response whose body is `length` bytes."""
+    # HTTP/1.0, as http.server answered before: nothing here needs 1.1 (no keep-alive, no
+    # chunks), and a 1.0 response is what every client of a closing server expects.
+    return (
+        f"HTTP/1.0 {code} {REASONS.get(code, 'Unknown')}\r\n"
         f"Content-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n"
+        f"Content-Length: {length}\r\n"
         "Connection: close\r\n\r\n"
-    )
-    return head.encode() + body
+    ).encode()

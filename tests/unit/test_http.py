@@ -95,6 +95,13 @@ def test_paths_status_codes_and_content_types(served: tuple[HealthServer, Stats,
     assert get(server.port, "/nope")[0] == 404
 
 
+def test_every_scrape_is_fresh(served: tuple[HealthServer, Stats, io.StringIO]) -> None:
+    server, stats, _ = served
+    assert b'egress_router_reloads_total{result="success"} 0.0' in get(server.port, "/metrics")[2]
+    stats.reloaded(True)
+    assert b'egress_router_reloads_total{result="success"} 1.0' in get(server.port, "/metrics")[2]
+
+
 def test_both_families_on_one_socket(served: tuple[HealthServer, Stats, io.StringIO]) -> None:
     server, _, _ = served
     assert get(server.port, "/healthz", "127.0.0.1")[0] == 200
@@ -118,7 +125,7 @@ def test_a_slow_request_within_the_timeout_is_served(served: tuple[HealthServer,
         for piece in (b"GET /hea", b"lthz HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
             slow.sendall(piece)
             time.sleep(0.15)
-        assert slow.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert slow.recv(4096).startswith(b"HTTP/1.0 200 OK\r\n")
 
 
 def test_a_slow_reader_of_the_metrics_gets_all_of_them(served: tuple[HealthServer, Stats, io.StringIO]) -> None:
@@ -166,7 +173,7 @@ def test_clients_that_reset_leave_only_the_routers_own_log_lines(
         sock.close()  # a reset, at once
     with socket.create_connection(("127.0.0.1", server.port)) as tls:
         tls.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)) + b"\r\n\r\n")
-        assert tls.recv(4096).startswith(b"HTTP/1.1 400 Bad Request")
+        assert tls.recv(4096).startswith(b"HTTP/1.0 400 Bad Request")
     assert get(server.port, "/healthz")[0] == 200
     out, err = capfd.readouterr()
     assert (out, err) == ("", "")
