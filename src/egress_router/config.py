@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
 
@@ -217,9 +217,31 @@ def parse_protocol(text: str) -> str:
     return name
 
 
-def _lines(text: str) -> list[str]:
+LINES_AT_ONCE = 1 << 20  # characters of text split into lines at a time
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of `text`, split a megabyte at a time: a 16 MiB file of short lines is never
+    a list of millions of strings at once."""
     # A byte-order mark is what some Windows editors put first; it is not part of line 1.
-    return text.removeprefix("\ufeff").split("\n")
+    text = text.removeprefix("\ufeff")
+    start = 0
+    while (end := text.find("\n", start + LINES_AT_ONCE)) >= 0:
+        yield from text[start:end].split("\n")
+        start = end + 1
+    yield from text[start:].split("\n")
+
+
+def _line_texts(text: str, numbers: set[int]) -> dict[int, str]:
+    """The text of the lines numbered `numbers` (from 1), in one pass."""
+    found: dict[int, str] = {}
+    last = max(numbers, default=0)
+    for number, raw in enumerate(_lines(text), start=1):
+        if number in numbers:
+            found[number] = raw
+        if number >= last:
+            break
+    return found
 
 
 def parse_sources(text: str) -> tuple[IPInterface, ...]:
@@ -469,12 +491,13 @@ def _check_rules(
     if sources and families != {4, 6}:
         wanted = IPv4Address if 4 in families else IPv6Address
     own_port = http_port if mode is Mode.LEGACY else 0
-    lines: list[str] = []  # split only once a rule is found wrong
+    wrong: list[tuple[int, str]] = []  # (line, message) of the problems there is room for
 
     def add(rule: Rule, message: str) -> None:
-        if not lines:
-            lines.extend(_lines(text))
-        found.add(Problem(variable, message, rule.line, lines[rule.line - 1]))
+        if len(found.kept) + len(wrong) < found.limit:
+            wrong.append((rule.line, message))
+        else:
+            found.more += 1
 
     # The loop runs over every rule, so it tests the cheap things first.
     if wanted is not None or own_port:
@@ -487,6 +510,9 @@ def _check_rules(
                     f"local port {own_port}/tcp is the router's own health and metrics port "
                     f"({HTTP_PORT}): map another port, or set {HTTP_PORT} to another port or 0",
                 )
+    texts = _line_texts(text, {line for line, _ in wrong})
+    for line, message in wrong:
+        found.add(Problem(variable, message, line, texts[line]))
     for address in destinations.fallbacks:
         if sources and address.version not in families:
             found.add(Problem(variable, "fallback " + _family_message(address)))
