@@ -98,6 +98,7 @@ class Problems:
         self.kept: list[Problem] = []
         self.more = 0
         self.limit = limit
+        self.note: str | None = None  # where checking stopped, if it did
 
     def add(self, problem: Problem) -> None:
         if len(self.kept) < self.limit:
@@ -113,12 +114,13 @@ class Problems:
         for problem in error.problems:
             self.add(problem)
         self.more += error.more
+        self.note = self.note or error.note
 
     def __bool__(self) -> bool:
         return bool(self.kept)
 
     def error(self) -> ConfigError:
-        return ConfigError(self.kept, self.more)
+        return ConfigError(self.kept, self.more, self.note)
 
 
 def parse_destinations(
@@ -175,10 +177,8 @@ def parse_destinations(
 
 
 def _stop(problems: Problems, variable: str, line: int) -> None:
-    # Always shown, past the limit too: the count of the rest is a lower bound from here on.
-    problems.kept.append(
-        Problem(variable, f"{problems.count:,} problems: the lines after line {line} were not checked")
-    )
+    # The count of the rest is a lower bound from here on: say so.
+    problems.note = f"{variable}: checking stopped at line {line}, after {problems.count:,} problems"
 
 
 def parse_rule(fields: list[str], line: int = 0) -> Rule | IPAddress:

@@ -96,8 +96,9 @@ class Daemon:
             shown = error.problems[:LOGGED_PROBLEMS]
             self.log.error(
                 "rejected the new configuration, keeping the old one",
-                problems=len(error.problems) + error.more,
+                problems=error.count,
                 first="; ".join(map(str, shown)),
+                **({"stopped": error.note} if error.note else {}),
             )
             self.stats.reloaded(False)
             return

@@ -53,19 +53,24 @@ class ConfigError(EgressRouterError):
 
     exit_code = EXIT_CONFIG
 
-    def __init__(self, problems: list[Problem], more: int = 0) -> None:
+    def __init__(self, problems: list[Problem], more: int = 0, note: str | None = None) -> None:
         """`problems` are the first ones found (the parser keeps a bounded number: a 1 MB file
         of mistakes must not cost a problem object, or a log line, per line); `more` counts the
-        rest."""
+        rest; `note` says where checking stopped, if it did."""
         if not problems:
             raise ValueError("ConfigError needs at least one problem")
         self.problems = list(problems)
         self.more = more
+        self.note = note
         super().__init__("; ".join(self.lines_without_prefix()))
+
+    @property
+    def count(self) -> int:
+        return len(self.problems) + self.more
 
     def lines_without_prefix(self) -> list[str]:
         tail = [f"... and {self.more:,} more problem(s) not shown"] if self.more else []
-        return [str(p) for p in self.problems] + tail
+        return [str(p) for p in self.problems] + tail + ([self.note] if self.note else [])
 
     def lines(self) -> list[str]:
         return [f"config error: {line}" for line in self.lines_without_prefix()]

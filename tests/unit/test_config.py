@@ -307,8 +307,9 @@ def test_checking_stops_after_so_many_problems(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ConfigError) as caught:
         parse_destinations("x\n" * 1000 + "80 tcp 203.0.113.25\n")
     error = caught.value
-    assert error.more + len(error.problems) == 51  # 50 lines, and the line saying it stopped
-    assert str(error.problems[-1]) == "EGRESS_DESTINATION: 50 problems: the lines after line 50 were not checked"
+    assert error.count == 50
+    assert error.note == "EGRESS_DESTINATION: checking stopped at line 50, after 50 problems"
+    assert error.lines()[-1] == f"config error: {error.note}"
 
 
 def test_rules_of_the_wrong_family_are_capped_too() -> None:
