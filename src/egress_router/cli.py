@@ -50,8 +50,8 @@ Environment (the OpenShift egress router image's contract, unchanged):
   EGRESS_ROUTER_DEBUG  when set (to anything), log every step.
 
 Added by this project:
-  EGRESS_DESTINATION_FILE  read the rules from this file instead (a mounted ConfigMap key);
-                           setting it and EGRESS_DESTINATION both is an error.
+  EGRESS_DESTINATION_FILE  read the rules from this file instead (a mounted ConfigMap key),
+                           at most 16 MiB; setting it and EGRESS_DESTINATION both is an error.
   EGRESS_INTERFACE         the egress (macvlan) interface; default macvlan0.
   EGRESS_POD_INTERFACE     the cluster-side interface; default eth0.
   EGRESS_ROUTER_HTTP_PORT  legacy mode's health and metrics port; default 9090, 0 for none.
