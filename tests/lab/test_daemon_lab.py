@@ -6,9 +6,11 @@ ConfigMap-style directory of its own, and stops it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -83,10 +85,10 @@ class Running:
         return 0.0
 
 
-def http_get(lab: Lab, path: str, port: int = 9090) -> tuple[int, str]:
+def http_get(lab: Lab, path: str, port: int = 9090, timeout: float = 3.0) -> tuple[int, str]:
     """GET from the client pod to the router pod's cluster address."""
     sock = lab.socket("client")
-    sock.settimeout(3)
+    sock.settimeout(timeout)
     try:
         sock.connect((ROUTER, port))
         sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {ROUTER}\r\n\r\n".encode())
@@ -289,3 +291,36 @@ def _children(pid: int) -> list[str]:
             if int(fields[1]) == pid:
                 found.append(f"{entry} {stat.split(' (', 1)[1].split(')')[0]} state {fields[0]}")
     return found
+
+
+def test_health_and_metrics_answer_within_a_second_while_500_idle_connections_are_held(router: Running) -> None:
+    from egress_router.http import TIMEOUT
+
+    lab, process = router.lab, router.process
+    seconds = TIMEOUT + 2.5  # past the server's timeout: every idle connection is dropped once
+    abuser = lab.popen(
+        "client",
+        [sys.executable, "-m", "egress_router.lab.idle_clients", ROUTER, "9090", "500", str(seconds)],
+        env=lab.router_env({}),
+        stdout=subprocess.PIPE,
+    )
+    assert abuser.stdout is not None and abuser.stdout.readline().strip() == "ready"
+    slowest, probes = 0.0, 0
+    deadline = time.monotonic() + seconds - 0.5
+    while time.monotonic() < deadline:
+        for path in ("/healthz", "/metrics"):
+            started = time.monotonic()
+            code, body = http_get(lab, path, timeout=1.0)  # kubelet's default probe timeout
+            slowest = max(slowest, time.monotonic() - started)
+            assert code == 200 and body, path
+            probes += 1
+        time.sleep(0.05)
+    counts = json.loads(abuser.stdout.readline())
+    assert abuser.wait(5) == 0
+    status = _vm_kb(process.pid)
+    print(f"\n{probes} probes, slowest {slowest * 1e3:.0f} ms; idle clients {counts}; "
+          f"router VmRSS {status['VmRSS'] / 1024:.1f} MB, VmHWM {status['VmHWM'] / 1024:.1f} MB")
+    assert counts["dropped"] >= 500
+    assert status["VmHWM"] < 60 * 1024
+    assert all(line.startswith("egress-router: ") for line in router.log.read_text().splitlines())
+    assert router.lab.connect(8080).server == ("203.0.113.26", 80)

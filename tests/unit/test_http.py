@@ -8,7 +8,6 @@ import socket
 import struct
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 
@@ -180,41 +179,6 @@ def test_clients_that_reset_leave_only_the_routers_own_log_lines(
     assert all(line.startswith("egress-router: ") for line in stream.getvalue().splitlines())
 
 
-ABUSER = textwrap.dedent("""
-    import json, resource, selectors, socket, sys, time
-    port, count, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 64)), hard))
-    selector = selectors.DefaultSelector()
-    opened = dropped = 0
-
-    def open_one():
-        global opened
-        sock = socket.socket()
-        sock.setblocking(False)
-        sock.connect_ex(("127.0.0.1", port))
-        selector.register(sock, selectors.EVENT_READ)
-        opened += 1
-
-    for _ in range(count):
-        open_one()
-    print("ready", flush=True)
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        for key, _ in selector.select(0.1):
-            try:
-                data = key.fileobj.recv(1)
-            except OSError:
-                data = b""
-            if not data:  # dropped by the server: open another, idle again
-                selector.unregister(key.fileobj)
-                key.fileobj.close()
-                dropped += 1
-                open_one()
-    print(json.dumps({"opened": opened, "dropped": dropped}), flush=True)
-""")
-
-
 def test_500_idle_connections_held_and_reopened_do_not_keep_probes_out() -> None:
     stats = Stats()
     stats.ready = True
@@ -222,8 +186,10 @@ def test_500_idle_connections_held_and_reopened_do_not_keep_probes_out() -> None
     server = HealthServer(0, stats, FakeTableReader(FakeNft(), FakeNet()), Log(stream=stream))
     server.start()
     seconds = TIMEOUT + 2.5
-    abuser = subprocess.Popen([sys.executable, "-c", ABUSER, str(server.port), "500", str(seconds)],
-                              stdout=subprocess.PIPE, text=True)
+    abuser = subprocess.Popen(
+        [sys.executable, "-m", "egress_router.lab.idle_clients", "127.0.0.1", str(server.port), "500", str(seconds)],
+        stdout=subprocess.PIPE, text=True,
+    )
     try:
         assert abuser.stdout is not None and abuser.stdout.readline().strip() == "ready"
         slowest, probes, held = 0.0, 0, 0
