@@ -244,6 +244,8 @@ BAD_FILES: list[tuple[str, Callable[[Path], object], str]] = [
     # 40,000 duplicates, and the fallback no longer last.
     ("a full ConfigMap of duplicate ports",
      lambda key: key.write_text(SEED_DESTINATION + "8080 tcp 203.0.113.27 80\n" * 40_000), "problems=40001 "),
+    ("a missing file", lambda key: None, "No such file or directory"),
+    ("a named pipe", lambda key: os.mkfifo(key), "it is a named pipe"),  # opening it must not hang
     ("a directory", lambda key: key.mkdir(), "it is a directory"),
     ("a symlink loop", lambda key: key.symlink_to("destinations"), "Too many levels of symbolic links"),
 ]
