@@ -213,3 +213,24 @@ def test_500_idle_connections_held_and_reopened_do_not_keep_probes_out() -> None
     assert held <= MAX_CONNECTIONS
     assert counts["dropped"] >= 500  # every one of them timed out at least once
     assert all(line.startswith("egress-router: ") for line in stream.getvalue().splitlines())
+
+
+def test_ipv4_alone_where_the_kernel_has_no_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    real = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *args: object, **kwargs: object) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    server = HealthServer(0, Stats(), FakeTableReader(FakeNft(), FakeNet()), Log(stream=io.StringIO()))
+    monkeypatch.setattr(socket, "socket", real)
+    server.start()
+    try:
+        assert server.listener.family == socket.AF_INET
+        assert get(server.port, "/healthz")[0] == 200
+    finally:
+        server.stop()
