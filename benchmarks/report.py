@@ -76,6 +76,10 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         out.append(("init, seed example, new pod (median)", f"{m:.1f} ms", "<= 50 ms", m <= 50))
         rss = startup["legacy"]["rss_mb"]
         out.append(("legacy mode resident memory", f"{rss:.1f} MB", "<= 40 MB", rss <= 40))
+        parse = startup.get("parse")
+        if parse:
+            p = parse["median_ms"]
+            out.append((f"read and parse {parse['lines']:,} lines (median)", f"{p:.1f} ms", "<= 20 ms", p <= 20))
     return out
 
 
@@ -202,6 +206,11 @@ def _startup(startup: dict[str, Any] | None) -> list[str]:
         "", (f"`legacy` mode after start: VmRSS {legacy['rss_mb']:.1f} MB (peak {legacy['hwm_mb']:.1f} MB); "
         f"it left {legacy['sigterm_exit_s'] * 1e3:.0f} ms after SIGTERM."),
     ]
+    parse = startup.get("parse")
+    if parse:
+        out += ["", (f"Reading and checking a {parse['lines']:,}-line destination file (`load_environment`, "
+                     f"cold address cache), {parse['runs']} runs: median {parse['median_ms']:.1f} ms, "
+                     f"fastest {parse['min_ms']:.1f} ms.")]
     return out + [""]
 
 

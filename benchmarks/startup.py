@@ -1,6 +1,7 @@
 """What every pod start pays: `init` wall time for the seed's example (whole processes, spawned
 inside the router namespace), the interpreter's own start-up for scale, the heaviest imports on
-that path (`python -X importtime`), and the resident memory of the long-running `legacy` mode.
+that path (`python -X importtime`), the resident memory of the long-running `legacy` mode, and
+the time to read and check a 10,000-line destination file (in this process).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from . import stats
 from .context import Bench, BenchError, router_command, stop
 
 TOP_IMPORTS = 10
+PARSE_LINES = 10000
+PARSE_RUNS = 20
 NEW_POD = [
     "sh",
     "-c",
@@ -46,12 +49,34 @@ def run(bench: Bench) -> dict[str, object]:
         "python_floor_median_ms": stats.median(interpreter) * 1e3,
         "imports": top_imports(importtime),
         "legacy": legacy_memory(bench),
+        "parse": parse_times(bench),
     }
     bench.say(
         f"init (seed) median {summary['init_median_ms']:.1f} ms (python -c pass "
         f"{summary['python_floor_median_ms']:.1f} ms); legacy RSS {summary['legacy']['rss_mb']:.1f} MB"  # type: ignore[index]
     )
     return summary
+
+
+def parse_times(bench: Bench) -> dict[str, float]:
+    """`load_environment` of a 10,000-line EGRESS_DESTINATION_FILE: reading the file, parsing
+    and checking every rule, as a pod start does, with the address cache emptied each time (a
+    new process starts with none). Median and fastest of `PARSE_RUNS`."""
+    from egress_router.config import load_environment, parse_address
+
+    from .layouts import destination_text
+
+    path = bench.file(f"parse-{PARSE_LINES}.txt", destination_text(PARSE_LINES, bench.lan))
+    env = bench.destination_env(path)
+    times = []
+    for _ in range(PARSE_RUNS):
+        parse_address.cache_clear()
+        started = time.perf_counter()
+        config = load_environment(env)
+        times.append(time.perf_counter() - started)
+        if len(config.destinations.mappings) != PARSE_LINES:
+            raise BenchError(f"{path} gave {len(config.destinations.mappings)} rules, not {PARSE_LINES}")
+    return {"lines": PARSE_LINES, "runs": PARSE_RUNS, "median_ms": stats.median(times) * 1e3, "min_ms": min(times) * 1e3}
 
 
 def top_imports(stderr: str) -> dict[str, object]:

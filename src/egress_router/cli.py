@@ -51,8 +51,8 @@ Environment (the OpenShift egress router image's contract, unchanged):
   EGRESS_ROUTER_DEBUG  when set (to anything), log every step.
 
 Added by this project:
-  EGRESS_DESTINATION_FILE  read the rules from this file instead (a mounted ConfigMap key);
-                           setting it and EGRESS_DESTINATION both is an error.
+  EGRESS_DESTINATION_FILE  read the rules from this file instead (a mounted ConfigMap key),
+                           at most 16 MiB; setting it and EGRESS_DESTINATION both is an error.
   EGRESS_INTERFACE         the egress (macvlan) interface; default macvlan0.
   EGRESS_POD_INTERFACE     the cluster-side interface; default eth0.
   EGRESS_ROUTER_HTTP_PORT  legacy mode's health and metrics port; default 9090, 0 for none.
@@ -75,6 +75,8 @@ PLAN_USAGE = """\
 usage: egress-router plan
 Print what the environment asks for: the network steps as comments, then the exact nftables
 script the router would apply. Changes nothing and needs no privileges."""
+
+VALIDATE_PROBLEMS = 1000  # listed per file; the rest are counted
 
 # Commands that live in their own modules, imported only when asked for.
 SUBCOMMANDS = {
@@ -211,21 +213,23 @@ def validate(paths: list[str], env: Mapping[str, str]) -> int:
         rules = config.destinations
         print(f"ok: environment: {len(rules.mappings)} rule(s), fallback {_fallback_words(rules)}")
         return 0
-    problems = []
+    problems, more = [], 0
     for path in paths:
         try:
             text = read_destination_file(path)
-            rules = parse_destinations(text, path)
+            # A person reading a terminal gets more of the problems than the daemon's log does.
+            rules = parse_destinations(text, path, max_problems=VALIDATE_PROBLEMS)
         except ConfigError as error:
             # A file that cannot be read is named by its path, as its rules are.
             problems += [
                 p if p.variable != DESTINATION_FILE else Problem(path, p.message)
                 for p in error.problems
             ]
+            more += error.more
             continue
         print(f"ok: {path}: {len(rules.mappings)} rule(s), fallback {_fallback_words(rules)}")
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, more)
     return 0
 
 

@@ -11,8 +11,10 @@ user sees them all at once.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
-from functools import lru_cache, partial
+import os
+import stat
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
 
 from .errors import ConfigError, Problem
@@ -81,143 +83,165 @@ def parse_address(text: str, on_link: bool = False) -> IPAddress:
     return address
 
 
-def parse_destinations(text: str, variable: str = DESTINATION) -> Destinations:
+# Problems kept per load, in line order; the rest are only counted. A 1 MB file of mistakes has
+# tens of thousands: enough to fix the first ones, bounded in memory and in log lines.
+MAX_PROBLEMS = 20
+# Past this many problems the rest of the text is not checked: a 16 MiB file of junk would
+# otherwise keep the daemon's loop (and SIGTERM) waiting for half a minute of explanations.
+STOP_AFTER_PROBLEMS = 100_000
+
+
+class Problems:
+    """The problems of one load: the first `limit` kept, the rest counted."""
+
+    def __init__(self, limit: int = MAX_PROBLEMS) -> None:
+        self.kept: list[Problem] = []
+        self.more = 0
+        self.limit = limit
+        self.note: str | None = None  # where checking stopped, if it did
+
+    def add(self, problem: Problem) -> None:
+        if len(self.kept) < self.limit:
+            self.kept.append(problem)
+        else:
+            self.more += 1
+
+    @property
+    def count(self) -> int:
+        return len(self.kept) + self.more
+
+    def absorb(self, error: ConfigError) -> None:
+        for problem in error.problems:
+            self.add(problem)
+        self.more += error.more
+        self.note = self.note or error.note
+
+    def __bool__(self) -> bool:
+        return bool(self.kept)
+
+    def error(self) -> ConfigError:
+        return ConfigError(self.kept, self.more, self.note)
+
+
+def parse_destinations(
+    text: str, variable: str = DESTINATION, max_problems: int = MAX_PROBLEMS
+) -> Destinations:
     """Parse the rules of `EGRESS_DESTINATION` (or of the file it names).
 
-    Raises `ConfigError` listing every bad line, or returns the rules in input order.
+    Raises `ConfigError` with the first `max_problems` bad lines (and a count of the rest), or
+    returns the rules in input order.
     """
-    problems: list[Problem] = []
+    problems = Problems(max_problems)
     mappings: list[Rule] = []
-    fallbacks: list[tuple[int, IPAddress]] = []
-    # A local port is used once per protocol and family: `port | protocol | family` as one int,
-    # which hashes faster than a tuple of the three.
-    seen: dict[int, int] = {}
-    addresses: dict[str, tuple[IPAddress, int]] = {}  # rules share few addresses
+    fallbacks: list[IPAddress] = []
+    fallback_lines: dict[int, int] = {}  # family -> line of its fallback
+    # A local port is used once per protocol and family (an address's type is its family).
+    seen: dict[tuple[int, str, type], int] = {}
     misplaced = False
-    lines = _lines(text)
-    for number, raw in enumerate(lines, start=1):
+    for number, raw in enumerate(_lines(text), start=1):
         fields = raw.split()
-        # The hot loop of a large rule set: a well-formed rule is taken here, without a
-        # function call; anything else goes to `_parse_mapping`, which says what is wrong.
-        count = len(fields)
-        if count == 4:
-            port, protocol, address, remote = fields
-        elif count == 3:
-            port, protocol, address = fields
-            remote = port
-        else:
-            port = remote = protocol = address = ""
-        known = addresses.get(address)
-        name_bits = _PROTOCOL_BITS.get(protocol)
-        mapping = None
-        if (
-            known is not None
-            and name_bits is not None
-            and port.isdigit()
-            and remote.isdigit()
-            and port.isascii()
-            and remote.isascii()
-        ):
-            local, target = int(port), int(remote)
-            if 0 < local < 65536 and 0 < target < 65536:
-                mapping = _new_mapping((local, name_bits[0], known[0], target, number))
-                key = local | name_bits[1] | known[1]
-        if mapping is None:
-            if not fields or fields[0].startswith("#"):
-                continue
-            try:
-                if count == 1:
-                    fallbacks.append((number, parse_address(fields[0])))
-                    continue
-                mapping = _parse_mapping(fields, number)
-            except _Invalid as error:
-                problems.append(Problem(variable, str(error), number, raw))
-                continue
-            version = mapping.address.version
-            addresses[address] = (mapping.address, version << 18)
-            key = mapping.port | _PROTOCOL_BITS[mapping.protocol][1] | version << 18
-        if fallbacks and not misplaced:
-            misplaced = True  # said once, at the first rule after it, not at every one
-            first = fallbacks[0][0]
-            problems.append(
-                Problem(variable, f"the fallback on line {first} must be the last rule", number, raw)
-            )
-        if key in seen:
-            problems.append(
-                Problem(
-                    variable,
-                    f"local port {mapping.port}/{mapping.protocol} is already used on line "
-                    f"{seen[key]}",
-                    number,
-                    raw,
-                )
-            )
+        if not fields or fields[0].startswith("#"):
             continue
-        seen[key] = number
-        mappings.append(mapping)
-    problems.extend(_check_fallbacks(fallbacks, lines, variable))
+        try:
+            rule = parse_rule(fields, number)
+        except _Invalid as error:
+            problems.add(Problem(variable, str(error), number, raw))
+            if problems.count >= STOP_AFTER_PROBLEMS:
+                _stop(problems, variable, number)
+                break
+            continue
+        if not isinstance(rule, Rule):  # a lone address: a fallback
+            first = fallback_lines.setdefault(rule.version, number)
+            if first == number:
+                fallbacks.append(rule)
+            else:
+                message = f"a second IPv{rule.version} fallback (the first is on line {first})"
+                problems.add(Problem(variable, message, number, raw))
+            continue
+        if fallback_lines and not misplaced:
+            misplaced = True  # said once, at the first rule after it, not at every one
+            first = min(fallback_lines.values())
+            problems.add(Problem(variable, f"the fallback on line {first} must be the last rule", number, raw))
+        first = seen.setdefault((rule.port, rule.protocol, type(rule.address)), number)
+        if first != number:
+            message = f"local port {rule.port}/{rule.protocol} is already used on line {first}"
+            problems.add(Problem(variable, message, number, raw))
+            if problems.count >= STOP_AFTER_PROBLEMS:
+                _stop(problems, variable, number)
+                break
+            continue
+        mappings.append(rule)
     if problems:
-        raise ConfigError(sorted(problems, key=lambda p: p.line or 0))
-    return Destinations(tuple(mappings), tuple(address for _, address in fallbacks))
+        raise problems.error()
+    return Destinations(tuple(mappings), tuple(fallbacks))
 
 
-# The protocols as the fast path accepts them (lower case; others go the slow way), with the
-# bits that tell them apart in a duplicate-port key (ports take 16 bits, the family bit 18+).
-_PROTOCOL_BITS = {name: (name, index << 16) for index, name in enumerate(PROTOCOLS)}
-# A named tuple's own constructor is Python code; building the tuple directly is several times
-# faster, and the fast path has already checked every field.
-_new_mapping = partial(tuple.__new__, Rule)
+def _stop(problems: Problems, variable: str, line: int) -> None:
+    # The count of the rest is a lower bound from here on: say so.
+    problems.note = f"{variable}: checking stopped at line {line}, after {problems.count:,} problems"
 
 
-def _lines(text: str) -> list[str]:
-    # A byte-order mark is what some Windows editors put first; it is not part of line 1.
-    return text.removeprefix("\ufeff").split("\n")
+def parse_rule(fields: list[str], line: int = 0) -> Rule | IPAddress:
+    """The fields of one line -> its rule, or the fallback address of a lone `<ip>`.
 
-
-def _parse_mapping(fields: list[str], number: int) -> Rule:
-    # The hot loop of a large rule set: checks are inlined, the common case first.
+    The one validation of a rule: it raises `_Invalid` saying what is wrong, and is also the
+    hot loop of a large rule set, so the checks of a well-formed rule come first and the
+    questions only a mistake raises (a stray comment) come after a failure."""
     count = len(fields)
-    if count == 3 or count == 4:
-        port, protocol, address, *rest = fields
-        if port.isdigit() and port.isascii() and 0 < int(port) < 65536:
-            remote = rest[0] if rest else port
-            if remote.isdigit() and remote.isascii() and 0 < int(remote) < 65536:
-                protocol = protocol.lower()
-                if protocol in PROTOCOLS:
-                    return Rule(int(port), protocol, parse_address(address), int(remote), number)
-    # Not a valid rule: find out what exactly is wrong, to say so.
-    if any(f.startswith("#") for f in fields[1:]):
-        raise _Invalid("a comment must be on a line of its own")
-    if count > 4:
-        raise _Invalid(f"expected '<port> <protocol> <ip> [<remote_port>]', got {count} fields")
-    if count == 2:
-        raise _Invalid("expected '<port> <protocol> <ip> [<remote_port>]' or a lone fallback <ip>")
-    parse_port(fields[0])
-    if fields[1].lower() not in PROTOCOLS:
-        raise _Invalid(f"protocol {fields[1]!r} is not one of {', '.join(PROTOCOLS)}")
-    parse_address(fields[2])
-    parse_port(fields[3], "remote port")
-    raise AssertionError(f"unreachable: {fields}")  # pragma: no cover
+    try:
+        if count == 1:
+            return parse_address(fields[0])
+        if count == 2:
+            raise _Invalid("expected '<port> <protocol> <ip> [<remote_port>]' or a lone fallback <ip>")
+        if count > 4:
+            raise _Invalid(f"expected '<port> <protocol> <ip> [<remote_port>]', got {count} fields")
+        port = parse_port(fields[0])
+        protocol = parse_protocol(fields[1])
+        address = parse_address(fields[2])
+        remote = port if count == 3 else parse_port(fields[3], "remote port")
+    except _Invalid:
+        if any(field.startswith("#") for field in fields[1:]):
+            raise _Invalid("a comment must be on a line of its own") from None
+        raise
+    return Rule(port, protocol, address, remote, line)
 
 
-def _check_fallbacks(
-    fallbacks: list[tuple[int, IPAddress]], lines: list[str], variable: str
-) -> list[Problem]:
-    problems = []
-    families: dict[int, int] = {}
-    for number, address in fallbacks:
-        if address.version in families:
-            problems.append(
-                Problem(
-                    variable,
-                    f"a second IPv{address.version} fallback (the first is on line "
-                    f"{families[address.version]})",
-                    number,
-                    lines[number - 1],
-                )
-            )
-        families.setdefault(address.version, number)
-    return problems
+# Lower case -> the one string object of each protocol name, which every rule then shares.
+_PROTOCOL_NAMES = {name: name for name in PROTOCOLS}
+
+
+def parse_protocol(text: str) -> str:
+    name = _PROTOCOL_NAMES.get(text) or _PROTOCOL_NAMES.get(text.lower())
+    if name is None:
+        raise _Invalid(f"protocol {text!r} is not one of {', '.join(PROTOCOLS)}")
+    return name
+
+
+LINES_AT_ONCE = 1 << 20  # characters of text split into lines at a time
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of `text`, split a megabyte at a time: a 16 MiB file of short lines is never
+    a list of millions of strings at once."""
+    # A byte-order mark is what some Windows editors put first; it is not part of line 1.
+    text = text.removeprefix("\ufeff")
+    start = 0
+    while (end := text.find("\n", start + LINES_AT_ONCE)) >= 0:
+        yield from text[start:end].split("\n")
+        start = end + 1
+    yield from text[start:].split("\n")
+
+
+def _line_texts(text: str, numbers: set[int]) -> dict[int, str]:
+    """The text of the lines numbered `numbers` (from 1), in one pass."""
+    found: dict[int, str] = {}
+    last = max(numbers, default=0)
+    for number, raw in enumerate(_lines(text), start=1):
+        if number in numbers:
+            found[number] = raw
+        if number >= last:
+            break
+    return found
 
 
 def parse_sources(text: str) -> tuple[IPInterface, ...]:
@@ -279,7 +303,7 @@ def parse_mode(text: str) -> Mode:
 
 def load_environment(environ: Mapping[str, str]) -> RouterConfig:
     """Build the router's configuration from its environment; raise `ConfigError` on any problem."""
-    problems: list[Problem] = []
+    problems = Problems()
 
     def field(name: str, parse, default):  # type: ignore[no-untyped-def]
         text = environ.get(name)
@@ -288,7 +312,7 @@ def load_environment(environ: Mapping[str, str]) -> RouterConfig:
         try:
             return parse(text.strip())
         except _Invalid as error:
-            problems.append(Problem(name, str(error)))
+            problems.add(Problem(name, str(error)))
             return None
 
     mode = field(MODE, parse_mode, Mode.LEGACY)
@@ -301,11 +325,12 @@ def load_environment(environ: Mapping[str, str]) -> RouterConfig:
     log_format = field(LOG_FORMAT, _parse_log_format, "text")
     for name in (SOURCE, GATEWAY):
         if environ.get(name) is None:
-            problems.append(Problem(name, "is not set"))
+            problems.add(Problem(name, "is not set"))
     if egress_if is not None and egress_if == pod_if:
-        problems.append(Problem(EGRESS_INTERFACE, f"is the same as {POD_INTERFACE} ({pod_if})"))
+        problems.add(Problem(EGRESS_INTERFACE, f"is the same as {POD_INTERFACE} ({pod_if})"))
     if sources and gateways:
-        problems.extend(_check_pairs(sources, gateways))
+        for problem in _check_pairs(sources, gateways):
+            problems.add(problem)
 
     destinations = Destinations()
     destination_file = environ.get(DESTINATION_FILE) or None
@@ -315,13 +340,11 @@ def load_environment(environ: Mapping[str, str]) -> RouterConfig:
             text = _destination_text(environ, destination_file)
             destinations = parse_destinations(text, variable)
         except ConfigError as error:
-            problems.extend(error.problems)
+            problems.absorb(error)
         else:
-            problems.extend(
-                _check_rules(destinations, variable, _lines(text), sources, mode, http_port)
-            )
+            _check_rules(problems, destinations, variable, text, sources, mode, http_port)
     if problems:
-        raise ConfigError(problems)
+        raise problems.error()
     return RouterConfig(
         mode=mode,
         sources=sources,
@@ -357,16 +380,70 @@ def _destination_variable(path: str | None) -> str:
     return DESTINATION if path is None else f"{DESTINATION_FILE} ({path})"
 
 
-def read_destination_file(path: str) -> str:
+# A ConfigMap holds at most 1 MiB; the largest useful file (every port of every protocol in both
+# families) is about 10 MB. Anything bigger is a mistake, refused before it is read: a pod with
+# a memory limit must not die of it.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+
+
+def read_destination_file(path: str, limit: int = MAX_FILE_BYTES) -> str:
+    """The text of a destination file of at most `limit` bytes. Anything else (missing,
+    unreadable, a directory or a pipe, too big, not UTF-8) is one `ConfigError` line. A symlink
+    that resolves is read through (a mounted ConfigMap's key is one)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except UnicodeDecodeError:
-        raise ConfigError([Problem(DESTINATION_FILE, f"{path} is not UTF-8 text")]) from None
+        # Non-blocking: a named pipe in its place must not hang the router in open or read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
-        raise ConfigError(
-            [Problem(DESTINATION_FILE, f"cannot read {path}: {error.strerror or error}")]
-        ) from None
+        raise _file_error(f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _file_error(f"cannot read {path}: {_file_kind(info.st_mode)}, not a file")
+        if info.st_size > limit:
+            raise _file_error(_too_big(path, info.st_size, limit))
+        data = _read_at_most(fd, limit + 1)
+    except OSError as error:
+        raise _file_error(f"cannot read {path}: {error.strerror or error}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # it grew after the fstat
+        raise _file_error(_too_big(path, len(data), limit))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _file_error(f"{path} is not UTF-8 text") from None
+
+
+def _read_at_most(fd: int, size: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _file_error(message: str) -> ConfigError:
+    return ConfigError([Problem(DESTINATION_FILE, message)])
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "it is a directory"
+    if stat.S_ISFIFO(mode):
+        return "it is a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "it is a socket"
+    return "it is a device"
+
+
+def _too_big(path: str, size: int, limit: int) -> str:
+    return (
+        f"{path} is {size / 2**20:.1f} MiB, over the {limit / 2**20:g} MiB limit of a destination "
+        "file (not read)"
+    )
 
 
 def _destination_text(environ: Mapping[str, str], path: str | None) -> str:
@@ -397,42 +474,48 @@ def _check_pairs(sources: tuple[IPInterface, ...], gateways: tuple[IPAddress, ..
 
 
 def _check_rules(
+    found: Problems,
     destinations: Destinations,
     variable: str,
-    lines: list[str],
+    text: str,
     sources: tuple[IPInterface, ...] | None,
     mode: Mode | None,
     http_port: int | None,
-) -> list[Problem]:
+) -> None:
     """Checks that need more than the rules themselves: the source families, the HTTP port."""
     if not destinations.mappings and not destinations.fallbacks:
-        return [Problem(variable, "holds no rule (at least one rule or a fallback address)")]
-    problems = []
+        found.add(Problem(variable, "holds no rule (at least one rule or a fallback address)"))
+        return
     families = {s.version for s in sources or ()}
-    # Both loops run over every rule, so each tests one cheap thing first.
+    wanted = None
     if sources and families != {4, 6}:
         wanted = IPv4Address if 4 in families else IPv6Address
-        for mapping in destinations.mappings:
-            if type(mapping.address) is not wanted:
-                problems.append(
-                    Problem(variable, _family_message(mapping.address), mapping.line, lines[mapping.line - 1])
+    own_port = http_port if mode is Mode.LEGACY else 0
+    wrong: list[tuple[int, str]] = []  # (line, message) of the problems there is room for
+
+    def add(rule: Rule, message: str) -> None:
+        if len(found.kept) + len(wrong) < found.limit:
+            wrong.append((rule.line, message))
+        else:
+            found.more += 1
+
+    # The loop runs over every rule, so it tests the cheap things first.
+    if wanted is not None or own_port:
+        for rule in destinations.mappings:
+            if wanted is not None and type(rule.address) is not wanted:
+                add(rule, _family_message(rule.address))
+            if rule.port == own_port and rule.protocol == "tcp":
+                add(
+                    rule,
+                    f"local port {own_port}/tcp is the router's own health and metrics port "
+                    f"({HTTP_PORT}): map another port, or set {HTTP_PORT} to another port or 0",
                 )
-    if mode is Mode.LEGACY and http_port:
-        for mapping in destinations.mappings:
-            if mapping.port == http_port and mapping.protocol == "tcp":
-                problems.append(
-                    Problem(
-                        variable,
-                        f"local port {http_port}/tcp is the router's own health and metrics port "
-                        f"({HTTP_PORT}): map another port, or set {HTTP_PORT} to another port or 0",
-                        mapping.line,
-                        lines[mapping.line - 1],
-                    )
-                )
+    texts = _line_texts(text, {line for line, _ in wrong})
+    for line, message in wrong:
+        found.add(Problem(variable, message, line, texts[line]))
     for address in destinations.fallbacks:
         if sources and address.version not in families:
-            problems.append(Problem(variable, "fallback " + _family_message(address)))
-    return sorted(problems, key=lambda p: p.line or 0)
+            found.add(Problem(variable, "fallback " + _family_message(address)))
 
 
 def _family_message(address: IPAddress) -> str:

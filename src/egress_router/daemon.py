@@ -38,6 +38,7 @@ TICK = 0.5  # the file is polled this often: a change is applied within about a 
 CHECK_EVERY = 5.0
 # A few more announcements after start-up, for a LAN that missed the first one.
 ANNOUNCE_AGAIN_AFTER = (1.0, 3.0)
+LOGGED_PROBLEMS = 5  # of a rejected reload, in its one log event
 
 
 @dataclass
@@ -90,8 +91,15 @@ class Daemon:
         try:
             new = load_environment(self.env)
         except ConfigError as error:
-            for problem in error.problems:
-                self.log.error("rejected the new configuration, keeping the old one", problem=str(problem))
+            # One event per rejected load, however many lines are wrong: the first few say
+            # what to fix, the count says how much (`egress-router validate` lists more).
+            shown = error.problems[:LOGGED_PROBLEMS]
+            self.log.error(
+                "rejected the new configuration, keeping the old one",
+                problems=error.count,
+                first="; ".join(map(str, shown)),
+                **({"stopped": error.note} if error.note else {}),
+            )
             self.stats.reloaded(False)
             return
         self.stats.reloaded(self._apply(new, "reload"))

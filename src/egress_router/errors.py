@@ -4,7 +4,8 @@
 problem; nothing below it prints or exits.
 
 - `ConfigError` (exit 2) is raised by the pure core (`config`) when the input is wrong. It holds
-  every `Problem` found, not only the first, so that a user fixes them in one go.
+  every `Problem` found, not only the first, so that a user fixes them in one go (up to a
+  bound, with a count of the rest).
 - `SetupError` (exit 1) is raised before anything is changed, when the environment cannot host
   the router (the egress interface is missing, a tool is not installed, a capability is absent).
 - `ApplyError` (exit 1) is raised by an adapter when the kernel refuses a change; it names the
@@ -52,14 +53,27 @@ class ConfigError(EgressRouterError):
 
     exit_code = EXIT_CONFIG
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], more: int = 0, note: str | None = None) -> None:
+        """`problems` are the first ones found (the parser keeps a bounded number: a 1 MB file
+        of mistakes must not cost a problem object, or a log line, per line); `more` counts the
+        rest; `note` says where checking stopped, if it did."""
         if not problems:
             raise ValueError("ConfigError needs at least one problem")
         self.problems = list(problems)
-        super().__init__("; ".join(str(p) for p in self.problems))
+        self.more = more
+        self.note = note
+        super().__init__("; ".join(self.lines_without_prefix()))
+
+    @property
+    def count(self) -> int:
+        return len(self.problems) + self.more
+
+    def lines_without_prefix(self) -> list[str]:
+        tail = [f"... and {self.more:,} more problem(s) not shown"] if self.more else []
+        return [str(p) for p in self.problems] + tail + ([self.note] if self.note else [])
 
     def lines(self) -> list[str]:
-        return [f"config error: {p}" for p in self.problems]
+        return [f"config error: {line}" for line in self.lines_without_prefix()]
 
 
 class SetupError(EgressRouterError):

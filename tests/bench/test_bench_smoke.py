@@ -49,4 +49,5 @@ def test_smoke_run_writes_a_table_and_plots_with_every_row(tmp_path: Path) -> No
                     "## Apply time against N", "## Start-up and memory"):
         assert heading in report
     assert results["apply"]["live_change"]["element_only"] is True
+    assert results["startup"]["parse"]["lines"] == 10000 and "| read and parse 10,000 lines (median) |" in report
     assert "cpu" in results["machine"] and "kernel" in results["machine"]

@@ -6,11 +6,13 @@ ConfigMap-style directory of its own, and stops it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,10 +56,14 @@ class ConfigMap:
         return str(self.root / "destinations")
 
     def update(self, text: str) -> None:
+        self.update_with(lambda key: key.write_text(text))
+
+    def update_with(self, make: Callable[[Path], object]) -> None:
+        """A new version whose key `make` creates (a file, or something that is not one)."""
         self.updates += 1
         target = self.root / f"..2024_01_01_00_00_{self.updates:02d}.{os.getpid()}"
         target.mkdir()
-        (target / "destinations").write_text(text)
+        make(target / "destinations")
         (self.root / "..data_tmp").symlink_to(target.name)
         os.rename(self.root / "..data_tmp", self.root / "..data")
 
@@ -80,10 +86,10 @@ class Running:
         return 0.0
 
 
-def http_get(lab: Lab, path: str, port: int = 9090) -> tuple[int, str]:
+def http_get(lab: Lab, path: str, port: int = 9090, timeout: float = 3.0) -> tuple[int, str]:
     """GET from the client pod to the router pod's cluster address."""
     sock = lab.socket("client")
-    sock.settimeout(3)
+    sock.settimeout(timeout)
     try:
         sock.connect((ROUTER, port))
         sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {ROUTER}\r\n\r\n".encode())
@@ -223,3 +229,101 @@ def _vm_rss_kb(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+def _sparse(size: int) -> Callable[[Path], object]:
+    def make(key: Path) -> None:
+        with open(key, "wb") as handle:
+            handle.truncate(size)
+    return make
+
+
+BAD_FILES: list[tuple[str, Callable[[Path], object], str]] = [
+    ("a 57 MB file", _sparse(57 * 2**20), "57.0 MiB, over the 16 MiB limit"),
+    # Just under the cap: read and parsed, and the parse gives up after 100,000 problems.
+    ("16 MB of junk", lambda key: key.write_bytes(b"x\n" * 8_000_000), "stopped=EGRESS_DESTINATION_FILE"),
+    # 40,000 duplicates, and the fallback no longer last.
+    ("a full ConfigMap of duplicate ports",
+     lambda key: key.write_text(SEED_DESTINATION + "8080 tcp 203.0.113.27 80\n" * 40_000), "problems=40001 "),
+    ("a missing file", lambda key: None, "No such file or directory"),
+    ("a named pipe", lambda key: os.mkfifo(key), "it is a named pipe"),  # opening it must not hang
+    ("a directory", lambda key: key.mkdir(), "it is a directory"),
+    ("a symlink loop", lambda key: key.symlink_to("destinations"), "Too many levels of symbolic links"),
+]
+
+
+def test_bad_files_of_any_size_keep_the_old_rules_with_bounded_memory(router: Running) -> None:
+    lab, process = router.lab, router.process
+    started = time.monotonic()
+    failure = 'egress_router_reloads_total{result="failure"}'
+    for attempt, (name, make, words) in enumerate(BAD_FILES, start=1):
+        mark = len(router.log.read_text())
+        router.configmap.update_with(make)
+        assert wait_for(lambda n=attempt: router.metric(failure) == n, 10), (name, router.log.read_text()[-2000:])
+        assert lab.connect(8080).server == ("203.0.113.26", 80), name
+        assert lab.connect(5000).server == ("203.0.113.27", 5000), name
+        assert router.http("/healthz") == (200, "ok\n") and router.http("/readyz")[0] == 200
+        rejected = [line for line in router.log.read_text()[mark:].splitlines() if "rejected" in line]
+        assert len(rejected) == 1 and words in rejected[0], (name, rejected)
+    status = _vm_kb(process.pid)
+    print(f"\nafter the bad files: VmRSS {status['VmRSS'] / 1024:.1f} MB, VmHWM {status['VmHWM'] / 1024:.1f} MB")
+    assert status["VmHWM"] < 100 * 1024
+    # Past its announcements (1 s and 3 s after start): none of them left a process behind.
+    time.sleep(max(0.0, 4.0 - (time.monotonic() - started)))
+    assert _children(process.pid) == []
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(2) == 0
+    assert time.monotonic() - signalled < 1.0
+
+
+def _vm_kb(pid: int) -> dict[str, int]:
+    with open(f"/proc/{pid}/status") as status:
+        return {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in status) if k in ("VmRSS", "VmHWM")}
+
+
+def _children(pid: int) -> list[str]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(f"{entry} {stat.split(' (', 1)[1].split(')')[0]} state {fields[0]}")
+    return found
+
+
+def test_health_and_metrics_answer_within_a_second_while_500_idle_connections_are_held(router: Running) -> None:
+    from egress_router.http import TIMEOUT
+
+    lab, process = router.lab, router.process
+    seconds = TIMEOUT + 2.5  # past the server's timeout: every idle connection is dropped once
+    abuser = lab.popen(
+        "client",
+        [sys.executable, "-m", "egress_router.lab.idle_clients", ROUTER, "9090", "500", str(seconds)],
+        env=lab.router_env({}),
+        stdout=subprocess.PIPE,
+    )
+    assert abuser.stdout is not None and abuser.stdout.readline().strip() == "ready"
+    slowest, probes = 0.0, 0
+    deadline = time.monotonic() + seconds - 0.5
+    while time.monotonic() < deadline:
+        for path in ("/healthz", "/metrics"):
+            started = time.monotonic()
+            code, body = http_get(lab, path, timeout=1.0)  # kubelet's default probe timeout
+            slowest = max(slowest, time.monotonic() - started)
+            assert code == 200 and body, path
+            probes += 1
+        time.sleep(0.05)
+    counts = json.loads(abuser.stdout.readline())
+    assert abuser.wait(5) == 0
+    status = _vm_kb(process.pid)
+    print(f"\n{probes} probes, slowest {slowest * 1e3:.0f} ms; idle clients {counts}; "
+          f"router VmRSS {status['VmRSS'] / 1024:.1f} MB, VmHWM {status['VmHWM'] / 1024:.1f} MB")
+    assert counts["dropped"] >= 500
+    assert status["VmHWM"] < 60 * 1024
+    assert all(line.startswith("egress-router: ") for line in router.log.read_text().splitlines())
+    assert router.lab.connect(8080).server == ("203.0.113.26", 80)

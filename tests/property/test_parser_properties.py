@@ -102,3 +102,16 @@ def test_every_rendered_plan_is_accepted_by_nft(scratch_namespace: str, text: st
         input=str(tx), capture_output=True, text=True, timeout=30, check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+@given(st.text(alphabet="ab\n\r\ufeff", max_size=300), st.integers(min_value=1, max_value=20))
+@settings(max_examples=300)
+def test_lines_split_a_chunk_at_a_time_are_the_lines(text: str, chunk: int) -> None:
+    import egress_router.config as config
+
+    saved = config.LINES_AT_ONCE
+    config.LINES_AT_ONCE = chunk
+    try:
+        assert list(config._lines(text)) == text.removeprefix("\ufeff").split("\n")
+    finally:
+        config.LINES_AT_ONCE = saved

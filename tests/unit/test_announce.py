@@ -7,9 +7,8 @@ import struct
 
 import pytest
 
-from egress_router.neighbours import NeighbourReport
 from egress_router.neighbours import frames as F
-from egress_router.neighbours.packet import PacketSocketAnnouncer, decode, encode
+from egress_router.neighbours.packet import PacketSocketAnnouncer
 
 MAC = bytes.fromhex("020000000001")
 OTHER = bytes.fromhex("020000000002")
@@ -85,14 +84,6 @@ def test_the_filter_program_lands_on_accept_and_drop() -> None:
             for target in (i + 1 + jt, i + 1 + jf):
                 assert target < len(program)
     assert [op for op, *_ in program[-2:]] == [0x06, 0x06]
-
-
-def test_the_report_survives_the_pipe() -> None:
-    report = NeighbourReport(("192.0.2.1", "fe80::1"), (("192.0.2.99", "02:aa:00:00:00:01"),))
-    assert decode(encode(report)) == report
-    assert decode(encode(NeighbourReport())) == NeighbourReport()
-    with pytest.raises(OSError, match="Operation not permitted"):
-        decode(b"!Operation not permitted")
 
 
 def test_a_failing_exchange_is_an_oserror_in_the_router() -> None:

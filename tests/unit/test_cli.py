@@ -103,3 +103,25 @@ def test_help_lists_every_variable_the_readme_documents(capsys: pytest.CaptureFi
     readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
     documented = set(re.findall(r"^\| `(EGRESS_[A-Z_]+)` \|", readme, re.MULTILINE))
     assert documented and all(name in out for name in documented), documented - set(out.split())
+
+
+def test_validate_lists_many_problems_then_counts_the_rest(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    from egress_router.cli import VALIDATE_PROBLEMS
+
+    path = tmp_path / "dups"
+    path.write_text("80 tcp 203.0.113.25\n" * (VALIDATE_PROBLEMS + 501))
+    assert main(["validate", str(path)], {}) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == VALIDATE_PROBLEMS + 1
+    assert err[0] == f"egress-router: config error: {path} line 2: local port 80/tcp is already used on line 1: '80 tcp 203.0.113.25'"
+    assert err[-1] == "egress-router: config error: ... and 500 more problem(s) not shown"
+
+
+def test_validate_refuses_a_huge_file_without_reading_it(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "huge"
+    with open(path, "wb") as handle:
+        handle.truncate(57 * 2**20)
+    assert main(["validate", str(path)], {}) == 2
+    assert capsys.readouterr().err == (
+        f"egress-router: config error: {path}: {path} is 57.0 MiB, over the 16 MiB limit of a destination file (not read)\n"
+    )

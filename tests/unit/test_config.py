@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import pytest
 
@@ -285,3 +286,105 @@ def test_a_misplaced_fallback_is_reported_once_not_at_every_later_rule() -> None
     text = "203.0.113.27\n" + "".join(f"{p} tcp 203.0.113.25\n" for p in range(80, 90))
     (found,) = problems(text)
     assert found.startswith("EGRESS_DESTINATION line 2: the fallback on line 1 must be the last rule")
+
+
+def test_the_first_problems_are_kept_and_the_rest_counted() -> None:
+    from egress_router.config import MAX_PROBLEMS
+
+    text = "80 tcp 203.0.113.25\n" * 1000
+    with pytest.raises(ConfigError) as caught:
+        parse_destinations(text)
+    error = caught.value
+    assert len(error.problems) == MAX_PROBLEMS and error.more == 999 - MAX_PROBLEMS
+    assert [p.line for p in error.problems] == list(range(2, MAX_PROBLEMS + 2))
+    assert error.lines()[-1] == f"config error: ... and {999 - MAX_PROBLEMS:,} more problem(s) not shown"
+
+
+def test_checking_stops_after_so_many_problems(monkeypatch: pytest.MonkeyPatch) -> None:
+    import egress_router.config as config
+
+    monkeypatch.setattr(config, "STOP_AFTER_PROBLEMS", 50)
+    with pytest.raises(ConfigError) as caught:
+        parse_destinations("x\n" * 1000 + "80 tcp 203.0.113.25\n")
+    error = caught.value
+    assert error.count == 50
+    assert error.note == "EGRESS_DESTINATION: checking stopped at line 50, after 50 problems"
+    assert error.lines()[-1] == f"config error: {error.note}"
+
+
+def test_rules_of_the_wrong_family_are_capped_too() -> None:
+    text = "".join(f"{port} tcp 2001:db8:2::1\n" for port in range(1, 501))
+    with pytest.raises(ConfigError) as caught:
+        load_environment({**BASE, "EGRESS_DESTINATION": text})
+    assert len(caught.value.problems) == 20 and caught.value.more == 480
+    assert "has no IPv6 address" in str(caught.value.problems[0])
+
+
+def test_a_destination_file_over_the_size_cap_is_refused_unread(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from egress_router.config import MAX_FILE_BYTES
+
+    path = tmp_path / "huge"
+    with open(path, "wb") as handle:  # sparse: no disk and no memory spent on it
+        handle.truncate(57 * 2**20)
+    with pytest.raises(ConfigError) as caught:
+        load_environment({**BASE, "EGRESS_DESTINATION_FILE": str(path)})
+    (problem,) = caught.value.problems
+    assert str(problem) == (
+        f"EGRESS_DESTINATION_FILE: {path} is 57.0 MiB, over the {MAX_FILE_BYTES // 2**20} MiB "
+        "limit of a destination file (not read)"
+    )
+
+
+def test_a_file_at_the_cap_is_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from egress_router.config import read_destination_file
+
+    path = tmp_path / "rules"
+    path.write_text("80 tcp 203.0.113.25\n")
+    assert read_destination_file(str(path), limit=20) == "80 tcp 203.0.113.25\n"
+    with pytest.raises(ConfigError, match="over the"):
+        read_destination_file(str(path), limit=19)
+
+
+def _unreadable(tmp_path, kind: str) -> str:  # type: ignore[no-untyped-def]
+    path = tmp_path / "destinations"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "named pipe":
+        os.mkfifo(path)
+    elif kind == "symlink loop":
+        path.symlink_to("loop")
+        (tmp_path / "loop").symlink_to("destinations")
+    elif kind == "dangling symlink":
+        path.symlink_to("..data/destinations")
+    elif kind == "not UTF-8":
+        path.write_bytes(b"80 tcp 203.0.113.25 \xff\n")
+    return str(path)
+
+
+UNREADABLE = {
+    "missing": "No such file or directory",
+    "dangling symlink": "No such file or directory",
+    "directory": "it is a directory, not a file",
+    "named pipe": "it is a named pipe, not a file",  # and opening it does not hang
+    "symlink loop": "Too many levels of symbolic links",
+    "not UTF-8": "is not UTF-8 text",
+}
+
+
+@pytest.mark.parametrize("kind", list(UNREADABLE))
+def test_any_unreadable_path_is_one_clear_line(tmp_path, kind: str) -> None:  # type: ignore[no-untyped-def]
+    path = _unreadable(tmp_path, kind)
+    with pytest.raises(ConfigError) as caught:
+        load_environment({**BASE, "EGRESS_DESTINATION_FILE": path})
+    (problem,) = caught.value.problems
+    assert problem.variable == "EGRESS_DESTINATION_FILE" and path in problem.message
+    assert UNREADABLE[kind] in problem.message
+
+
+def test_a_symlink_that_resolves_is_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "..v1").mkdir()
+    (tmp_path / "..v1" / "destinations").write_text(SEED)
+    (tmp_path / "..data").symlink_to("..v1")
+    (tmp_path / "destinations").symlink_to("..data/destinations")
+    config = load_environment({**BASE, "EGRESS_DESTINATION_FILE": str(tmp_path / "destinations")})
+    assert len(config.destinations.mappings) == 3

@@ -181,3 +181,52 @@ def test_a_vanished_file_is_a_failed_reload_and_its_return_a_reload(mounted: Pat
     configmap(mounted, RULES + "443 tcp 203.0.113.25\n", "2024_01_01_00_00_02.3")
     daemon.tick()
     assert daemon.stats.reloads == {"success": 1, "failure": 1}
+
+
+def test_a_rejected_reload_is_one_log_event_however_many_lines_are_wrong(mounted: Path) -> None:
+    daemon, nft, _, stream, _ = make_daemon(mounted)
+    before = nft.elements("inet", "egress_router", "tcp4")
+    configmap(mounted, RULES + "80 tcp 203.0.113.26\n" * 52000, "2024_01_01_00_00_01.2")
+    daemon.tick()
+    (line,) = [entry for entry in stream.getvalue().splitlines() if "rejected the new configuration" in entry]
+    assert "problems=52000 " in line
+    assert line.count("is already used on line 1") == 5
+    assert daemon.stats.reloads == {"success": 0, "failure": 1}
+    assert nft.elements("inet", "egress_router", "tcp4") == before
+
+
+def _put(target: Path, kind: str) -> None:
+    """Put something other than a readable file where the ConfigMap's key points."""
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        target.rmdir()
+    if kind == "directory":
+        target.mkdir()
+    elif kind == "symlink loop":
+        target.symlink_to("destinations")
+    elif kind == "too big":
+        with open(target, "wb") as handle:  # sparse
+            handle.truncate(40 * 2**20)
+
+
+def test_each_kind_of_unreadable_file_is_reported_and_counted_once(mounted: Path) -> None:
+    daemon, nft, _, stream, _ = make_daemon(mounted)
+    before = nft.elements("inet", "egress_router", "tcp4")
+    target = mounted / "..data" / "destinations"
+    kinds = [
+        ("missing", "No such file"),
+        ("directory", "it is a directory"),
+        ("symlink loop", "Too many levels of symbolic links"),
+        ("too big", "40.0 MiB, over the 16 MiB limit"),
+    ]
+    for failures, (kind, words) in enumerate(kinds, start=1):
+        _put(target, kind)
+        mark = len(stream.getvalue())
+        daemon.tick()
+        daemon.tick()  # the same state again is not another attempt
+        assert daemon.stats.reloads == {"success": 0, "failure": failures}, kind
+        (line,) = stream.getvalue()[mark:].splitlines()[1:]  # after "destination file changed"
+        assert "rejected the new configuration" in line and words in line, line
+        assert nft.elements("inet", "egress_router", "tcp4") == before
+        assert daemon.stats.ready

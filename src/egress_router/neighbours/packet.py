@@ -1,4 +1,4 @@
-"""Neighbour announcements and probes on a packet socket (CAP_NET_RAW), in a child process."""
+"""Neighbour announcements and probes on a packet socket (CAP_NET_RAW), in this process."""
 
 from __future__ import annotations
 
@@ -20,12 +20,14 @@ SO_ATTACH_FILTER = 26
 
 
 class PacketSocketAnnouncer:
-    """Probe and announce on one packet socket, in a child process.
+    """Probe and announce on one packet socket, opened for the exchange and let go after it.
 
-    Closing a packet socket makes the kernel wait out an RCU grace period (10-15 ms on these
-    machines), and so does a process exit that closes one: a third of a pod start. The child
-    sends the frames, hands the probe's answer back through a pipe and closes it, and only then
-    exits; the router goes on at once and never waits for that last close.
+    Closing a packet socket makes the kernel wait out an RCU grace period (10-30 ms here), and
+    so does a process exit that closes one: a third of a pod start. The socket's last reference
+    is handed to a spawned `true`, whose exit pays the wait: the router drops its own copy
+    without waiting, in init mode and in the daemon alike. `posix_spawn` runs no Python in the
+    child (glibc's vfork-and-exec), so it is safe in the threaded daemon, where a fork is not:
+    a forked child inherits whatever lock another thread held at the time.
     """
 
     def exchange(
@@ -36,81 +38,59 @@ class PacketSocketAnnouncer:
         probes: Iterable[Probe] = (),
         timeout: float = 0.5,
     ) -> NeighbourReport:
-        args = (interface, mac, list(addresses), list(probes), timeout)
-        read_end, write_end = os.pipe()
+        # Protocol 0 at creation: no frame is queued before the filter is in place at bind time.
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
-            pid = os.fork()
-        except OSError:
-            os.close(read_end)
-            os.close(write_end)
-            try:
-                return _exchange(*args)
-            finally:
-                while _keep:
-                    _keep.pop().close()
-        if pid == 0:  # the child: never returns
-            os.close(read_end)
-            # Whoever waits for the router's output must not wait for this child's exit.
-            os.closerange(0, 3)
-            _child(write_end, args)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            answer = pipe.read()
-        # Reaped on the side, so that a long-running router leaves no zombie behind, by a bare
-        # `_thread` thread: nothing waits for it at exit, and `threading` is not imported for it.
-        _thread.start_new_thread(_reap, (pid,))
-        return decode(answer)
+            return _exchange(sock, interface, mac, list(addresses), list(probes), timeout)
+        finally:
+            _let_go(sock.detach())
 
 
-def _reap(pid: int) -> None:
+def _let_go(fd: int) -> None:
+    holder = _spawn_holder(fd)
+    # Our copy is closed (and the holder reaped) by a bare `_thread` thread: should the holder
+    # be gone already, that close is the last and waits, but not in the router's own path.
+    # Nothing waits for the thread at exit, and `threading` is not imported for it.
+    _thread.start_new_thread(_close_and_reap, (fd, holder))
+
+
+def _spawn_holder(fd: int) -> int | None:
+    """A `true` that holds the socket as its fd 3 (and nothing else: no stdout for whoever
+    reads the router's to wait on), or None where none can be spawned."""
     try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
+        return os.posix_spawnp(
+            "true",
+            ["true"],
+            {},
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, fd, 4 if fd == 3 else 3),  # dup2 onto itself keeps CLOEXEC
+                (os.POSIX_SPAWN_CLOSE, 0),
+                (os.POSIX_SPAWN_CLOSE, 1),
+                (os.POSIX_SPAWN_CLOSE, 2),
+            ],
+        )
+    except OSError:
+        return None
 
 
-def _child(write_end: int, args: tuple[str, str, list[IPAddress], list[Probe], float]) -> None:
-    code = 0
-    try:
-        message = encode(_exchange(*args))
-    except OSError as error:
-        message = b"!" + (error.strerror or str(error)).encode()
-        code = 1
-    except BaseException as error:  # noqa: BLE001 -- never let the child run on into the router's own code
-        message = b"!" + repr(error).encode()
-        code = 1
-    try:
-        os.write(write_end, message)
-        os.close(write_end)
-    finally:
-        os._exit(code)
-
-
-def encode(report: NeighbourReport) -> bytes:
-    """The report as one line through the pipe: answered gateways, then address=MAC pairs."""
-    conflicts = ",".join(f"{address}={mac}" for address, mac in report.conflicts)
-    return f"{','.join(report.answered)} {conflicts}".encode()
-
-
-def decode(answer: bytes) -> NeighbourReport:
-    if answer.startswith(b"!"):
-        raise OSError(answer[1:].decode(errors="replace"))
-    if not answer:
-        raise OSError("the announcing process ended without an answer")
-    answered, _, conflicts = answer.decode().partition(" ")
-    pairs = tuple(tuple(c.split("=", 1)) for c in conflicts.split(",") if "=" in c)
-    return NeighbourReport(tuple(a for a in answered.split(",") if a), pairs)  # type: ignore[arg-type]
+def _close_and_reap(fd: int, holder: int | None) -> None:
+    os.close(fd)
+    if holder is not None:
+        try:
+            os.waitpid(holder, 0)
+        except ChildProcessError:
+            pass
 
 
 def _exchange(
-    interface: str, mac: str, addresses: list[IPAddress], probes: list[Probe], timeout: float
+    sock: socket.socket,
+    interface: str,
+    mac: str,
+    addresses: list[IPAddress],
+    probes: list[Probe],
+    timeout: float,
 ) -> NeighbourReport:
-    """Probe and announce; the socket is left open on purpose: the caller's process exit
-    closes it (see `PacketSocketAnnouncer`)."""
     raw_mac = bytes.fromhex(mac.replace(":", ""))
-    # Protocol 0 at creation: no frame is queued before the filter is in place at bind time.
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    _keep.append(sock)
     report = NeighbourReport()
     if probes:
         _attach(sock, F.NEIGHBOUR_FILTER)
@@ -127,18 +107,11 @@ def _exchange(
     return report
 
 
-# Sockets of `_exchange`, closed by the exit of the (child) process that made them.
-_keep: list[socket.socket] = []
-
-
 def _attach(sock: socket.socket, program: tuple[tuple[int, int, int, int], ...]) -> None:
     code = array("B", b"".join(struct.pack("HBBI", *op) for op in program))
     address, _ = code.buffer_info()
+    # The kernel copies the program in the call; `code` only has to live until it returns.
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HL", len(program), address))
-    _keep_alive.append(code)
-
-
-_keep_alive: list[array[int]] = []  # the filter's bytes must outlive the setsockopt call
 
 
 def _probe(sock: socket.socket, mac: bytes, probes: list[Probe], timeout: float) -> NeighbourReport:
