@@ -145,7 +145,10 @@ def test_multus_grants_only_capabilities(capsys):
 def test_reference_macvlan_asks_for_the_sysctl(capsys):
     text, docs = render(capsys, SEED_ARGS + ["--flavor", "multus", "--cni-type", "macvlan"])
     _, spec = pod_of(docs)
-    assert spec["securityContext"]["sysctls"] == [{"name": "net.ipv4.ip_forward", "value": "1"}]
+    assert spec["securityContext"]["sysctls"] == [
+        {"name": "net.ipv4.ip_forward", "value": "1"},
+        {"name": "net.ipv4.conf.macvlan0.rp_filter", "value": "2"},
+    ]
     assert "--allowed-unsafe-sysctls" in text
 
 

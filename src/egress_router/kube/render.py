@@ -38,9 +38,11 @@ switched on outside this container (by egress-router-cni's "forwarding": true, o
 pod's sysctls), so it need not be privileged."""
 
 SYSCTLS_WHY = """\
-The reference macvlan plugin does not enable forwarding: the pod asks for it. The kubelet
-must allow it (--allowed-unsafe-sysctls=net.ipv4.ip_forward, net.ipv6.conf.all.forwarding),
-otherwise the pod is rejected with SysctlForbidden; or make the router container privileged."""
+The reference macvlan plugin does not enable forwarding: the pod asks for it, and for loose
+reverse-path filtering on the macvlan interface (replies arrive there from addresses the pod's
+own routes send elsewhere). The kubelet must allow them (--allowed-unsafe-sysctls=
+net.ipv4.ip_forward,net.ipv4.conf.*.rp_filter,net.ipv6.conf.all.forwarding), otherwise the
+pod is rejected with SysctlForbidden; or make the router container privileged."""
 
 FALLBACK_WHY = """\
 The fallback receives only the ports a Service exposes: add a port here for each other
@@ -169,6 +171,9 @@ def pod_spec(spec: RouterSpec) -> Document:
         body["volumes"] = [{"name": DESTINATIONS_KEY, "configMap": {"name": config_map_name(spec)}}]
     if spec.flavor == "multus" and spec.cni_type != "egress-router-cni":
         sysctls = [{"name": "net.ipv4.ip_forward", "value": "1"}]
+        if any(":" not in s for s in spec.sources):
+            # Loose reverse-path filtering where the replies come in (strict drops them).
+            sysctls.append({"name": f"net.ipv4.conf.{DEFAULT_EGRESS_INTERFACE}.rp_filter", "value": "2"})
         if any(":" in s for s in spec.sources):
             sysctls.append({"name": "net.ipv6.conf.all.forwarding", "value": "1"})
         body["securityContext"] = {"sysctls": sysctls}
