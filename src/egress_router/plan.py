@@ -45,11 +45,18 @@ class Facts(NamedTuple):
     egress_mtu: int = 1500
     nameservers: tuple[IPAddress, ...] = ()  # the pod's /etc/resolv.conf (the proxy modes)
     pod_addresses: tuple[IPAddress, ...] = ()  # the pod interface's (the proxy modes)
+    # The egress interface's reverse-path check is strict (the kernel applies the larger of
+    # its rp_filter and `all`'s): unknown counts as strict, as many nodes set it.
+    strict_rp_filter: bool = True
 
     @classmethod
     def of(cls, state: NetState, nameservers: tuple[IPAddress, ...] = ()) -> Facts:
         egress = state.link.mtu if state.link is not None and state.link.mtu else 1500
-        return cls(state.pod_mtu or egress, egress, nameservers, tuple(a.ip for a in state.pod_addresses))
+        values = dict(state.sysctls)
+        device = next((v for k, v in state.sysctls if k.endswith("/rp_filter") and k != RP_FILTER_ALL), None)
+        every = values.get(RP_FILTER_ALL)
+        strict = device is None or every is None or max(int(device), int(every)) == 1
+        return cls(state.pod_mtu or egress, egress, nameservers, tuple(a.ip for a in state.pod_addresses), strict)
 
 
 DEFAULT_FACTS = Facts()  # a pod as most CNIs make it: 1500 bytes on both sides
@@ -98,24 +105,40 @@ def build_plan(config: RouterConfig, facts: Facts = DEFAULT_FACTS) -> Plan:
     return Plan(build_network(config, facts), table)
 
 
+RP_FILTER_ALL = "net/ipv4/conf/all/rp_filter"
+
+
 def network_scope(config: RouterConfig) -> Scope:
-    """What of the namespace the router reads and owns, for this configuration."""
-    return Scope(config.egress_interface, config.pod_interface, tuple(k for k, _ in _sysctls(config)))
-
-
-def _sysctls(config: RouterConfig) -> list[tuple[str, str]]:
-    values = []
-    if config.mode.redirects:
-        # Forwarding is switched on only where a rule redirects: the proxy modes forward
-        # nothing, and the table's forward chain drops what no rule redirected.
-        for family in config.families:
-            values.append(("net/ipv4/ip_forward", "1") if family == 4 else ("net/ipv6/conf/all/forwarding", "1"))
+    """What of the namespace the router reads and owns, for this configuration (and the
+    reverse-path setting of `all`, read for the plan, never written)."""
+    keys = [k for k, _ in _forwarding(config)]
     if 4 in config.families:
+        keys += [_rp_filter_key(config), RP_FILTER_ALL]
+    return Scope(config.egress_interface, config.pod_interface, tuple(keys))
+
+
+def _forwarding(config: RouterConfig) -> list[tuple[str, str]]:
+    # Forwarding is switched on only where a rule redirects: the proxy modes forward nothing,
+    # and the table's forward chain drops what no rule redirected.
+    if not config.mode.redirects:
+        return []
+    return [("net/ipv4/ip_forward", "1") if f == 4 else ("net/ipv6/conf/all/forwarding", "1") for f in config.families]
+
+
+def _rp_filter_key(config: RouterConfig) -> str:
+    return f"net/ipv4/conf/{config.egress_interface}/rp_filter"
+
+
+def _sysctls(config: RouterConfig, facts: Facts) -> list[tuple[str, str]]:
+    values = _forwarding(config)
+    if 4 in config.families and facts.strict_rp_filter:
         # Replies come in on the egress interface from addresses the main table routes through
         # the pod interface: a strict reverse-path check (rp_filter 1, which pod namespaces
-        # inherit from many nodes) would drop them all. Loose mode (2) still drops sources
-        # that no route knows. IPv6 has no such check.
-        values.append((f"net/ipv4/conf/{config.egress_interface}/rp_filter", "2"))
+        # inherit from many nodes) would drop them all. Loose mode (2) passes them, and still
+        # drops sources that no route knows. Where the check is off or loose already it is
+        # left so: loose mode would need a route back to every destination (a default route)
+        # that some pods lack. IPv6 has no such check.
+        values.append((_rp_filter_key(config), "2"))
     return values
 
 
@@ -148,7 +171,7 @@ def build_network(config: RouterConfig, facts: Facts = DEFAULT_FACTS) -> Network
         tuple(Address(s) for s in config.sources),
         tuple(routes),
         tuple(rules),
-        tuple(_sysctls(config)),
+        tuple(_sysctls(config, facts)),
         tuple(probes),
     )
 

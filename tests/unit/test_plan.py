@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from egress_router.config import load_environment
 from egress_router.nft import Transaction
 from egress_router.plan import build_plan, describe
@@ -140,3 +142,28 @@ def test_nothing_on_the_router_answers_new_connections_from_the_lan() -> None:
     inp = script(EGRESS_ROUTER_MODE="legacy").split("chain input")[1]
     drop = 'iifname "macvlan0" ct state new meta l4proto { tcp, udp, sctp } drop'
     assert drop in inp and inp.index(drop) < inp.index("tcp dport 9090 return")
+
+
+@pytest.mark.parametrize(
+    ("device", "every", "written"),
+    [
+        ("0", "1", True),  # the node's strict mode, through `all`
+        ("1", "0", True),  # inherited by the interface
+        (None, None, True),  # unknown counts as strict
+        ("0", "0", False),  # off: left off (loose would need a route back to every destination)
+        ("2", "1", False),  # loose already
+        ("0", "2", False),
+    ],
+)
+def test_reverse_path_filtering_is_made_loose_only_where_it_is_strict(device, every, written) -> None:  # type: ignore[no-untyped-def]
+    from egress_router.network.state import LinkState, NetState
+    from egress_router.plan import Facts, build_network
+
+    env = {"EGRESS_SOURCE": "192.0.2.99/24", "EGRESS_GATEWAY": "192.0.2.1", "EGRESS_DESTINATION": "80 tcp 203.0.113.25"}
+    config = load_environment(env)
+    state = NetState(
+        LinkState("macvlan0", True, True, "", 1500),
+        sysctls=(("net/ipv4/conf/macvlan0/rp_filter", device), ("net/ipv4/conf/all/rp_filter", every)),
+    )
+    sysctls = dict(build_network(config, Facts.of(state)).sysctls)
+    assert (sysctls.get("net/ipv4/conf/macvlan0/rp_filter") == "2") is written
