@@ -1,7 +1,8 @@
 """Apply time against N: the router's `init` from EGRESS_DESTINATION_FILE, end to end (a whole
 process: start Python, parse, plan, `nft -f` for the table, one netlink batch for its elements,
 the rtnetlink messages for the interface), against `nft -f` of the same
-mappings as linear rules; both into an empty namespace, as at a pod's start. Then the time of a
+mappings as linear rules; both into an empty namespace, as at a pod's start. A restart is the
+same `init` run again where the last one left its table, as a restarted container finds it. Then the time of a
 small change to a large live rule set through `Router.reconcile`, which must be element-only.
 Also the in-process share: parsing, planning and encoding N lines.
 """
@@ -33,15 +34,23 @@ def run(bench: Bench) -> dict[str, object]:
         env = bench.destination_env(destinations)
         env["EGRESS_ROUTER_MODE"] = "init"
         router = bench.timed_runs(router_command(), env, options.apply_repeats, before=clear)
+        # A restart: the same `init` again in the pod the last run set up (its table there).
+        restart = bench.timed_runs(router_command(), env, options.apply_repeats)
         nft = bench.timed_runs(["nft", "-f", linear], {}, options.apply_repeats, before=clear)
         router_s, nft_s = stats.median(router["seconds"]), stats.median(nft["seconds"])
+        restart_s = stats.median(restart["seconds"])
         by_n[str(n)] = {
             "router_init_s": router_s,
+            "router_restart_s": restart_s,
             "linear_nft_s": nft_s,
             "ratio": stats.ratio(router_s, nft_s),
+            "restart_ratio": stats.ratio(restart_s, nft_s),
             "core": core_times(n, bench),
         }
-        bench.say(f"apply n={n}: router init {router_s * 1e3:.1f} ms, nft -f linear {nft_s * 1e3:.1f} ms")
+        bench.say(
+            f"apply n={n}: router init {router_s * 1e3:.1f} ms, restart {restart_s * 1e3:.1f} ms, "
+            f"nft -f linear {nft_s * 1e3:.1f} ms"
+        )
     bench.clear_tables()
     return {"repeats": options.apply_repeats, "by_n": by_n, "live_change": live_change(bench)}
 

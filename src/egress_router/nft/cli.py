@@ -75,7 +75,7 @@ class NftCli:
         finally:
             done = process.wait()
         if done.returncode != 0:
-            raise ApplyError(STEP, explain_nft_error(done.stderr))
+            raise ApplyError(STEP, explain_nft_error(done.stderr), nft_error_kind(done.stderr))
         family, _, name = table.ref.partition(" ")
         try:
             if batch is None:  # an element netlink.py cannot encode: nft says what is wrong
