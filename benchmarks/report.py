@@ -154,7 +154,8 @@ def _apply(apply: dict[str, Any] | None, plots: dict[str, str]) -> list[str]:
         (f"Whole processes into an empty namespace, median of {apply['repeats']}: the router's `init` "
         "with EGRESS_DESTINATION_FILE (Python start, parse, plan, `nft -f` for the table with empty "
         "maps, one netlink batch for the map elements, the interface over rtnetlink) and `nft -f` of the same "
-        "mappings as linear rules; a restart is the same `init` again on the table the last run left. The last three columns are the in-process share (best of 5): "
+        "mappings as linear rules; a restart is the same `init` again on the table the last run left. "
+        "The last three columns are the in-process share (best of 5): "
         "parsing, planning, encoding the elements."), "",
         "| mappings | router init (ms) | restart (ms) | nft -f linear (ms) | ratio | restart ratio "
         "| parse (ms) | plan (ms) | encode (ms) |",

@@ -72,8 +72,9 @@ environment. Prints one line per file; exit 2 with every problem, one per line."
 
 PLAN_USAGE = """\
 usage: egress-router plan
-Print what the environment asks for: the network steps as comments, then the exact nftables
-script the router would apply. Changes nothing and needs no privileges."""
+Print what the environment asks for in a new pod: the network steps as comments, then the
+nftables script the router runs for the table's structure, and the netlink batch that fills its
+maps, in nft's syntax. Changes nothing and needs no privileges."""
 
 # Commands that live in their own modules, imported only when asked for.
 SUBCOMMANDS = {
@@ -185,8 +186,10 @@ def render_plan(config: RouterConfig) -> str:
     out += [f"# ip {step.command()}\n" for step in setup_steps(plan.network, ())]
     out += [f"# sysctl {k.replace('/', '.')}={v}\n" for k, v in plan.network.sysctls]
     if plan.table is not None:
+        # A new pod's: the structure as `nft -f` gets it, then the batch of elements, as nft's
+        # syntax (together, a script nft also takes).
         tx = Transaction()
-        tx.replace_table(plan.table)
+        tx.create_table(plan.table)
         out.append(str(tx))
     return "".join(out)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .model import IPAddress, IPInterface, RouterConfig
-from .nft.table import MapSpec, TableSpec
+from .nft.table import Element, MapSpec, TableSpec
 from .schema import (
     FAMILIES,
     PROTOCOLS,
@@ -25,7 +25,6 @@ from .schema import (
 )
 
 MAX_PORTS = 65536
-_NFT_ADDRESS_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 _NFT_FAMILY = {4: "ip", 6: "ip6"}
 
 
@@ -83,7 +82,7 @@ def build_table(config: RouterConfig) -> TableSpec:
 
 
 def _maps(config: RouterConfig) -> tuple[MapSpec, ...]:
-    elements: dict[tuple[str, int], dict[str, str]] = {
+    elements: dict[tuple[str, int], dict[int, Element]] = {
         (p, f): {} for p in PROTOCOLS for f in FAMILIES
     }
     # The hot loop of a large rule set. str() of an address, its hash and its version are all
@@ -94,12 +93,11 @@ def _maps(config: RouterConfig) -> tuple[MapSpec, ...]:
         known = seen.get(id(address))
         if known is None:
             known = seen[id(address)] = (str(address), address.version)
-        elements[protocol, known[1]][str(port)] = f"{known[0]} . {remote_port}"
+        elements[protocol, known[1]][port] = Element(port, known[0], remote_port)
     return tuple(
         MapSpec(
             name=map_name(p, f),
-            key_type="inet_service",
-            value_type=f"{_NFT_ADDRESS_TYPE[f]} . inet_service",
+            family=f,
             elements=elements[p, f],
             size=map_size(len(elements[p, f])),
         )

@@ -127,7 +127,7 @@ def test_sighup_reloads_even_without_a_change(mounted: Path) -> None:
     [
         pytest.param(lambda nft, net: nft.tables.clear(), id="table deleted"),
         pytest.param(
-            lambda nft, net: nft.tables["inet egress_router"].maps["tcp4"].pop("80"),
+            lambda nft, net: nft.tables["inet egress_router"].maps["tcp4"].pop(80),
             id="element deleted",
         ),
         pytest.param(lambda nft, net: setattr(net.links["macvlan0"], "addresses", []), id="address removed"),
@@ -169,3 +169,57 @@ def test_a_vanished_file_is_a_failed_reload_and_its_return_a_reload(mounted: Pat
     configmap(mounted, RULES + "443 tcp 203.0.113.25\n", "2024_01_01_00_00_02.3")
     daemon.tick()
     assert daemon.stats.reloads == {"success": 1, "failure": 1}
+
+
+def _connections(daemon: Daemon, port: str = "80") -> int:
+    from egress_router.metrics import traffic
+
+    state = daemon.reader.read_table("inet", "egress_router")
+    assert state is not None
+    for labels, connections, _ in daemon.stats.counted(traffic(state)):
+        if labels["port"] == port:
+            return connections
+    raise AssertionError(f"no series for port {port}")
+
+
+@pytest.mark.parametrize("read_before_the_repair", [True, False], ids=["read at the check", "read at a scrape only"])
+def test_exported_counters_go_on_from_where_they_were_when_a_repair_rebuilds_the_table(
+    mounted: Path, read_before_the_repair: bool
+) -> None:
+    daemon, nft, _, _, clock = make_daemon(mounted)
+    reader = daemon.reader
+    assert isinstance(reader, FakeTableReader)
+    reader.counts = {"conns_tcp4": {"80": (5, 300)}}
+    assert _connections(daemon) == 5
+    if read_before_the_repair:
+        reader.counts = {"conns_tcp4": {"80": (6, 360)}}  # one more before someone altered it
+        nft.tables["inet egress_router"].maps["tcp4"].pop(8080)
+    else:
+        nft.tables.clear()  # nothing left to read at the check
+    clock.now += CHECK_EVERY
+    daemon.tick()
+    assert daemon.stats.drift_repairs == 1
+    reader.counts = {"conns_tcp4": {"80": (2, 120)}}  # the rebuilt table counted 2 since
+    assert _connections(daemon) == (6 if read_before_the_repair else 5) + 2
+
+
+def test_a_counter_that_restarts_unannounced_still_never_goes_down(mounted: Path) -> None:
+    daemon, _, _, _, _ = make_daemon(mounted)
+    reader = daemon.reader
+    assert isinstance(reader, FakeTableReader)
+    reader.counts = {"conns_tcp4": {"80": (9, 540)}}
+    assert _connections(daemon) == 9
+    reader.counts = {"conns_tcp4": {"80": (1, 60)}}
+    assert _connections(daemon) == 10
+
+
+def test_traffic_alone_is_no_drift(mounted: Path) -> None:
+    daemon, nft, _, _, clock = make_daemon(mounted)
+    reader = daemon.reader
+    assert isinstance(reader, FakeTableReader)
+    scripts = len(nft.scripts)
+    for n in range(1, 4):
+        reader.counts = {"conns_tcp4": {"80": (n, 60 * n)}, "bytes_tcp4": {"80": (9 * n, 600 * n)}}
+        clock.now += CHECK_EVERY
+        daemon.tick()
+    assert daemon.stats.drift_repairs == 0 and len(nft.scripts) == scripts

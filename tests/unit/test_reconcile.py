@@ -12,6 +12,7 @@ from egress_router.log import Log
 from egress_router.neighbours.fake import RecordingAnnouncer
 from egress_router.network.fake import FakeLink, FakeNet
 from egress_router.nft.fake import FakeNft
+from egress_router.nft.table import BATCH, SCRIPT
 from egress_router.reconcile import Router
 
 SEED = "80   tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n8443 tcp 203.0.113.26 443\n203.0.113.27\n"
@@ -71,11 +72,48 @@ def test_new_config_converges_exactly_with_element_changes(router: Router) -> No
     assert tcp4(router) == {"80": "203.0.113.26 . 80", "9000": "203.0.113.25 . 90"}
 
 
-def test_a_new_process_replaces_the_table_whole(router: Router) -> None:
+def test_a_new_process_replaces_a_table_of_another_structure_whole(router: Router) -> None:
     router.reconcile(config())
     fresh = Router(nft=router.nft, net=router.net, announcer=RecordingAnnouncer(), log=router.log)
-    outcome = fresh.reconcile(config("81 tcp 203.0.113.25\n"))
-    assert outcome.full_table and tcp4(fresh) == {"81": "203.0.113.25 . 81"}
+    outcome = fresh.reconcile(config("81 tcp 203.0.113.25\n"))  # no fallback: other chains
+    assert outcome.full_table and outcome.route == SCRIPT
+    assert tcp4(fresh) == {"81": "203.0.113.25 . 81"}
+
+
+def test_a_restart_that_finds_its_own_structure_changes_only_the_elements(router: Router) -> None:
+    router.reconcile(config())
+    nft = router.nft
+    assert isinstance(nft, FakeNft)
+    listed = nft.listings.copy()
+    fresh = Router(nft=nft, net=router.net, announcer=RecordingAnnouncer(), log=router.log)
+    outcome = fresh.reconcile(config(SEED.replace("8443 tcp 203.0.113.26 443", "9000 tcp 203.0.113.25 90")))
+    assert not outcome.full_table and outcome.route == BATCH
+    assert outcome.nft_script == (
+        "delete element inet egress_router tcp4 { 8443 }\n"
+        "add element inet egress_router tcp4 { 9000 : 203.0.113.25 . 90 }\n"
+    )
+    assert nft.listings == listed, "no listing: the batch's inverse is the way back"
+    assert tcp4(fresh) == {"80": "203.0.113.25 . 80", "8080": "203.0.113.26 . 80", "9000": "203.0.113.25 . 90"}
+    again = Router(nft=nft, net=router.net, announcer=RecordingAnnouncer(), log=router.log)
+    assert not again.reconcile(config(SEED.replace("8443 tcp 203.0.113.26 443", "9000 tcp 203.0.113.25 90"))).transaction
+
+
+def test_a_restart_that_fails_later_puts_the_elements_it_found_back(router: Router) -> None:
+    router.reconcile(config())
+    assert isinstance(router.net, FakeNet)
+    found = tcp4(router)
+    fresh = Router(nft=router.nft, net=router.net, announcer=RecordingAnnouncer(), log=router.log)
+    router.net.fail_configure = "boom"
+    with pytest.raises(ApplyError):
+        fresh.reconcile(config(SEED.replace("8443", "9443"), EGRESS_SOURCE="192.0.2.98/24"))
+    assert tcp4(fresh) == found
+
+
+def test_after_drift_a_table_with_the_right_tag_is_still_replaced_whole(router: Router) -> None:
+    router.reconcile(config())
+    router.forget()  # what the daemon does when it finds the table altered
+    outcome = router.reconcile(config())
+    assert outcome.full_table and outcome.route == SCRIPT
 
 
 def test_missing_interface_fails_before_anything_is_applied() -> None:

@@ -23,8 +23,8 @@ _VOLATILE = frozenset({"handle", "packets", "bytes", "metainfo"})
 
 
 @dataclass(frozen=True)
-class Element:
-    """One map element: `key : value`, with its per-element counter."""
+class Entry:
+    """One element of a map or set as nft lists it: `key : value` (text), with its counter."""
 
     key: str
     value: str
@@ -37,7 +37,7 @@ class TableState:
     """The table as the kernel holds it."""
 
     shape: str  # declarations, rules and elements without counter values or handles
-    maps: Mapping[str, Mapping[str, Element]] = field(default_factory=dict)
+    maps: Mapping[str, Mapping[str, Entry]] = field(default_factory=dict)
     counters: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # name: packets, bytes
     fallbacks: Mapping[int, str] = field(default_factory=dict)  # family: address
 
@@ -51,7 +51,7 @@ class TableReader(Protocol):
 def parse_table(document: str) -> TableState:
     """`nft -j list table` output -> `TableState`."""
     objects = [o for o in json.loads(document).get("nftables", []) if "metainfo" not in o]
-    maps: dict[str, dict[str, Element]] = {}
+    maps: dict[str, dict[str, Entry]] = {}
     counters: dict[str, tuple[int, int]] = {}
     fallbacks: dict[int, str] = {}
     for obj in objects:
@@ -94,8 +94,8 @@ def _strip(value: Any) -> Any:
     return value
 
 
-def _elements(items: list[Any]) -> dict[str, Element]:
-    out: dict[str, Element] = {}
+def _elements(items: list[Any]) -> dict[str, Entry]:
+    out: dict[str, Entry] = {}
     for item in items:
         key_part, value = item if isinstance(item, list) else (item, None)
         counter: dict[str, int] = {}
@@ -103,7 +103,7 @@ def _elements(items: list[Any]) -> dict[str, Element]:
             counter = key_part["elem"].get("counter") or {}
             key_part = key_part["elem"]["val"]
         key = render(key_part)
-        out[key] = Element(
+        out[key] = Entry(
             key, render(value), int(counter.get("packets", 0)), int(counter.get("bytes", 0))
         )
     return out
