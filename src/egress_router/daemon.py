@@ -3,7 +3,8 @@
 One loop in the main thread, ticking every `TICK` seconds on `sigtimedwait` (so a signal ends
 the wait at once): SIGTERM/SIGINT stop, SIGHUP reloads. Each tick polls the destination file;
 every `CHECK_EVERY` seconds the kernel is compared with what was applied and repaired if
-someone else changed it. The HTTP server, when enabled, runs in a thread and only reads.
+someone else changed it (EGRESS_ROUTER_CHECK_EVERY, an internal variable for the lab tests,
+sets another period; it is not part of the contract). The HTTP server, when enabled, runs in a thread and only reads.
 
 A reload applies only the difference (map elements when only the rules changed): conntrack
 keeps the NAT of established connections, and mappings that did not change stay in the kernel

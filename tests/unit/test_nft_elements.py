@@ -665,7 +665,7 @@ TABLE = spec(
     tcp4={str(p): f"203.0.113.{p % 200 + 1} . {p}" for p in range(1, 1201)},
     tcp6={"443": "2001:db8::1 . 8443"},
     udp4={},
-)
+)._replace(body="chain c {\n\ttype filter hook input priority 0; policy accept;\n\tcounter\n\tcounter\n}\nchain d {\n}")
 
 
 def all_elements(batch: Batch) -> dict[str, dict[str, str | None]]:
@@ -787,14 +787,24 @@ def done(sequence: int) -> bytes:
     return HEADER.pack(20, 3, NLM_F_MULTI, sequence, 1234) + bytes(4)
 
 
-def dumping(tables: list[tuple[str, str, int]], maps: dict[str, list[Element]]) -> Responder:
-    """A kernel that answers GETTABLE and GETSETELEM dumps; a map's elements come in
+def dumped_rule(sequence: int, chain: str) -> bytes:
+    body = b"\x01\0\0\0" + nla(1, b"t\0") + nla(2, chain.encode() + b"\0") + nla(3, bytes(8))  # and a handle
+    return HEADER.pack(HEADER.size + len(body), 0x0A06, NLM_F_MULTI, sequence, 1234) + body
+
+
+def dumping(
+    tables: list[tuple[str, str, int]], maps: dict[str, list[Element]], rules: dict[str, int] | None = None
+) -> Responder:
+    """A kernel that answers GETTABLE, GETRULE and GETSETELEM dumps; a map's elements come in
     messages of 700 at most, as the kernel splits a dump over several."""
 
     def respond(found: list[Message]) -> list[bytes]:
         out = []
         for m in found:
-            if m.type == 0x0A01:
+            if m.type == 0x0A07:
+                counts = TABLE.rules() if rules is None else rules
+                out.append(b"".join(dumped_rule(m.sequence, c) for c, n in counts.items() for _ in range(n)) + done(m.sequence))
+            elif m.type == 0x0A01:
                 out.append(b"".join(dumped_table(m.sequence, *t) for t in tables) + done(m.sequence))
             elif m.type == 0x0A0D:
                 name = dict(attrs(m.body[4:]))[2].rstrip(b"\0").decode()
@@ -818,7 +828,7 @@ def test_a_restart_reads_its_own_table_by_dumps(
     assert held.table.map("tcp6").elements == {443: held_tcp6[0]}
     assert held.table.map("udp4").elements == {}
     assert held.table.skeleton() == TABLE.skeleton()
-    assert [m.type for batch in kernel.batches for m in batch] == [0x0A01, 0x0A0D, 0x0A0D, 0x0A0D]
+    assert [m.type for batch in kernel.batches for m in batch] == [0x0A01, 0x0A07, 0x0A0D, 0x0A0D, 0x0A0D]
 
 
 @pytest.mark.parametrize(
@@ -835,6 +845,19 @@ def test_a_table_that_is_not_this_versions_is_not_read_further(
     writer, kernel = wired(dumping(tables, {}))
     assert writer.read(TABLE) == (exists, None)
     assert [m.type for batch in kernel.batches for m in batch] == [0x0A01], "no element dump"
+
+
+def test_the_rules_of_each_chain_are_counted_against_the_structure() -> None:
+    assert TABLE.rules() == {"c": 2, "d": 0}
+
+
+@pytest.mark.parametrize("rules", [{"c": 3}, {"c": 1}, {"c": 2, "d": 1}], ids=["added", "deleted", "in another chain"])
+def test_a_table_with_its_tag_but_other_rules_is_not_this_structure(
+    wired: Callable[[Responder], tuple[ElementWriter, FakeKernel]], rules: dict[str, int]
+) -> None:
+    writer, kernel = wired(dumping([("t", TABLE.full_comment, 0)], {}, rules))
+    assert writer.read(TABLE) == (True, None)
+    assert 0x0A0D not in [m.type for batch in kernel.batches for m in batch], "no element dump"
 
 
 def test_a_refused_dump_is_an_apply_error_of_the_kernels_kind(
@@ -916,3 +939,17 @@ def test_plan_shows_exactly_what_a_new_pod_sends(
     (sent,) = kernel.batches
     assert batch_as_nft(sent) == text_as_nft(batch_text)
     assert sum(len(items) for _, _, items in batch_as_nft(sent)) == 2402  # every mapping, once
+
+
+def test_a_table_whose_map_is_gone_is_not_this_structure(
+    wired: Callable[[Responder], tuple[ElementWriter, FakeKernel]],
+) -> None:
+    tables = dumping([("t", TABLE.full_comment, 0)], {})
+
+    def respond(found: list[Message]) -> list[bytes]:
+        if any(m.type == 0x0A0D for m in found):
+            return [ack(m.sequence, -errno.ENOENT) for m in found]
+        return tables(found)
+
+    writer, _ = wired(respond)
+    assert writer.read(TABLE) == (True, None)

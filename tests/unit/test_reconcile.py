@@ -242,3 +242,17 @@ def test_a_reload_of_the_rules_alone_changes_only_map_elements(router: Router) -
     router.forget()  # after drift: everything again, the table whole
     outcome = router.reconcile(config("81 tcp 203.0.113.25\n203.0.113.27\n"))
     assert router.net.calls == calls + 1 and outcome.full_table
+
+
+def test_the_debug_log_of_a_restart_shows_the_difference_applied(router: Router) -> None:
+    import io
+
+    router.reconcile(config())
+    stream = io.StringIO()
+    fresh = Router(nft=router.nft, net=router.net, announcer=RecordingAnnouncer(), log=Log(debug=True, stream=stream))
+    fresh.reconcile(config(SEED.replace("8443 tcp 203.0.113.26 443", "8443 tcp 203.0.113.25 443")))
+    lines = stream.getvalue().splitlines()
+    assert "egress-router: debug: nft: delete element inet egress_router tcp4 { 8443 }" in lines
+    assert "egress-router: debug: nft: add element inet egress_router tcp4 { 8443 : 203.0.113.25 . 443 }" in lines
+    assert not [line for line in lines if "nft: " in line and "element" not in line], "only the difference"
+    assert any("route=netlink batch" in line for line in lines)

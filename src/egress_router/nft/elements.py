@@ -32,12 +32,15 @@ NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
 NFT_MSG_NEWTABLE = 0
 NFT_MSG_GETTABLE = 1
+NFT_MSG_GETRULE = 7
 NFT_MSG_NEWSETELEM = 12
 NFT_MSG_GETSETELEM = 13
 NFT_MSG_DELSETELEM = 14
 NFTA_TABLE_NAME = 1
 NFTA_TABLE_FLAGS = 2
 NFTA_TABLE_USERDATA = 6
+NFTA_RULE_TABLE = 1
+NFTA_RULE_CHAIN = 2
 NFT_TABLE_F_DORMANT = 1
 NFTNL_UDATA_TABLE_COMMENT = 0  # libnftnl's tag of a table's comment in its userdata
 
@@ -288,8 +291,26 @@ class ElementWriter(netlink.Channel):
         # A dormant table is a creation that did not finish: never the router's table as is.
         if flags & NFT_TABLE_F_DORMANT or table_comment(found.get(NFTA_TABLE_USERDATA, b"")) != table.full_comment:
             return Held(True, None)
-        elements = {m.name: self._elements(family, table.name, m.name, m.family) for m in table.maps}
+        # The tag is what was written; a rule added or deleted since is counted (a few dozen
+        # messages): either makes the table another structure, replaced whole.
+        if self._rules(family, table.name) != {chain: n for chain, n in table.rules().items() if n}:
+            return Held(True, None)
+        try:
+            elements = {m.name: self._elements(family, table.name, m.name, m.family) for m in table.maps}
+        except ApplyError as error:
+            if error.kind is not Kind.NOT_FOUND:
+                raise
+            return Held(True, None)  # a map of the structure is gone: not this structure any more
         return Held(True, table.with_elements(elements))
+
+    def _rules(self, family: str, table: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for _, data, start, end in self._dump(NFT_MSG_GETRULE, _genmsg(family) + netlink.name_attr(NFTA_RULE_TABLE, table)):
+            attrs = netlink.attributes(data, start + 4, end)
+            if attrs.get(NFTA_RULE_TABLE, b"").rstrip(b"\0").decode() == table:
+                chain = attrs.get(NFTA_RULE_CHAIN, b"").rstrip(b"\0").decode()
+                counts[chain] = counts.get(chain, 0) + 1
+        return counts
 
     def _elements(self, family: str, table: str, map_name: str, address_family: int) -> dict[int, Element]:
         body = _genmsg(family) + netlink.name_attr(NFTA_SET_ELEM_LIST_TABLE, table)

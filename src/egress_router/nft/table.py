@@ -91,6 +91,21 @@ class TableSpec(NamedTuple):
         """`create table`, which fails if the table exists; the comment must come with it."""
         return f"create table {self.ref} {{\n{self._comment()}{_flags(dormant)}}}\n"
 
+    def rules(self) -> dict[str, int]:
+        """How many rules each chain of `body` holds (a line in a chain block is one rule; its
+        `type ... hook` line is none)."""
+        counts: dict[str, int] = {}
+        chain = None
+        for line in self.body.splitlines():
+            if line.startswith("chain "):
+                chain = line.split()[1]
+                counts[chain] = 0
+            elif line == "}":
+                chain = None
+            elif chain is not None and not line.startswith("\ttype "):
+                counts[chain] += 1
+        return counts
+
     def map(self, name: str) -> MapSpec:
         for m in self.maps:
             if m.name == name:
