@@ -198,7 +198,8 @@ def _startup(startup: dict[str, Any] | None) -> list[str]:
         (f"`init` for the seed's example, {startup['runs']} whole processes spawned in the router "
         f"namespace, each on the namespace as a new pod has it: median {startup['init_median_ms']:.1f} ms, "
         f"p90 {startup['init_p90_ms']:.1f} ms, fastest {startup['init_min_ms']:.1f} ms. Run again in "
-        f"the same pod (the table there, replaced whole): median {startup['rerun_median_ms']:.1f} ms. "
+        f"the same pod (a restart: the table there is read back and only a difference written): "
+        f"median {startup['rerun_median_ms']:.1f} ms. "
         f"`python -c pass` alone takes {startup['python_floor_median_ms']:.1f} ms."), "",
         (f"`python -X importtime` of the same command: {imports['modules']} modules, "
         f"{imports['total_ms']:.1f} ms of imports in all. Slowest by their own time:"), "",
