@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from egress_router.errors import ApplyError, Kind, SetupError
-from egress_router.nft import Element, MapSpec, TableSpec, Transaction, diff
+from egress_router.nft import Element, MapSpec, TableSpec, Transaction, diff, readback
 from egress_router.nft import elements as nl
 from egress_router.nft.cli import NftCli
 from egress_router.nft.elements import LAYOUTS, Batch, ElementWriter
@@ -822,7 +822,7 @@ def test_a_restart_reads_its_own_table_by_dumps(
     held_tcp4 = [Element(p, "203.0.113.25", p + 1) for p in range(1, 2001)]
     held_tcp6 = [Element(443, "2001:db8::1", 8443)]
     writer, kernel = wired(dumping([("other", "", 0), ("t", TABLE.full_comment, 0)], {"tcp4": held_tcp4, "tcp6": held_tcp6}))
-    held = writer.read(TABLE)
+    held = readback.read(writer, TABLE)
     assert held.exists and held.table is not None
     assert held.table.map("tcp4").elements == {e.port: e for e in held_tcp4}
     assert held.table.map("tcp6").elements == {443: held_tcp6[0]}
@@ -843,7 +843,7 @@ def test_a_table_that_is_not_this_versions_is_not_read_further(
     wired: Callable[[Responder], tuple[ElementWriter, FakeKernel]], tables: list[tuple[str, str, int]], exists: bool
 ) -> None:
     writer, kernel = wired(dumping(tables, {}))
-    assert writer.read(TABLE) == (exists, None)
+    assert readback.read(writer, TABLE) == (exists, None)
     assert [m.type for batch in kernel.batches for m in batch] == [0x0A01], "no element dump"
 
 
@@ -856,7 +856,7 @@ def test_a_table_with_its_tag_but_other_rules_is_not_this_structure(
     wired: Callable[[Responder], tuple[ElementWriter, FakeKernel]], rules: dict[str, int]
 ) -> None:
     writer, kernel = wired(dumping([("t", TABLE.full_comment, 0)], {}, rules))
-    assert writer.read(TABLE) == (True, None)
+    assert readback.read(writer, TABLE) == (True, None)
     assert 0x0A0D not in [m.type for batch in kernel.batches for m in batch], "no element dump"
 
 
@@ -865,7 +865,7 @@ def test_a_refused_dump_is_an_apply_error_of_the_kernels_kind(
 ) -> None:
     writer, _ = wired(lambda found: [ack(m.sequence, -errno.EPERM) for m in found])
     with pytest.raises(ApplyError) as caught:
-        writer.read(TABLE)
+        readback.read(writer, TABLE)
     assert caught.value.kind is Kind.NOT_PERMITTED
 
 
@@ -952,4 +952,4 @@ def test_a_table_whose_map_is_gone_is_not_this_structure(
         return tables(found)
 
     writer, _ = wired(respond)
-    assert writer.read(TABLE) == (True, None)
+    assert readback.read(writer, TABLE) == (True, None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ..errors import ApplyError, Kind, SetupError
 from ..process import Completed, Spawned
+from . import readback
 from .elements import Batch, ElementWriter
 from .table import BATCH, CREATE, AddElements, DeleteElements, Held, TableSpec, Transaction, creation_script, fill
 
@@ -55,7 +56,7 @@ class NftCli:
             self._script(str(tx))
 
     def read(self, table: TableSpec) -> Held:
-        return self.elements.read(table)
+        return readback.read(self.elements, table)
 
     def _create(self, table: TableSpec) -> None:
         """Create the table through nft, dormant, then fill its maps and wake it in one netlink

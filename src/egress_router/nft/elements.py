@@ -1,5 +1,5 @@
-"""Map elements over netlink, without the nft command: written as one nf_tables batch, and read
-back (with the table's tag) by dumps.
+"""Map elements over netlink, without the nft command: written as one nf_tables batch, and
+decoded from the kernel's dumps (`nft.readback`).
 
 Loading a large map through `nft -f` costs about 4 µs an element in nft's own parser and
 evaluator, which is most of a pod start with 10,000 rules. The kernel takes the same elements
@@ -25,24 +25,16 @@ from typing import NamedTuple
 from .. import netlink
 from ..errors import ApplyError, Kind
 from ..netlink import NETLINK_NETFILTER, NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_ERROR
-from .table import AddElements, Element, ElementOperation, Held, TableSpec
+from .table import AddElements, Element, ElementOperation
 
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
 NFT_MSG_NEWTABLE = 0
-NFT_MSG_GETTABLE = 1
-NFT_MSG_GETRULE = 7
 NFT_MSG_NEWSETELEM = 12
-NFT_MSG_GETSETELEM = 13
 NFT_MSG_DELSETELEM = 14
 NFTA_TABLE_NAME = 1
 NFTA_TABLE_FLAGS = 2
-NFTA_TABLE_USERDATA = 6
-NFTA_RULE_TABLE = 1
-NFTA_RULE_CHAIN = 2
-NFT_TABLE_F_DORMANT = 1
-NFTNL_UDATA_TABLE_COMMENT = 0  # libnftnl's tag of a table's comment in its userdata
 
 NFTA_SET_ELEM_LIST_TABLE = 1
 NFTA_SET_ELEM_LIST_SET = 2
@@ -206,7 +198,7 @@ class Batch:
                 meaning[sequence] = f"{verb} {family} {table} {map_name}"
             length = netlink.HEADER.size + 4 + len(attrs) + len(body)
             head = netlink.HEADER.pack(length, _type(kind), NLM_F_REQUEST | NLM_F_ACK | flags, sequence, 0)
-            out += [head, _genmsg(family), attrs, body]
+            out += [head, genmsg(family), attrs, body]
         out.append(_begin_end(NFNL_MSG_BATCH_END, sequence + 1))
         return b"".join(out), meaning
 
@@ -215,27 +207,13 @@ def _type(kind: int) -> int:
     return NFNL_SUBSYS_NFTABLES << 8 | kind
 
 
-def _genmsg(family: str) -> bytes:
+def genmsg(family: str) -> bytes:
     return bytes((FAMILIES[family], 0, 0, 0))  # nfgenmsg: family, version 0, res_id 0
 
 
 def _begin_end(kind: int, sequence: int) -> bytes:
     # AF_UNSPEC, version 0, the subsystem as res_id (big-endian).
     return netlink.HEADER.pack(20, kind, NLM_F_REQUEST, sequence, 0) + b"\0\0" + NFNL_SUBSYS_NFTABLES.to_bytes(2, "big")
-
-
-# --- what the kernel holds -----------------------------------------------------------------------
-
-
-def table_comment(userdata: bytes) -> str:
-    """The comment in a table's NFTA_TABLE_USERDATA (libnftnl's type-length-value records)."""
-    position = 0
-    while position + 2 <= len(userdata):
-        kind, length = userdata[position], userdata[position + 1]
-        if kind == NFTNL_UDATA_TABLE_COMMENT:
-            return userdata[position + 2 : position + 2 + length].rstrip(b"\0").decode(errors="replace")
-        position += 2 + length
-    return ""
 
 
 # --- the socket ----------------------------------------------------------------------------------
@@ -275,61 +253,9 @@ class ElementWriter(netlink.Channel):
             code = failures[0][0]
             raise ApplyError(STEP, "; ".join(text for _, text in failures), Kind.of_errno(code))
 
-    def read(self, table: TableSpec) -> Held:
-        """What the kernel holds of `table`, by dumps: the table's flags and comment (one
-        message), then, when its tag is `table`'s, every map's elements."""
-        family = table.family
-        found = None
-        for _, data, start, end in self._dump(NFT_MSG_GETTABLE, _genmsg(family)):
-            attrs = netlink.attributes(data, start + 4, end)
-            if attrs.get(NFTA_TABLE_NAME, b"").rstrip(b"\0").decode() == table.name:
-                found = attrs
-        if found is None:
-            return Held(False, None)
-        flags = int.from_bytes(found.get(NFTA_TABLE_FLAGS, bytes(4)), "big")
-        # A dormant table is a creation that did not finish: never the router's table as is.
-        if flags & NFT_TABLE_F_DORMANT or table_comment(found.get(NFTA_TABLE_USERDATA, b"")) != table.full_comment:
-            return Held(True, None)
-        # The tag is what was written; a rule added or deleted since is counted (a few dozen
-        # messages): either makes the table another structure, replaced whole.
-        if self._rules(family, table.name) != {chain: n for chain, n in table.rules().items() if n}:
-            return Held(True, None)
-        try:
-            elements = {m.name: self._elements(family, table.name, m.name, m.family) for m in table.maps}
-        except ApplyError as error:
-            if error.kind is not Kind.NOT_FOUND:
-                raise
-            return Held(True, None)  # a map of the structure is gone: not this structure any more
-        return Held(True, table.with_elements(elements))
-
-    def _rules(self, family: str, table: str) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for _, data, start, end in self._dump(NFT_MSG_GETRULE, _genmsg(family) + netlink.name_attr(NFTA_RULE_TABLE, table)):
-            attrs = netlink.attributes(data, start + 4, end)
-            if attrs.get(NFTA_RULE_TABLE, b"").rstrip(b"\0").decode() == table:
-                chain = attrs.get(NFTA_RULE_CHAIN, b"").rstrip(b"\0").decode()
-                counts[chain] = counts.get(chain, 0) + 1
-        return counts
-
-    def _elements(self, family: str, table: str, map_name: str, address_family: int) -> dict[int, Element]:
-        body = _genmsg(family) + netlink.name_attr(NFTA_SET_ELEM_LIST_TABLE, table)
-        body += netlink.name_attr(NFTA_SET_ELEM_LIST_SET, map_name)
-        layout = LAYOUTS[address_family]
-        out: dict[int, Element] = {}
-        for _, data, start, end in self._dump(NFT_MSG_GETSETELEM, body):
-            # The list is the last attribute: read from its header, not through a dict copy.
-            position = start + 4
-            while position + 4 <= end:
-                length, kind = netlink.ATTR.unpack_from(data, position)
-                if kind & netlink.NLA_TYPE_MASK == NFTA_SET_ELEM_LIST_ELEMENTS:
-                    try:
-                        out.update((e.port, e) for e in layout.decode(data, position + 4, position + length))
-                    except ValueError as error:
-                        raise ApplyError(READ, f"map {map_name}: {error}") from None
-                position += (length + 3) & ~3
-        return out
-
-    def _dump(self, kind: int, body: bytes) -> list[tuple[int, bytes, int, int]]:
+    def dump_all(self, kind: int, body: bytes) -> list[tuple[int, bytes, int, int]]:
+        """The answers to an nf_tables dump request (`kind` an NFT_MSG_GET*); raises `ApplyError`
+        with the kernel's kind if it is refused."""
         try:
             return list(self.dump(_type(kind), body))
         except netlink.NetlinkError as error:
