@@ -295,9 +295,17 @@ def diff(current: TableSpec | None, desired: TableSpec) -> Transaction:
         return tx
     for new in desired.maps:
         old = current.map(new.name).elements
+        if old == new.elements:  # compared in C: a restart that finds its rules pays ~1 ms
+            continue
         gone = [p for p in old if p not in new.elements]
-        changed = [p for p, e in new.elements.items() if p in old and old[p] != e]
-        added = [e for p, e in new.elements.items() if old.get(p) != e]
+        changed: list[int] = []
+        added: list[Element] = []
+        for port, element in new.elements.items():
+            was = old.get(port)
+            if was != element:
+                added.append(element)
+                if was is not None:
+                    changed.append(port)
         # A changed element is deleted and added in the same transaction: nf_tables refuses to
         # add a key that is there with another value. Connections already made keep their NAT.
         tx.delete_elements(desired, new.name, gone + changed)
