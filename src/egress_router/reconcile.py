@@ -66,13 +66,12 @@ class Outcome:
 
 
 class Before(NamedTuple):
-    """The table as it was before a reconcile, to go back to: `table` when its structure is
-    known (this process wrote it, or a restart found its own tag), else `listing`, nft's text of
-    it (None with `exists` False: there was none)."""
+    """The table a reconcile found in the kernel, to go back to: `table` when its structure is
+    this version's (a restart found its own tag), else `listing`, nft's text of it; neither:
+    there was none."""
 
     table: TableSpec | None
     listing: str | None = None
-    exists: bool = True
 
 
 class Router:
@@ -159,7 +158,7 @@ class Router:
             create = Transaction()
             create.create_table(table)
             self._run(create, outcome, table)
-            return Before(None, None, exists=False)
+            return Before(None)
         if held.table is not None and not self.distrust:
             # A restart: the kernel holds this version's structure (its tag says so). Only
             # the elements can differ: one batch of the difference.
@@ -169,7 +168,7 @@ class Router:
         # altered: replaced whole, and its listing kept to put back.
         listing = self.nft.list_table(table.family, table.name)
         self._run(diff(None, table), outcome, table)
-        return Before(None, listing, exists=listing is not None)
+        return Before(None, listing)
 
     def _run(self, tx: Transaction, outcome: Outcome, table: TableSpec) -> None:
         outcome.transaction = tx

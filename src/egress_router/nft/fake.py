@@ -42,7 +42,6 @@ class FakeNft:
     fail_with: str | None = None  # the next apply is refused with this message
     fail_kind: Kind = Kind.OTHER  # and this kind
     listings: dict[str, _Table] = field(default_factory=dict)
-    reads: int = 0
     writes: int = 0  # whole tables written
 
     def apply(self, tx: Transaction) -> None:
@@ -90,7 +89,6 @@ class FakeNft:
         return tables[ref].maps[name]
 
     def read(self, table: TableSpec) -> Held:
-        self.reads += 1
         held = self.tables.get(table.ref)
         if held is None:
             return Held(False, None)
