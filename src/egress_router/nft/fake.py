@@ -31,6 +31,7 @@ class _Table:
     maps: dict[str, dict[int, Element]]
     generation: int = 0  # which whole write made it: one that writes it anew restarts its counters
 
+
 STEP = "apply the nftables transaction"
 
 
@@ -92,7 +93,9 @@ class FakeNft:
         held = self.tables.get(table.ref)
         if held is None:
             return Held(False, None)
-        if held.comment != table.full_comment:
+        # The kernel adapter compares the tag and counts each chain's rules; here the skeleton
+        # stands for both (a test that alters a table alters its skeleton).
+        if held.comment != table.full_comment or held.skeleton != table.skeleton():
             return Held(True, None)
         return Held(True, table.with_elements({m: dict(e) for m, e in held.maps.items()}))
 
