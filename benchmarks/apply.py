@@ -1,7 +1,8 @@
 """Apply time against N: the router's `init` from EGRESS_DESTINATION_FILE, end to end (a whole
 process: start Python, parse, plan, `nft -f` for the table, one netlink batch for its elements,
 the rtnetlink messages for the interface), against `nft -f` of the same
-mappings as linear rules; both into an empty namespace, as at a pod's start. Then the time of a
+mappings as linear rules; both into an empty namespace, as at a pod's start. A restart is the
+same `init` run again where the last one left its table, as a restarted container finds it. Then the time of a
 small change to a large live rule set through `Router.reconcile`, which must be element-only.
 Also the in-process share: parsing, planning and encoding N lines.
 """
@@ -33,15 +34,23 @@ def run(bench: Bench) -> dict[str, object]:
         env = bench.destination_env(destinations)
         env["EGRESS_ROUTER_MODE"] = "init"
         router = bench.timed_runs(router_command(), env, options.apply_repeats, before=clear)
+        # A restart: the same `init` again in the pod the last run set up (its table there).
+        restart = bench.timed_runs(router_command(), env, options.apply_repeats)
         nft = bench.timed_runs(["nft", "-f", linear], {}, options.apply_repeats, before=clear)
         router_s, nft_s = stats.median(router["seconds"]), stats.median(nft["seconds"])
+        restart_s = stats.median(restart["seconds"])
         by_n[str(n)] = {
             "router_init_s": router_s,
+            "router_restart_s": restart_s,
             "linear_nft_s": nft_s,
             "ratio": stats.ratio(router_s, nft_s),
+            "restart_ratio": stats.ratio(restart_s, nft_s),
             "core": core_times(n, bench),
         }
-        bench.say(f"apply n={n}: router init {router_s * 1e3:.1f} ms, nft -f linear {nft_s * 1e3:.1f} ms")
+        bench.say(
+            f"apply n={n}: router init {router_s * 1e3:.1f} ms, restart {restart_s * 1e3:.1f} ms, "
+            f"nft -f linear {nft_s * 1e3:.1f} ms"
+        )
     bench.clear_tables()
     return {"repeats": options.apply_repeats, "by_n": by_n, "live_change": live_change(bench)}
 
@@ -51,8 +60,8 @@ def core_times(n: int, bench: Bench) -> dict[str, float]:
     the floor, not the noise): parsing, planning, and encoding the map elements as the
     netlink batch a new pod's table is filled with."""
     from egress_router.config import load_environment
-    from egress_router.nft import Transaction
-    from egress_router.nft.cli import element_batch
+    from egress_router.nft.elements import Batch
+    from egress_router.nft.table import fill
     from egress_router.plan import build_plan
 
     env = bench.router_env(EGRESS_DESTINATION=destination_text(n, bench.lan), EGRESS_ROUTER_MODE="init")
@@ -65,12 +74,7 @@ def core_times(n: int, bench: Bench) -> dict[str, float]:
         t2 = time.perf_counter()
         table = plan.table
         assert table is not None
-        filled = Transaction()
-        for m in table.maps:
-            filled.add_elements(table, m.name, m.elements)
-        batch = element_batch(filled)
-        assert batch is not None
-        batch.encode(1)
+        Batch(fill(table)).encode(1)
         t3 = time.perf_counter()
         for key, value in (("parse_ms", t1 - t0), ("plan_ms", t2 - t1), ("encode_ms", t3 - t2)):
             best[key] = min(best[key], value * 1e3)

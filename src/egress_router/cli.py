@@ -73,8 +73,9 @@ environment. Prints one line per file; exit 2 with every problem, one per line."
 
 PLAN_USAGE = """\
 usage: egress-router plan
-Print what the environment asks for: the network steps as comments, then the exact nftables
-script the router would apply. Changes nothing and needs no privileges."""
+Print what the environment asks for in a new pod: the network steps as comments, then the
+nftables script the router runs for the table's structure, and the netlink batch that fills its
+maps, in nft's syntax. Changes nothing and needs no privileges."""
 
 VALIDATE_PROBLEMS = 1000  # listed per file; the rest are counted
 
@@ -190,8 +191,10 @@ def render_plan(config: RouterConfig) -> str:
     new_pod = NetState(LinkState(config.egress_interface, False, False, "", 0))
     for step in converge(new_pod, plan.network.wanted(new_pod.link)):  # type: ignore[arg-type]
         out.append(f"# {'' if str(step).startswith('sysctl') else 'ip '}{step}\n")
+    # A new pod's: the structure as `nft -f` gets it, then the batch of elements, as nft's
+    # syntax (together, a script nft also takes).
     tx = Transaction()
-    tx.replace_table(plan.table)
+    tx.create_table(plan.table)
     out.append(str(tx))
     return "".join(out)
 

@@ -3,7 +3,8 @@
 One loop in the main thread, ticking every `TICK` seconds on `sigtimedwait` (so a signal ends
 the wait at once): SIGTERM/SIGINT stop, SIGHUP reloads. Each tick polls the destination file;
 every `CHECK_EVERY` seconds the kernel is compared with what was applied and repaired if
-someone else changed it. The HTTP server, when enabled, runs in a thread and only reads.
+someone else changed it (EGRESS_ROUTER_CHECK_EVERY, an internal variable for the lab tests,
+sets another period; it is not part of the contract). The HTTP server, when enabled, runs in a thread and only reads.
 
 A reload applies only the difference (map elements when only the rules changed): conntrack
 keeps the NAT of established connections, and mappings that did not change stay in the kernel
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 from .config import load_environment
 from .errors import ConfigError, EgressRouterError
 from .log import Log
-from .metrics import Stats
+from .metrics import Stats, traffic
 from .model import RouterConfig
 from .network.state import differences
 from .nft.listing import TableReader
@@ -36,6 +37,8 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 RELOAD_SIGNALS = {signal.SIGHUP}
 TICK = 0.5  # the file is polled this often: a change is applied within about a second
 CHECK_EVERY = 5.0
+# Internal, for tests: another drift-check period in seconds (not part of the contract).
+CHECK_EVERY_VARIABLE = "EGRESS_ROUTER_CHECK_EVERY"
 # A few more announcements after start-up, for a LAN that missed the first one.
 ANNOUNCE_AGAIN_AFTER = (1.0, 3.0)
 LOGGED_PROBLEMS = 5  # of a rejected reload, in its one log event
@@ -54,11 +57,12 @@ class Daemon:
     baseline: str | None = None  # the table's shape right after our last apply
     pending: RouterConfig | None = None  # a valid new configuration the kernel refused
     next_check: float = 0.0
+    check_every: float = CHECK_EVERY
 
     def __post_init__(self) -> None:
         if self.watcher is None and self.config.destination_file:
             self.watcher = FileWatcher(self.config.destination_file)
-        self.next_check = self.clock() + CHECK_EVERY
+        self.next_check = self.clock() + self.check_every
 
     def started(self, first: Outcome | None = None) -> None:
         """The start-up apply (done by the caller) succeeded: remember what the kernel holds."""
@@ -72,6 +76,8 @@ class Daemon:
         if outcome is not None:
             self.stats.observe_apply(outcome.seconds)
             self.stats.address_conflicts += len(outcome.conflicts)
+            if outcome.full_table:
+                self.stats.rebase()
         self.baseline = self._shape()
         self.stats.ready = True
 
@@ -84,7 +90,7 @@ class Daemon:
         if reload:
             self.reload()
         if self.clock() >= self.next_check:
-            self.next_check = self.clock() + CHECK_EVERY
+            self.next_check = self.clock() + self.check_every
             self.check()
 
     def reload(self) -> None:
@@ -164,6 +170,7 @@ class Daemon:
         self.log.info(
             f"{why} applied",
             full_table=outcome.full_table,
+            route=outcome.route or "none",
             nft_operations=outcome.operations,
             seconds=f"{outcome.seconds:.4f}",
         )
@@ -173,7 +180,10 @@ class Daemon:
         if not self.config.mode.redirects:
             return None
         state = self.reader.read_table(TABLE_FAMILY, TABLE_NAME)
-        return None if state is None else state.shape
+        if state is None:
+            return None
+        self.stats.counted(traffic(state))  # the last counts before a repair may rebuild it
+        return state.shape
 
 
 def run(
@@ -192,7 +202,7 @@ def run(
         from .nft.listing import NftTableReader
 
         reader = NftTableReader()
-    daemon = Daemon(router, config, env, log, reader)
+    daemon = Daemon(router, config, env, log, reader, check_every=_check_every(env))
     daemon.started(first)
     server = _serve(config.served_http_port, daemon, log)
     log.info("router running", mode=config.mode.value, http_port=config.served_http_port,
@@ -204,6 +214,14 @@ def run(
             server.stop()
     log.info("stopped on signal")
     return 0
+
+
+def _check_every(env: Mapping[str, str]) -> float:
+    try:
+        value = float(env.get(CHECK_EVERY_VARIABLE, CHECK_EVERY))
+    except ValueError:
+        return CHECK_EVERY
+    return value if value > 0 else CHECK_EVERY
 
 
 def _loop(daemon: Daemon) -> None:

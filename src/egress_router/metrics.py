@@ -4,14 +4,16 @@
 keeps it even when the HTTP port is 0, without importing prometheus_client. Traffic counters
 are not kept here at all: the kernel counts every redirected connection and byte in the
 table's maps, and `collect` reads them when Prometheus asks, so they cost nothing between
-scrapes and survive a daemon restart as long as the table does.
+scrapes and survive a daemon restart as long as the table does. A table rebuilt whole (a drift
+repair, a changed structure) restarts them at 0; `Stats` keeps an offset per series so that
+what is exported never goes down.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +47,10 @@ class Stats:
     apply_buckets: list[int] = field(default_factory=lambda: [0] * len(APPLY_BUCKETS))
     apply_count: int = 0
     apply_sum: float = 0.0
+    # Per traffic series, (kind, protocol, port, destination): the kernel's value last read,
+    # and what the kernel's counters lost to tables rebuilt since this process started.
+    traffic_seen: dict[tuple[str, ...], int] = field(default_factory=dict)
+    traffic_offset: dict[tuple[str, ...], int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def observe_apply(self, seconds: float) -> None:
@@ -60,6 +66,32 @@ class Stats:
             self.reloads["success" if ok else "failure"] += 1
             if ok:
                 self.last_reload_success = time.time()
+
+    def counted(self, rows: Iterable[tuple[dict[str, str], int, int]]) -> list[tuple[dict[str, str], int, int]]:
+        """The kernel's traffic counters (`traffic`), as exported: counting on from where they
+        were when a rebuilt table restarted them at 0. Every read passes here (scrapes and the
+        daemon's checks), so each series' offset knows its last kernel value."""
+        out = []
+        with self.lock:
+            for labels, connections, size in rows:
+                key = (labels["protocol"], labels["port"], labels["destination"])
+                out.append((labels, self._on(("connections", *key), connections), self._on(("bytes", *key), size)))
+        return out
+
+    def _on(self, key: tuple[str, ...], raw: int) -> int:
+        seen = self.traffic_seen.get(key, 0)
+        if raw < seen:  # restarted without `rebase` being told (a repair the read came after)
+            self.traffic_offset[key] = self.traffic_offset.get(key, 0) + seen
+        self.traffic_seen[key] = raw
+        return self.traffic_offset.get(key, 0) + raw
+
+    def rebase(self) -> None:
+        """The table was written whole: the kernel's counters start again from 0, and the
+        exported ones go on from the last values read."""
+        with self.lock:
+            for key, seen in self.traffic_seen.items():
+                self.traffic_offset[key] = self.traffic_offset.get(key, 0) + seen
+            self.traffic_seen.clear()
 
     def alive(self, within: float) -> bool:
         return time.monotonic() - self.last_tick < within
@@ -164,7 +196,7 @@ class Collector:
         except EgressRouterError:  # a scrape must answer even when nft cannot: the daemon logs it
             state = None
         if state is not None:
-            for values, count, size in traffic(state):
+            for values, count, size in self.stats.counted(traffic(state)):
                 key = [values[k] for k in labels]
                 connections.add_metric(key, count)
                 moved.add_metric(key, size)

@@ -20,8 +20,9 @@ a failure leaves nothing half-applied:
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
-from .errors import ApplyError, EgressRouterError, Kind, SetupError
+from .errors import EgressRouterError, SetupError
 from .log import Log
 from .model import IPAddress, RouterConfig
 from .neighbours import Announcer
@@ -54,13 +55,28 @@ class Outcome:
 
     @property
     def nft_script(self) -> str:
-        """The transaction as nft script text: rendered only when asked for (at 10,000 rules
-        that takes a millisecond a pod start need not spend)."""
+        """What was sent to the kernel, in nft's syntax (a batch as the element lines it
+        carries): rendered only when asked for (at 10,000 rules that takes a millisecond a
+        pod start need not spend)."""
         return "" if self.transaction is None else str(self.transaction)
+
+    @property
+    def route(self) -> str:
+        """How the table was written: a netlink batch, a create then a fill, or `nft -f`."""
+        return "" if self.transaction is None else self.transaction.route
 
     @property
     def operations(self) -> int:
         return 0 if self.transaction is None else len(self.transaction.ops)
+
+
+class Before(NamedTuple):
+    """The table a reconcile found in the kernel, to go back to: `table` when its structure is
+    this version's (a restart found its own tag), else `listing`, nft's text of it; neither:
+    there was none."""
+
+    table: TableSpec | None
+    listing: str | None = None
 
 
 class Router:
@@ -78,12 +94,14 @@ class Router:
         self.applied_network: NetworkPlan | None = None  # likewise for the network side
         self.facts: Facts | None = None  # what the last plan was made with
         self.resolv_conf = "/etc/resolv.conf"  # the pod's nameservers (the proxy modes)
+        self.distrust = False  # True: a table found in the kernel is replaced whole, whatever its tag
 
     def forget(self) -> None:
         """The kernel may no longer hold what was applied (drift, a failure): the next
         reconcile replaces the table whole and sets the network up again."""
         self.applied = None
         self.applied_network = None
+        self.distrust = True
 
     def plan(self, config: RouterConfig, fresh: bool = True) -> tuple[Plan, NetState | None]:
         """The plan for `config`, and the state read to make it (None: made with the facts
@@ -139,33 +157,40 @@ class Router:
         outcome.seconds = time.perf_counter() - started
         return outcome
 
-    def _apply_table(self, plan: Plan, outcome: Outcome) -> str | None:
-        """Apply the table. When this process had not applied one, return the table the kernel
-        held before (None: there was none), the state to go back to if the reconcile fails
-        later."""
+    def _apply_table(self, plan: Plan, outcome: Outcome) -> Before | None:
+        """Apply the table. When this process had not applied one, return what the kernel held
+        before, the state to go back to if the reconcile fails later."""
+        table = plan.table
         if self.applied is not None:
-            self._run(diff(self.applied, plan.table), outcome, plan.table)
+            self._run(diff(self.applied, table), outcome, table)
             return None
-        # A new pod has no table: create it without the costly delete. If there is one (a
-        # restart), the create fails as a whole, and the table is read, then replaced.
-        create = Transaction()
-        create.create_table(plan.table)
-        try:
-            self._run(create, outcome, plan.table)
-            return None
-        except ApplyError as error:
-            if error.kind is not Kind.EXISTS:
-                raise
-        listing = self.nft.list_table(plan.table.family, plan.table.name)
-        self._run(diff(None, plan.table), outcome, plan.table)
-        return listing
+        held = self.nft.read(table)
+        if not held.exists:  # a new pod
+            create = Transaction()
+            create.create_table(table)
+            self._run(create, outcome, table)
+            return Before(None)
+        if held.table is not None and not self.distrust:
+            # A restart: the kernel holds this version's structure (its tag says so). Only
+            # the elements can differ: one batch of the difference.
+            self._run(diff(held.table, table), outcome, table)
+            return Before(held.table)
+        # Another structure (an upgrade, a changed interface or fallback), or a table found
+        # altered: replaced whole, and its listing kept to put back.
+        listing = self.nft.list_table(table.family, table.name)
+        self._run(diff(None, table), outcome, table)
+        return Before(None, listing)
 
     def _run(self, tx: Transaction, outcome: Outcome, table: TableSpec) -> None:
         outcome.transaction = tx
         outcome.full_table = tx.writes_table
-        self.log.debug("applying nftables transaction", operations=len(tx.ops), full=outcome.full_table)
+        if self.log.debug_enabled:
+            self.log.debug("applying nftables transaction", route=tx.route, operations=len(tx.ops), full=outcome.full_table)
+            for line in str(tx).splitlines():  # what is sent, as nft's syntax
+                self.log.debug(f"nft: {line}")
         self.nft.apply(tx)
         self.applied = table
+        self.distrust = False
 
     def _apply_network(self, steps: list[Step], outcome: Outcome) -> None:
         outcome.network_steps = steps
@@ -174,7 +199,7 @@ class Router:
         self.net.apply(steps)
 
     def _roll_back(
-        self, plan: Plan, current: NetState, before: TableSpec | None, listing: str | None
+        self, plan: Plan, current: NetState, before: TableSpec | None, listing: Before | None
     ) -> None:
         """Put back the network and the table, each on its own: one failing to come back must
         not keep the other from it."""
@@ -189,10 +214,13 @@ class Router:
         if self.applied is plan.table:
             try:
                 self.nft.apply(_table_back(plan.table, before, listing))
-                self.applied = before
+                self.applied = before if listing is None else listing.table
+                # A table put back from its listing is not known to be this version's.
+                self.distrust = listing is not None and listing.listing is not None
             except EgressRouterError as error:
                 restored = False
                 self.applied = None  # unknown now: the next reconcile replaces the table whole
+                self.distrust = True
                 self.log.error("could not restore the previous nftables table", error=str(error))
         if restored:
             self.log.warning("failed part-way; the previous state is restored")
@@ -252,13 +280,15 @@ def read_nameservers(config: RouterConfig, path: str = "/etc/resolv.conf") -> tu
     return nameservers(text)
 
 
-def _table_back(table: TableSpec, before: TableSpec | None, listing: str | None) -> Transaction:
-    """The transaction from `table` back to what the kernel held before it."""
-    if before is not None:
-        return diff(table, before)
+def _table_back(table: TableSpec, before: TableSpec | None, found: Before | None) -> Transaction:
+    """The transaction from `table` back to what the kernel held before it: `before` (what this
+    process had applied), or what the reconcile found there (`found`)."""
+    known = before if found is None else found.table
+    if known is not None:
+        return diff(table, known)
     tx = Transaction()
-    if listing is None:
+    if found is None or found.listing is None:
         tx.delete_table(table.family, table.name)
     else:
-        tx.restore_listing(table.family, table.name, listing)
+        tx.restore_listing(table.family, table.name, found.listing)
     return tx

@@ -6,6 +6,7 @@ ConfigMap-style directory of its own, and stops it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -327,3 +328,120 @@ def test_health_and_metrics_answer_within_a_second_while_500_idle_connections_ar
     assert status["VmHWM"] < 60 * 1024
     assert all(line.startswith("egress-router: ") for line in router.log.read_text().splitlines())
     assert router.lab.connect(8080).server == ("203.0.113.26", 80)
+# -- traffic is not drift; a real repair keeps the counters counting --------------------------------
+
+CHECK_EVERY = "0.5"  # EGRESS_ROUTER_CHECK_EVERY: the drift check ten times as often as in a pod
+SEED_PORTS = (80, 8080, 8443, 5000)  # three mappings and the fallback
+
+
+@pytest.fixture
+def fast_checks(lab: Lab, tmp_path: Path) -> Iterator[Running]:
+    """A router whose drift check runs every half second."""
+    lab.reset_router()
+    configmap = ConfigMap(tmp_path / "config", SEED_DESTINATION)
+    env = seed_env("legacy", EGRESS_DESTINATION_FILE=configmap.path, EGRESS_ROUTER_CHECK_EVERY=CHECK_EVERY)
+    del env["EGRESS_DESTINATION"]
+    log = tmp_path / "router.log"
+    with open(log, "w") as out:
+        process = lab.start_router(env, stdout=out, stderr=subprocess.STDOUT)
+    running = Running(lab, process, configmap, log)
+    assert wait_for(lambda: _ready(running), 10), log.read_text()
+    yield running
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(5)
+
+
+def _ready(running: Running) -> bool:
+    try:
+        return running.http("/readyz")[0] == 200
+    except OSError:
+        return False
+
+
+def traffic_series(running: Running) -> dict[str, float]:
+    """Every exported traffic counter: connections and bytes, per mapping and fallback."""
+    _, body = running.http("/metrics")
+    out = {}
+    for line in body.splitlines():
+        if line.startswith(("egress_router_connections_total{", "egress_router_bytes_total{")):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def kernel_counters(lab: Lab) -> dict[str, int]:
+    """The kernel's own counters in the router's table: the named fallback counters and every
+    element of the traffic-filled sets."""
+    from egress_router.nft.listing import parse_table
+
+    listing = lab.exec("router", ["nft", "-j", "list", "table", "inet", "egress_router"]).stdout
+    state = parse_table(listing)
+    out = {f"counter {name}": packets for name, (packets, _) in state.counters.items()}
+    for set_name, entries in state.maps.items():
+        if set_name.startswith(("conns_", "bytes_")):
+            for key, entry in entries.items():
+                out[f"{set_name}[{key}] packets"] = entry.packets
+    return out
+
+
+def rising(samples: list[dict[str, float]]) -> list[str]:
+    """The series that ever went down between two samples."""
+    fell = []
+    for before, after in itertools.pairwise(samples):
+        fell += [f"{k}: {v} -> {after.get(k)}" for k, v in before.items() if after.get(k, -1.0) < v]
+    return fell
+
+
+def test_traffic_across_many_drift_checks_is_no_drift_and_every_counter_only_rises(fast_checks: Running) -> None:
+    lab = fast_checks.lab
+    exported: list[dict[str, float]] = []
+    kernel: list[dict[str, float]] = []
+    deadline = time.monotonic() + 4.0  # eight drift checks
+    rounds = 0
+    while time.monotonic() < deadline and rounds < 200:
+        rounds += 1
+        for port in SEED_PORTS:
+            assert lab.connect(port).ok
+        exported.append(traffic_series(fast_checks))
+        kernel.append({k: float(v) for k, v in kernel_counters(lab).items()})
+    print(f"\n{rounds} rounds of {len(SEED_PORTS)} connections over 4 s")
+    assert rounds >= 8
+    assert fast_checks.metric("egress_router_drift_repairs_total") == 0, fast_checks.log.read_text()
+    assert "changed by someone else" not in fast_checks.log.read_text()
+    assert rising(exported) == [] and rising(kernel) == []
+    connections = {k: v for k, v in exported[-1].items() if k.startswith("egress_router_connections")}
+    assert len(connections) == 4
+    assert all(v - exported[0][k] == rounds - 1 for k, v in connections.items()), (exported[0], connections)
+    assert kernel[-1]["counter fallback4"] - kernel[0]["counter fallback4"] == rounds - 1
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(["delete", "table", "inet", "egress_router"], id="table deleted"),
+        pytest.param(
+            ["add", "rule", "inet", "egress_router", "prerouting", "tcp", "dport", "8080", "drop"],
+            id="someone else's rule in the router's chain",
+        ),
+    ],
+)
+def test_a_real_repair_rebuilds_the_table_and_the_metrics_keep_counting(fast_checks: Running, damage: list[str]) -> None:
+    lab = fast_checks.lab
+    for _ in range(3):
+        for port in SEED_PORTS:
+            assert lab.connect(port).ok
+    before = traffic_series(fast_checks)
+    lab.exec("router", ["nft", *damage])
+    assert wait_for(lambda: fast_checks.metric("egress_router_drift_repairs_total") == 1, 5, 0.1), fast_checks.log.read_text()
+    assert lab.connect(8080).server == ("203.0.113.26", 80)  # the rule someone added is gone
+    assert "tcp dport 8080 drop" not in (lab.nft_table() or "")
+    after_repair = traffic_series(fast_checks)
+    assert rising([before, after_repair]) == [], "a counter went down across the repair"
+    for port in SEED_PORTS:
+        assert lab.connect(port).ok
+    now = traffic_series(fast_checks)
+    connections = [k for k in now if k.startswith("egress_router_connections")]
+    # 8080 was tried once more above, after the repair.
+    extra = {k: 2 if 'port="8080"' in k else 1 for k in connections}
+    assert {k: now[k] - before[k] for k in connections} == extra

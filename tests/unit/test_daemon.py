@@ -137,7 +137,7 @@ def drop_route(net: FakeNet, destination: str) -> None:
     [
         pytest.param(lambda nft, net: nft.tables.clear(), id="table deleted"),
         pytest.param(
-            lambda nft, net: nft.tables["inet egress_router"].maps["tcp4"].pop("80"),
+            lambda nft, net: nft.tables["inet egress_router"].maps["tcp4"].pop(80),
             id="element deleted",
         ),
         pytest.param(lambda nft, net: setattr(net.links["macvlan0"], "addresses", []), id="address removed"),
@@ -230,3 +230,57 @@ def test_each_kind_of_unreadable_file_is_reported_and_counted_once(mounted: Path
         assert "rejected the new configuration" in line and words in line, line
         assert nft.elements("inet", "egress_router", "tcp4") == before
         assert daemon.stats.ready
+
+
+def _connections(daemon: Daemon, port: str = "80") -> int:
+    from egress_router.metrics import traffic
+
+    state = daemon.reader.read_table("inet", "egress_router")
+    assert state is not None
+    for labels, connections, _ in daemon.stats.counted(traffic(state)):
+        if labels["port"] == port:
+            return connections
+    raise AssertionError(f"no series for port {port}")
+
+
+@pytest.mark.parametrize("read_before_the_repair", [True, False], ids=["read at the check", "read at a scrape only"])
+def test_exported_counters_go_on_from_where_they_were_when_a_repair_rebuilds_the_table(
+    mounted: Path, read_before_the_repair: bool
+) -> None:
+    daemon, nft, _, _, clock = make_daemon(mounted)
+    reader = daemon.reader
+    assert isinstance(reader, FakeTableReader)
+    reader.counts = {"conns_tcp4": {"80": (5, 300)}}
+    assert _connections(daemon) == 5
+    if read_before_the_repair:
+        reader.counts = {"conns_tcp4": {"80": (6, 360)}}  # one more before someone altered it
+        nft.tables["inet egress_router"].maps["tcp4"].pop(8080)
+    else:
+        nft.tables.clear()  # nothing left to read at the check
+    clock.now += CHECK_EVERY
+    daemon.tick()
+    assert daemon.stats.drift_repairs == 1
+    reader.counts = {"conns_tcp4": {"80": (2, 120)}}  # the rebuilt table counted 2 since
+    assert _connections(daemon) == (6 if read_before_the_repair else 5) + 2
+
+
+def test_a_counter_that_restarts_unannounced_still_never_goes_down(mounted: Path) -> None:
+    daemon, _, _, _, _ = make_daemon(mounted)
+    reader = daemon.reader
+    assert isinstance(reader, FakeTableReader)
+    reader.counts = {"conns_tcp4": {"80": (9, 540)}}
+    assert _connections(daemon) == 9
+    reader.counts = {"conns_tcp4": {"80": (1, 60)}}
+    assert _connections(daemon) == 10
+
+
+def test_traffic_alone_is_no_drift(mounted: Path) -> None:
+    daemon, nft, _, _, clock = make_daemon(mounted)
+    reader = daemon.reader
+    assert isinstance(reader, FakeTableReader)
+    scripts = len(nft.scripts)
+    for n in range(1, 4):
+        reader.counts = {"conns_tcp4": {"80": (n, 60 * n)}, "bytes_tcp4": {"80": (9 * n, 600 * n)}}
+        clock.now += CHECK_EVERY
+        daemon.tick()
+    assert daemon.stats.drift_repairs == 0 and len(nft.scripts) == scripts

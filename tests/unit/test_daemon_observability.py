@@ -9,7 +9,9 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,50 +33,58 @@ ENV = {
     "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n203.0.113.27\n",
 }
 
-# Trimmed `nft -j list table` output of nftables 1.0.6 for a table like the router's.
-NFT_JSON = json.dumps(
-    {
-        "nftables": [
-            {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
-            {"table": {"family": "inet", "name": "egress_router", "handle": 2}},
-            {"counter": {"family": "inet", "name": "fallback4", "table": "egress_router", "handle": 5, "packets": 3, "bytes": 180}},
-            {"map": {"family": "inet", "name": "tcp4", "table": "egress_router", "type": "inet_service", "handle": 7,
-                     "map": "ipv4_addr . inet_service",
-                     "elem": [[{"elem": {"val": 8080, "counter": {"packets": 2, "bytes": 120}}}, {"concat": ["203.0.113.26", 80]}],
-                              [{"elem": {"val": 80, "counter": {"packets": 5, "bytes": 300}}}, {"concat": ["203.0.113.25", 80]}]],
-                     "stmt": [{"counter": None}]}},
-            {"set": {"family": "inet", "name": "bytes_tcp4", "table": "egress_router", "type": "inet_service", "handle": 8,
-                     "flags": ["dynamic"], "size": 65536,
-                     "elem": [{"elem": {"val": 80, "counter": {"packets": 40, "bytes": 4096}}}]}},
-            {"rule": {"family": "inet", "table": "egress_router", "chain": "prerouting", "handle": 20,
-                      "expr": [{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}},
-                               {"counter": "fallback4"}, {"dnat": {"family": "ip", "addr": "203.0.113.27"}}]}},
-        ]
-    }
-)
+# `nft -j list table` of the seed's table, from the real nft 1.0.6 (tests/data/nft/VERSION);
+# regenerate with `sudo .venv/bin/python scripts/capture_nft_listings.py`.
+LISTINGS = Path(__file__).resolve().parent.parent / "data" / "nft"
+FRESH = (LISTINGS / "seed-fresh.json").read_text()  # as the router leaves it
+TRAFFIC = (LISTINGS / "seed-traffic.json").read_text()  # after 3 connections to each port
+FOREIGN_RULE = (LISTINGS / "seed-foreign-rule.json").read_text()  # plus someone else's rule
 
 
 def test_parse_table_reads_elements_counters_and_the_fallback() -> None:
-    state = parse_table(NFT_JSON)
+    state = parse_table(TRAFFIC)
     assert state.maps["tcp4"]["80"].value == "203.0.113.25 . 80"
-    assert (state.maps["tcp4"]["80"].packets, state.maps["tcp4"]["8080"].packets) == (5, 2)
-    assert state.maps["bytes_tcp4"]["80"].bytes == 4096
-    assert state.counters["fallback4"] == (3, 180)
+    assert state.maps["tcp4"]["8080"].value == "203.0.113.26 . 80"
+    assert state.maps["conns_tcp4"]["8080"].packets == 3  # three connections made
+    assert state.maps["bytes_tcp4"]["80"].bytes > 0
+    assert state.counters["fallback4"][0] == 3  # port 5000 went to the fallback three times
     assert state.fallbacks == {4: "203.0.113.27"}
 
 
-def test_the_shape_ignores_counters_handles_and_element_order() -> None:
-    busier = (
-        NFT_JSON.replace('"packets": 5', '"packets": 50')
-        .replace('"handle": 7', '"handle": 70')
-    )
-    doc = json.loads(NFT_JSON)
-    doc["nftables"][3]["map"]["elem"].reverse()
-    doc["nftables"][4]["set"]["elem"].append({"elem": {"val": 5000, "counter": {"packets": 1, "bytes": 60}}})
-    # Neither counters, handles, element order, nor what traffic added to the byte sets.
-    assert parse_table(busier).shape == parse_table(NFT_JSON).shape == parse_table(json.dumps(doc)).shape
-    other = NFT_JSON.replace('"203.0.113.26", 80', '"203.0.113.27", 80')
-    assert parse_table(other).shape != parse_table(NFT_JSON).shape
+def test_traffic_is_not_drift() -> None:
+    # nft 1.0.6 lists the traffic-filled sets without `flags dynamic`: their elements, counters
+    # and the named counters all changed here, and none of it is the router's.
+    assert parse_table(TRAFFIC).shape == parse_table(FRESH).shape
+
+
+def test_a_rule_someone_else_added_is_drift() -> None:
+    assert parse_table(FOREIGN_RULE).shape != parse_table(FRESH).shape
+
+
+def _edited(document: str, edit: Callable[[dict[str, Any]], None]) -> str:
+    parsed = json.loads(document)
+    for obj in parsed["nftables"]:
+        edit(obj)
+    return json.dumps(parsed)
+
+
+def test_a_changed_map_element_or_set_declaration_is_drift_but_element_order_is_not() -> None:
+    def retarget(obj: dict[str, Any]) -> None:
+        if obj.get("map", {}).get("name") == "tcp4":
+            obj["map"]["elem"][0][1]["concat"][1] = 9999
+
+    def reverse(obj: dict[str, Any]) -> None:
+        if obj.get("map", {}).get("name") == "tcp4":
+            obj["map"]["elem"].reverse()
+
+    def resize(obj: dict[str, Any]) -> None:
+        if obj.get("set", {}).get("name") == "bytes_tcp4":
+            obj["set"]["size"] = 1024
+
+    fresh = parse_table(FRESH).shape
+    assert parse_table(_edited(FRESH, retarget)).shape != fresh
+    assert parse_table(_edited(FRESH, resize)).shape != fresh
+    assert parse_table(_edited(FRESH, reverse)).shape == fresh
 
 
 def test_the_watcher_sees_a_data_symlink_swap_but_not_a_touch(tmp_path: Path) -> None:

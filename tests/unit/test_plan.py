@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from egress_router.config import load_environment
-from egress_router.nft import Transaction
+from egress_router.nft import Element, Transaction
 from egress_router.plan import build_plan, describe
 
 SEED = "80   tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n8443 tcp 203.0.113.26 443\n203.0.113.27\n"
@@ -112,7 +112,7 @@ def test_dual_stack_plans_both_families() -> None:
         EGRESS_DESTINATION="80 tcp 203.0.113.25\n80 tcp 2001:db8:2::25 8080\n2001:db8:2::27\n",
     )
     assert plan.table is not None
-    assert dict(plan.table.map("tcp6").elements) == {"80": "2001:db8:2::25 . 8080"}
+    assert dict(plan.table.map("tcp6").elements) == {80: Element(80, "2001:db8:2::25", 8080)}
     assert "snat ip6 to 2001:db8:1::99" in plan.table.body
     assert "counter name fallback6 dnat ip6 to 2001:db8:2::27" in plan.table.body
     assert ("net/ipv6/conf/all/forwarding", "1") in plan.network.sysctls

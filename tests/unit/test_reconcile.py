@@ -13,6 +13,7 @@ from egress_router.neighbours.fake import RecordingAnnouncer
 from egress_router.network.fake import FakeLink, FakeNet, pod_network
 from egress_router.network.state import MAIN_TABLE, Address, Route, Rule
 from egress_router.nft.fake import FakeNft
+from egress_router.nft.table import BATCH, SCRIPT
 from egress_router.reconcile import Router
 from egress_router.schema import FWMARK, ROUTE_TABLE
 
@@ -93,11 +94,48 @@ def test_new_config_converges_exactly_with_element_changes(router: Router) -> No
     assert tcp4(router) == {"80": "203.0.113.26 . 80", "9000": "203.0.113.25 . 90"}
 
 
-def test_a_new_process_replaces_the_table_whole(router: Router) -> None:
+def test_a_new_process_replaces_a_table_of_another_structure_whole(router: Router) -> None:
     router.apply(config())
     fresh = Router(nft=router.nft, net=router.net, announcer=RecordingAnnouncer(), log=router.log)
-    outcome = fresh.apply(config("81 tcp 203.0.113.25\n"))
-    assert outcome.full_table and tcp4(fresh) == {"81": "203.0.113.25 . 81"}
+    outcome = fresh.apply(config("81 tcp 203.0.113.25\n"))  # no fallback: other chains
+    assert outcome.full_table and outcome.route == SCRIPT
+    assert tcp4(fresh) == {"81": "203.0.113.25 . 81"}
+
+
+def test_a_restart_that_finds_its_own_structure_changes_only_the_elements(router: Router) -> None:
+    router.apply(config())
+    nft = router.nft
+    assert isinstance(nft, FakeNft)
+    listed = nft.listings.copy()
+    fresh = Router(nft=nft, net=router.net, announcer=RecordingAnnouncer(), log=router.log)
+    outcome = fresh.apply(config(SEED.replace("8443 tcp 203.0.113.26 443", "9000 tcp 203.0.113.25 90")))
+    assert not outcome.full_table and outcome.route == BATCH
+    assert outcome.nft_script == (
+        "delete element inet egress_router tcp4 { 8443 }\n"
+        "add element inet egress_router tcp4 { 9000 : 203.0.113.25 . 90 }\n"
+    )
+    assert nft.listings == listed, "no listing: the batch's inverse is the way back"
+    assert tcp4(fresh) == {"80": "203.0.113.25 . 80", "8080": "203.0.113.26 . 80", "9000": "203.0.113.25 . 90"}
+    again = Router(nft=nft, net=router.net, announcer=RecordingAnnouncer(), log=router.log)
+    assert not again.apply(config(SEED.replace("8443 tcp 203.0.113.26 443", "9000 tcp 203.0.113.25 90"))).transaction
+
+
+def test_a_restart_that_fails_later_puts_the_elements_it_found_back(router: Router) -> None:
+    router.apply(config())
+    assert isinstance(router.net, FakeNet)
+    found = tcp4(router)
+    fresh = Router(nft=router.nft, net=router.net, announcer=RecordingAnnouncer(), log=router.log)
+    router.net.fail_on = "route replace"
+    with pytest.raises(ApplyError):
+        fresh.apply(config(SEED.replace("8443", "9443"), EGRESS_SOURCE="192.0.2.98/24"))
+    assert tcp4(fresh) == found
+
+
+def test_after_drift_a_table_with_the_right_tag_is_still_replaced_whole(router: Router) -> None:
+    router.apply(config())
+    router.forget()  # what the daemon does when it finds the table altered
+    outcome = router.apply(config())
+    assert outcome.full_table and outcome.route == SCRIPT
 
 
 def test_missing_interface_fails_before_anything_is_applied() -> None:
@@ -279,3 +317,17 @@ def test_a_reload_of_the_rules_alone_changes_only_map_elements(router: Router) -
     router.forget()  # after drift: everything again, the table whole
     outcome = router.apply(config("81 tcp 203.0.113.25\n203.0.113.27\n"))
     assert outcome.full_table
+
+
+def test_the_debug_log_of_a_restart_shows_the_difference_applied(router: Router) -> None:
+    import io
+
+    router.apply(config())
+    stream = io.StringIO()
+    fresh = Router(nft=router.nft, net=router.net, announcer=RecordingAnnouncer(), log=Log(debug=True, stream=stream))
+    fresh.apply(config(SEED.replace("8443 tcp 203.0.113.26 443", "8443 tcp 203.0.113.25 443")))
+    lines = stream.getvalue().splitlines()
+    assert "egress-router: debug: nft: delete element inet egress_router tcp4 { 8443 }" in lines
+    assert "egress-router: debug: nft: add element inet egress_router tcp4 { 8443 : 203.0.113.25 . 443 }" in lines
+    assert not [line for line in lines if "nft: " in line and "element" not in line], "only the difference"
+    assert any("route=netlink batch" in line for line in lines)

@@ -1,18 +1,16 @@
-"""Map elements written to nf_tables over netlink, without the nft command.
+"""Map elements over netlink, without the nft command: written as one nf_tables batch, and
+decoded from the kernel's dumps (`nft.readback`).
 
 Loading a large map through `nft -f` costs about 4 µs an element in nft's own parser and
 evaluator, which is most of a pod start with 10,000 rules. The kernel takes the same elements
-as a netlink batch of NEWSETELEM/DELSETELEM messages in well under a microsecond each, and the
-encoding of a port-keyed map is fixed-size. So element changes go this way; tables, chains and
-rules are still written by `nft -f`, which is the only place their syntax lives.
+as a netlink batch of NEWSETELEM/DELSETELEM messages in well under a microsecond each, and
+the router's maps have one layout (`inet_service : ipvN_addr . inet_service`), whose elements
+all have one fixed size: one precompiled `struct` encodes (and decodes) each of them. Tables,
+chains and rules are still written by `nft -f`, which is the only place their syntax lives.
 
 A batch is one nf_tables transaction: the kernel applies every message of it or none, as it does
-for an `nft -f` script. It is handled while `sendmsg` runs, so its answers are all queued when
-`sendmsg` returns.
-
-Only the element types the router's maps use are encoded (`inet_service` keys;
-`ipv4_addr`/`ipv6_addr`/`inet_service` values and concatenations of them);
-`MapCodec.usable` tells a caller when a map needs nft instead.
+for an `nft -f` script. It is one datagram, handled while `sendmsg` runs, so its answers are all
+queued when `sendmsg` returns.
 """
 
 from __future__ import annotations
@@ -20,18 +18,14 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Sequence
+from ipaddress import ip_address
+from typing import NamedTuple
 
 from .. import netlink
-from ..errors import ApplyError
-from ..netlink import (
-    NETLINK_NETFILTER,
-    NLA_F_NESTED,
-    NLM_F_ACK,
-    NLM_F_CREATE,
-    NLM_F_REQUEST,
-    NLMSG_ERROR,
-)
+from ..errors import ApplyError, Kind
+from ..netlink import NETLINK_NETFILTER, NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_ERROR
+from .table import AddElements, Element, ElementOperation
 
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
@@ -51,216 +45,183 @@ NFTA_SET_ELEM_DATA = 2
 NFTA_DATA_VALUE = 1
 
 FAMILIES = {"inet": 1, "ip": 2, "arp": 3, "netdev": 5, "bridge": 7, "ip6": 10}
+SO_SNDBUFFORCE = 32
 
 # One message's element list is a netlink attribute, whose length is 16 bits: at most 64 KiB.
 _MESSAGE_BYTES = 60000
 
 STEP = "apply the nftables transaction"
+READ = "read the nftables table"
 ANSWER_TIMEOUT = netlink.ANSWER_TIMEOUT
 
 
-# --- element encoding -------------------------------------------------------------------------
-# A field of a concatenation takes a whole number of 32-bit registers, hence the padding.
+# --- the one element layout ---------------------------------------------------------------------
+# NFTA_LIST_ELEM { KEY { VALUE port }, DATA { VALUE address . port } }, each field of the
+# concatenation padded to a 32-bit register.
 
 
-class _Field:
-    def __init__(self, width: int, encode: Callable[[str], bytes]) -> None:
-        self.width = width
-        self.encode = encode
+class _Layout:
+    """Elements of a map whose addresses are of one family, as bytes and back."""
 
+    def __init__(self, family: int) -> None:
+        self.family = socket.AF_INET if family == 4 else socket.AF_INET6
+        width = 4 if family == 4 else 16
+        a = netlink.ATTR
+        value_size = a.size + width + 4  # the address, then the port padded to 32 bits
+        key_size = a.size + a.size + 2 + 2
+        self.prefix = (
+            a.pack(a.size + key_size + a.size + value_size, NFTA_LIST_ELEM | NLA_F_NESTED)
+            + a.pack(key_size, NFTA_SET_ELEM_KEY | NLA_F_NESTED)
+            + a.pack(a.size + 2, NFTA_DATA_VALUE)
+        )
+        self.middle = a.pack(a.size + value_size, NFTA_SET_ELEM_DATA | NLA_F_NESTED) + a.pack(value_size, NFTA_DATA_VALUE)
+        self.struct = struct.Struct(f"!{len(self.prefix)}sH2x{len(self.middle)}s{width}sH2x")
+        # The kernel dumps the same layout without NLA_F_NESTED on the nested attributes.
+        self.dumped = (_unflagged(self.prefix), _unflagged(self.middle))
+        self.key_prefix = a.pack(a.size + key_size, NFTA_LIST_ELEM | NLA_F_NESTED) + self.prefix[a.size :]
+        self.key_struct = struct.Struct(f"!{len(self.key_prefix)}sH2x")
 
-def _port(text: str) -> bytes:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError(f"port {text} out of range")
-    return value.to_bytes(2, "big")
-
-
-def _address(family: int) -> Callable[[str], bytes]:
-    cache: dict[str, bytes] = {}  # rule sets share few addresses
-
-    def encode(text: str) -> bytes:
-        packed = cache.get(text)
-        if packed is None:
-            try:
-                packed = cache[text] = socket.inet_pton(family, text)
-            except OSError:
-                raise ValueError(f"{text!r} is not an address of this family") from None
-        return packed
-
-    return encode
-
-
-_FIELDS = {
-    "inet_service": lambda: _Field(2, _port),
-    "ipv4_addr": lambda: _Field(4, _address(socket.AF_INET)),
-    "ipv6_addr": lambda: _Field(16, _address(socket.AF_INET6)),
-}
-
-
-def _data_encoder(type_text: str) -> Callable[[str], bytes] | None:
-    """`value -> NFTA_SET_ELEM_KEY/DATA payload` for an nft type such as
-    `ipv4_addr . inet_service`, or None if it is not one this module knows."""
-    names = [name.strip() for name in type_text.split(" . ")]
-    if not all(name in _FIELDS for name in names):
-        return None
-    fields = [_FIELDS[name]() for name in names]
-    if len(fields) == 1:
-        only = fields[0].encode
-        return lambda text: netlink.attr(NFTA_DATA_VALUE, only(text))
-    padding = [b"\0" * (-f.width % 4) for f in fields]
-    encoders = [f.encode for f in fields]
-    size = sum(f.width + len(p) for f, p in zip(fields, padding, strict=True))
-    head = netlink.ATTR.pack(netlink.ATTR.size + size, NFTA_DATA_VALUE)
-
-    def concat(text: str) -> bytes:
-        parts = text.split(" . ")
-        if len(parts) != len(encoders):
-            raise ValueError(f"{text!r} does not have {len(encoders)} fields")
-        return head + b"".join(e(p) + pad for e, p, pad in zip(encoders, parts, padding, strict=True))
-
-    return concat
-
-
-class MapCodec:
-    """Encodes the elements of one map, given by its nft key and value types."""
-
-    def __init__(self, key_type: str, value_type: str | None) -> None:
-        self.key = _data_encoder(key_type)
-        self.value = _data_encoder(value_type) if value_type is not None else None
-        self.usable = self.key is not None and (value_type is None or self.value is not None)
-        self._fast = _port_to_address_port(key_type, value_type)
-
-    def elements(self, items: Mapping[str, str]) -> list[bytes]:
-        """`NFTA_LIST_ELEM`s with a key and a value each."""
-        if self._fast is not None:
-            return self._fast(items)
-        return [self._element(k, v) for k, v in items.items()]
-
-    def keys(self, keys: Iterable[str]) -> list[bytes]:
-        """`NFTA_LIST_ELEM`s with a key only, as a delete names them."""
-        return [self._element(k, None) for k in keys]
-
-    def _element(self, key: str, value: str | None) -> bytes:
-        assert self.key is not None
-        inner = netlink.attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, self.key(key))
-        if value is not None:
-            assert self.value is not None
-            inner += netlink.attr(NFTA_SET_ELEM_DATA | NLA_F_NESTED, self.value(value))
-        return netlink.attr(NFTA_LIST_ELEM | NLA_F_NESTED, inner)
-
-
-def _port_to_address_port(
-    key_type: str, value_type: str | None
-) -> Callable[[Mapping[str, str]], list[bytes]] | None:
-    """The router's own maps (`inet_service : ipv4_addr . inet_service`, or ipv6), whose every
-    element has the same layout: one precompiled `struct` call an element, four times faster
-    than building the attributes one by one, which is what a pod start with 10,000 rules pays."""
-    families = {"ipv4_addr . inet_service": socket.AF_INET, "ipv6_addr . inet_service": socket.AF_INET6}
-    if key_type != "inet_service" or value_type not in families:
-        return None
-    family = families[value_type]
-    width = 4 if family == socket.AF_INET else 16
-    value_size = netlink.ATTR.size + width + 4  # the address, then the port padded to 32 bits
-    key_size = netlink.ATTR.size + netlink.ATTR.size + 2 + 2
-    prefix = (
-        netlink.ATTR.pack(netlink.ATTR.size + key_size + netlink.ATTR.size + value_size, NFTA_LIST_ELEM | NLA_F_NESTED)
-        + netlink.ATTR.pack(key_size, NFTA_SET_ELEM_KEY | NLA_F_NESTED)
-        + netlink.ATTR.pack(netlink.ATTR.size + 2, NFTA_DATA_VALUE)
-    )
-    middle = netlink.ATTR.pack(netlink.ATTR.size + value_size, NFTA_SET_ELEM_DATA | NLA_F_NESTED) + netlink.ATTR.pack(
-        value_size, NFTA_DATA_VALUE
-    )
-    pack = struct.Struct(f"!{len(prefix)}sH2x{len(middle)}s{width}sH2x").pack
-    pton = socket.inet_pton
-
-    def encode(items: Mapping[str, str]) -> list[bytes]:
+    def encode(self, elements: Iterable[Element]) -> list[bytes]:
+        pack, prefix, middle, pton = self.struct.pack, self.prefix, self.middle, socket.inet_pton
         addresses: dict[str, bytes] = {}  # rule sets share few addresses
         out = []
         try:
-            for key, value in items.items():
-                address, _, port = value.partition(" . ")
+            for port, address, remote_port in elements:
                 packed = addresses.get(address)
                 if packed is None:
-                    packed = addresses[address] = pton(family, address)
-                out.append(pack(prefix, int(key), middle, packed, int(port)))
-        except (struct.error, OSError) as error:  # a port out of 0-65535, a bad address
-            raise ValueError(str(error)) from None
+                    packed = addresses[address] = pton(self.family, address)
+                out.append(pack(prefix, port, middle, packed, remote_port))
+        except (struct.error, OSError) as error:  # the plan never makes one: a caller's mistake
+            raise ValueError(f"cannot encode a map element: {error}") from None
         return out
 
-    return encode
+    def keys(self, ports: Iterable[int]) -> list[bytes]:
+        """Elements with a key only, as a delete names them."""
+        pack, prefix = self.key_struct.pack, self.key_prefix
+        return [pack(prefix, port) for port in ports]
+
+    def decode(self, data: bytes, start: int, end: int) -> list[Element]:
+        """The elements of an NFTA_SET_ELEM_LIST_ELEMENTS payload as the kernel dumps it."""
+        if (end - start) % self.struct.size:
+            raise ValueError("a map element of another layout")
+        known = {self.dumped, (self.prefix, self.middle)}
+        addresses: dict[bytes, str] = {}
+        out = []
+        new = tuple.__new__  # the named tuple without its Python-level __new__: twice as fast
+        for prefix, port, middle, packed, remote_port in self.struct.iter_unpack(memoryview(data)[start:end]):
+            if (prefix, middle) not in known:
+                raise ValueError("a map element of another layout")
+            address = addresses.get(packed)
+            if address is None:
+                # Written as the plan writes it (ipaddress's form, which inet_ntop's differs from
+                # for IPv4-mapped addresses), so that equal elements compare equal.
+                address = addresses[packed] = str(ip_address(packed))
+            out.append(new(Element, (port, address, remote_port)))
+        return out
+
+
+def _unflagged(headers: bytes) -> bytes:
+    """Attribute headers with NLA_F_NESTED cleared."""
+    out = bytearray(headers)
+    for position in range(0, len(out), netlink.ATTR.size):
+        length, kind = netlink.ATTR.unpack_from(out, position)
+        netlink.ATTR.pack_into(out, position, length, kind & ~NLA_F_NESTED)
+    return bytes(out)
+
+
+LAYOUTS = {4: _Layout(4), 6: _Layout(6)}
 
 
 # --- the batch ---------------------------------------------------------------------------------
 
 
+class _Message(NamedTuple):
+    kind: int
+    flags: int
+    family: str
+    table: str
+    map_name: str
+    elements: Sequence[bytes]
+
+
 class Batch:
     """Element changes queued for one nf_tables transaction, in order."""
 
-    def __init__(self) -> None:
-        self.messages: list[tuple[int, int, str, str, str, list[bytes]]] = []
+    def __init__(self, ops: Iterable[ElementOperation] = ()) -> None:
+        self.messages: list[_Message] = []
         self.count = 0  # elements
+        for op in ops:
+            self.add(op)
 
-    def add(self, family: str, table: str, map_name: str, codec: MapCodec, elements: Mapping[str, str]) -> None:
-        self._queue(NFT_MSG_NEWSETELEM, NLM_F_CREATE, family, table, map_name, codec.elements(elements))
-
-    def delete(self, family: str, table: str, map_name: str, codec: MapCodec, keys: Iterable[str]) -> None:
-        self._queue(NFT_MSG_DELSETELEM, 0, family, table, map_name, codec.keys(keys))
+    def add(self, op: ElementOperation) -> None:
+        family, _, table = op.ref.partition(" ")
+        layout = LAYOUTS[op.family]
+        if isinstance(op, AddElements):
+            self._queue(NFT_MSG_NEWSETELEM, NLM_F_CREATE, family, table, op.map_name, layout.encode(op.elements))
+        else:
+            self._queue(NFT_MSG_DELSETELEM, 0, family, table, op.map_name, layout.keys(op.ports))
 
     def _queue(self, kind: int, flags: int, family: str, table: str, map_name: str, encoded: list[bytes]) -> None:
         # All elements of a map have one size: as many a message as its 16-bit list length allows.
         per_message = max(1, _MESSAGE_BYTES // max(1, len(encoded[0]))) if encoded else 1
         for start in range(0, len(encoded), per_message):
             chunk = encoded[start : start + per_message]
-            self.messages.append((kind, flags, family, table, map_name, chunk))
+            self.messages.append(_Message(kind, flags, family, table, map_name, chunk))
             self.count += len(chunk)
 
     def wake(self, family: str, table: str) -> None:
         """Clear the table's flags, dormant among them: its chains take effect with the rest of
         the batch, all at once (and not at all if the batch is refused)."""
-        self.messages.append((NFT_MSG_NEWTABLE, 0, family, table, "", []))
+        self.messages.append(_Message(NFT_MSG_NEWTABLE, 0, family, table, "", ()))
 
     def __bool__(self) -> bool:
         return bool(self.messages)
 
     def encode(self, first_sequence: int) -> tuple[bytes, dict[int, str]]:
         """The batch as bytes, and what each message's sequence number stands for."""
-        subsystem = NFNL_SUBSYS_NFTABLES.to_bytes(2, "big")
-        begin_end = b"\0\0" + subsystem  # AF_UNSPEC, version 0, the subsystem as res_id
         sequence = first_sequence
-        out = [netlink.HEADER.pack(20, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, sequence, 0) + begin_end]
+        out = [_begin_end(NFNL_MSG_BATCH_BEGIN, sequence)]
         meaning = {sequence: "apply the batch"}
         for kind, flags, family, table, map_name, chunk in self.messages:
             sequence += 1
             body = b"".join(chunk)
             if kind == NFT_MSG_NEWTABLE:
                 attrs = netlink.name_attr(NFTA_TABLE_NAME, table) + netlink.attr(NFTA_TABLE_FLAGS, bytes(4))
+                meaning[sequence] = f"enable table {family} {table}"
             else:
                 attrs = (
                     netlink.name_attr(NFTA_SET_ELEM_LIST_TABLE, table)
                     + netlink.name_attr(NFTA_SET_ELEM_LIST_SET, map_name)
                     + netlink.ATTR.pack(netlink.ATTR.size + len(body), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED)
                 )
-            length = netlink.HEADER.size + 4 + len(attrs) + len(body)
-            message_type = NFNL_SUBSYS_NFTABLES << 8 | kind
-            genmsg = bytes((FAMILIES[family], 0, 0, 0))
-            out += [netlink.HEADER.pack(length, message_type, NLM_F_REQUEST | NLM_F_ACK | flags, sequence, 0), genmsg, attrs, body]
-            if kind == NFT_MSG_NEWTABLE:
-                meaning[sequence] = f"enable table {family} {table}"
-            else:
                 verb = "add elements to" if kind == NFT_MSG_NEWSETELEM else "delete elements from"
                 meaning[sequence] = f"{verb} {family} {table} {map_name}"
-        sequence += 1
-        out.append(netlink.HEADER.pack(20, NFNL_MSG_BATCH_END, NLM_F_REQUEST, sequence, 0) + begin_end)
+            length = netlink.HEADER.size + 4 + len(attrs) + len(body)
+            head = netlink.HEADER.pack(length, _type(kind), NLM_F_REQUEST | NLM_F_ACK | flags, sequence, 0)
+            out += [head, genmsg(family), attrs, body]
+        out.append(_begin_end(NFNL_MSG_BATCH_END, sequence + 1))
         return b"".join(out), meaning
 
 
-class BatchTooLarge(Exception):
-    """The batch is larger than the socket's send buffer may grow: write it another way."""
+def _type(kind: int) -> int:
+    return NFNL_SUBSYS_NFTABLES << 8 | kind
+
+
+def genmsg(family: str) -> bytes:
+    return bytes((FAMILIES[family], 0, 0, 0))  # nfgenmsg: family, version 0, res_id 0
+
+
+def _begin_end(kind: int, sequence: int) -> bytes:
+    # AF_UNSPEC, version 0, the subsystem as res_id (big-endian).
+    return netlink.HEADER.pack(20, kind, NLM_F_REQUEST, sequence, 0) + b"\0\0" + NFNL_SUBSYS_NFTABLES.to_bytes(2, "big")
+
+
+# --- the socket ----------------------------------------------------------------------------------
 
 
 class ElementWriter(netlink.Channel):
-    """Sends element batches to the kernel over one NETLINK_NETFILTER socket, kept open.
+    """Sends element batches to the kernel, and reads a table back, over one NETLINK_NETFILTER
+    socket, kept open.
 
     Kept open because closing it is what costs: when a netfilter netlink socket is released,
     the kernel first waits for the memory of every deleted element to be freed, which takes an
@@ -271,71 +232,94 @@ class ElementWriter(netlink.Channel):
         super().__init__(NETLINK_NETFILTER)
 
     def write(self, batch: Batch) -> None:
-        """Apply the batch as one transaction; raise `ApplyError` (nothing changed) if refused,
-        `BatchTooLarge` if the socket cannot take it in one datagram."""
+        """Apply the batch as one transaction; raise `ApplyError` (nothing changed) if refused."""
         if not batch:
             return
         # Begin, the messages, end: numbers no earlier batch on this socket used.
         first = self.next_sequence(len(batch.messages) + 2)
         data, meaning = batch.encode(first)
         sock = self.open()
+        make_room(sock, len(data))
         try:
-            _grow_send_buffer(sock, len(data))
             sock.send(data)
         except OSError as error:
-            if error.errno in (errno.EMSGSIZE, errno.ENOBUFS):
-                raise BatchTooLarge(len(data)) from None
             self.close()
-            raise ApplyError(STEP, netlink.explain(error.errno or 0, "send the batch", "")) from None
+            code = error.errno or 0
+            raise ApplyError(STEP, netlink.explain(code, "send the batch", ""), Kind.of_errno(code)) from None
         failures, complete = _answers(sock, set(meaning) - {first}, first, meaning)
         if not complete:
             self.close()  # answers may still come: none must be read as the next batch's
         if failures:
-            raise ApplyError(STEP, "; ".join(failures))
+            code = failures[0][0]
+            raise ApplyError(STEP, "; ".join(text for _, text in failures), Kind.of_errno(code))
+
+    def dump_all(self, kind: int, body: bytes) -> list[tuple[int, bytes, int, int]]:
+        """The answers to an nf_tables dump request (`kind` an NFT_MSG_GET*); raises `ApplyError`
+        with the kernel's kind if it is refused."""
+        try:
+            return list(self.dump(_type(kind), body))
+        except netlink.NetlinkError as error:
+            code = error.errno or 0
+            raise ApplyError(READ, netlink.explain(code, "dump", error.detail), Kind.of_errno(code)) from None
 
     def open(self) -> socket.socket:
         try:
             return super().open()
         except OSError as error:
+            code = error.errno or 0
             raise ApplyError(
-                STEP, f"cannot open a netfilter netlink socket: {error.strerror or error}"
+                STEP, f"cannot open a netfilter netlink socket: {error.strerror or error}", Kind.of_errno(code)
             ) from None
 
 
-def _grow_send_buffer(sock: socket.socket, size: int) -> None:
-    # A batch is one datagram, which must fit the send buffer: 10,000 elements take ~330 KB
-    # where the default buffer is 208 KB. Raising it past net.core.wmem_max takes NET_ADMIN,
-    # which the router has (it needs it for nftables).
+def make_room(sock: socket.socket, size: int) -> None:
+    """Let the socket send a datagram of `size` bytes, or say why it cannot.
+
+    A batch is one datagram, which must fit the send buffer: 10,000 elements take ~330 KB
+    where the default buffer is 208 KB. Past net.core.wmem_max only SO_SNDBUFFORCE raises it,
+    which takes CAP_NET_ADMIN (the router has it: nftables needs it too). The kernel doubles
+    what it is given and keeps 32 bytes of it for itself."""
     wanted = size + 4096
-    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < wanted:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, 32, wanted)  # SO_SNDBUFFORCE
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wanted)
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= wanted:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, wanted)
+        return
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wanted)
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    if granted < wanted:
+        raise ApplyError(
+            STEP,
+            f"the nftables batch is {size} bytes, more than this socket may send ({granted} bytes, "
+            "net.core.wmem_max); raising it takes SO_SNDBUFFORCE, which was refused: the router needs "
+            "the NET_ADMIN capability",
+            Kind.NOT_PERMITTED,
+        )
 
 
 def _answers(
     sock: socket.socket, expected: set[int], begin: int, meaning: dict[int, str]
-) -> tuple[list[str], bool]:
+) -> tuple[list[tuple[int, str]], bool]:
     """Read the kernel's answer to every message of the batch (each asked for an ack): the
-    problems, in words, and whether every answer came. A batch refused whole (no permission,
-    a failed commit) is answered on its first message, which ends the wait."""
-    failures: list[str] = []
+    refusals (errno and words), and whether every answer came. A batch refused whole (no
+    permission, a failed commit) is answered on its first message, which ends the wait."""
+    failures: list[tuple[int, str]] = []
     while expected:
         try:
             data = sock.recv(65536)
         except TimeoutError:
-            failures.append(f"the kernel did not answer the nftables batch within {ANSWER_TIMEOUT:g} s")
+            failures.append((errno.ETIMEDOUT, f"the kernel did not answer the nftables batch within {ANSWER_TIMEOUT:g} s"))
             return failures, False
         except OSError as error:  # ENOBUFS: answers were lost; the batch's fate is unknown
-            failures.append(f"reading the kernel's answers failed: {error.strerror or error}")
+            failures.append((error.errno or 0, f"reading the kernel's answers failed: {error.strerror or error}"))
             return failures, False
         for kind, flags, sequence, start, end in netlink.messages(data):
             if kind == NLMSG_ERROR and sequence in meaning:
                 expected.discard(sequence)
                 code, message = netlink.error_of(data, start, end, flags)
                 if code:
-                    failures.append(netlink.explain(code, meaning[sequence], message))
+                    failures.append((code, netlink.explain(code, meaning[sequence], message)))
                     if sequence == begin:
                         expected.clear()
     return failures, True
