@@ -1,8 +1,9 @@
-"""New connections per second (wrk, `Connection: close`, against nginx in ext), three ways:
+"""New connections per second (wrk, `Connection: close`, against nginx in ext), four ways:
 through the router (its maps, the mark and the policy routing), through the two-rule floor
-(a plain route, no mark) and through HAProxy in the router pod. Each request is a fresh TCP
-connection, so every one pays the NAT lookup and the routing decision of its first packet:
-the part of the router's cost that bulk throughput hides.
+(a plain route, no mark), through the floor's rules with the router's mark (so by its policy
+routing), and through HAProxy in the router pod. Each request is a fresh TCP connection, so
+every one pays the NAT lookup and the routing decision of its first packet: the part of the
+router's cost that bulk throughput hides.
 """
 
 from __future__ import annotations
@@ -16,20 +17,27 @@ from subprocess import DEVNULL
 
 from . import stats
 from .context import Bench, BenchError, stop
-from .layouts import two_rule_script
+from .layouts import marked_script, two_rule_script
 from .throughput import haproxy_config
 
-PORT = 8000
 ROUTER = "egress-router (maps, mark, policy routing)"
 FLOOR = "floor (two rules, plain route)"
+MARKED = "floor + mark (two rules, policy routing)"
 HAPROXY = "HAProxy (TCP mode)"
-PATHS = (ROUTER, FLOOR, HAPROXY)
+PATHS = (ROUTER, FLOOR, MARKED, HAPROXY)
+# A port of its own per path, the same on the router and on nginx. nginx closes first, so it
+# holds each connection's tuple in TIME_WAIT for a minute. With one port for all, the NAT paths
+# ran at a third to a half of their rate right after HAProxy's run (whose connections to nginx
+# come from the same address, with other sequence numbers and timestamps, and take the same
+# tuples), whichever NAT path it was: the figures measured the order of the paths.
+PORTS = {ROUTER: 8000, FLOOR: 8001, MARKED: 8002, HAPROXY: 8003}
 THREADS = 1  # two vCPUs: one for wrk, one left for nginx and the kernel's forwarding
-# Tens of thousands of connections a run: with the default 28,000 ports the client soon reuses
-# a port whose last connection nginx still holds in TIME_WAIT, which is another kernel path than
-# a new connection's. The client namespace's ports are the lab's own to widen.
-PORT_RANGE_KEY = "net.ipv4.ip_local_port_range"
-CLIENT_PORTS = "1024 65000"
+# Tens of thousands of connections a run. The client namespace is the lab's own to tune, and
+# set as a busy client would be: more ports than the default 28,000, so that a port comes back
+# less often to a tuple still in TIME_WAIT somewhere; and the reuse of its own TIME_WAIT ports
+# (safe with timestamps), without which it runs out of ports behind HAProxy (which lets wrk
+# close first) after some 150,000 connections and that path's rate falls to a few hundred.
+CLIENT_SYSCTLS = {"net.ipv4.ip_local_port_range": "1024 65000", "net.ipv4.tcp_tw_reuse": "1"}
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ class Run:
     bad_status: int  # responses other than 2xx and 3xx
 
 
-def nginx_config(folder: Path, address: str, port: int) -> str:
+def nginx_config(folder: Path, address: str, ports: list[int]) -> str:
     """A foreground nginx with one worker that answers every request with three bytes; every
     path it writes is in `folder`, so it touches nothing of the host's nginx."""
     temp = "".join(f"\t{kind}_temp_path {folder / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -52,7 +60,7 @@ def nginx_config(folder: Path, address: str, port: int) -> str:
         "events {\n\tworker_connections 1024;\n}\n"
         "http {\n\taccess_log off;\n\tdefault_type text/plain;\n"
         f"{temp}"
-        f"\tserver {{\n\t\tlisten {address}:{port} backlog=1024;\n"
+        "\tserver {\n" + "".join(f"\t\tlisten {address}:{port} backlog=1024;\n" for port in ports) +
         '\t\tlocation / {\n\t\t\treturn 200 "ok\\n";\n\t\t}\n\t}\n}\n'
     )
 
@@ -74,8 +82,9 @@ def parse_wrk(text: str) -> Run:
 
 
 def run(bench: Bench) -> dict[str, object]:
-    ports = bench.exec("client", ["sysctl", "-n", PORT_RANGE_KEY]).stdout.split()
-    bench.exec("client", ["sysctl", "-qw", f"{PORT_RANGE_KEY}={CLIENT_PORTS}"])
+    before = {key: " ".join(bench.exec("client", ["sysctl", "-n", key]).stdout.split()) for key in CLIENT_SYSCTLS}
+    for key, value in CLIENT_SYSCTLS.items():
+        bench.exec("client", ["sysctl", "-qw", f"{key}={value}"])
     try:
         nginx = start_nginx(bench)
         try:
@@ -84,7 +93,8 @@ def run(bench: Bench) -> dict[str, object]:
             stop(nginx)
             bench.clear_tables()
     finally:
-        bench.exec("client", ["sysctl", "-qw", f"{PORT_RANGE_KEY}={' '.join(ports)}"])
+        for key, value in before.items():
+            bench.exec("client", ["sysctl", "-qw", f"{key}={value}"])
     return summary(bench, runs, bench.lan.server)
 
 
@@ -95,6 +105,7 @@ def measure(bench: Bench) -> dict[str, list[Run]]:
     setups: dict[str, Callable[[], subprocess.Popen[str] | None]] = {
         ROUTER: lambda: route_by_router(bench),
         FLOOR: lambda: floor(bench),
+        MARKED: lambda: marked(bench),
         HAPROXY: lambda: haproxy(bench),
     }
     for repeat in range(bench.options.connrate_repeats):
@@ -103,7 +114,7 @@ def measure(bench: Bench) -> dict[str, list[Run]]:
             bench.clear_tables()
             proxy = setups[path]()
             try:
-                runs[path].append(wrk(bench))
+                runs[path].append(wrk(bench, PORTS[path]))
             finally:
                 if proxy is not None:
                     stop(proxy)
@@ -121,7 +132,7 @@ def summary(bench: Bench, runs: dict[str, list[Run]], server: str) -> dict[str, 
         "repeats": bench.options.connrate_repeats,
         "connections": bench.options.connrate_connections,
         "threads": THREADS,
-        "server": f"nginx on {server}:{PORT}",
+        "server": f"nginx on {server}, ports {', '.join(str(p) for p in PORTS.values())}",
         "paths": {
             path: {
                 "per_second": stats.median([r.per_second for r in done]),
@@ -144,12 +155,13 @@ def summary(bench: Bench, runs: dict[str, list[Run]], server: str) -> dict[str, 
 def start_nginx(bench: Bench) -> subprocess.Popen[str]:
     folder = bench.workdir / "nginx"
     folder.mkdir(exist_ok=True)
-    config = bench.file("nginx.conf", nginx_config(folder, bench.lan.server, PORT))
+    config = bench.file("nginx.conf", nginx_config(folder, bench.lan.server, list(PORTS.values())))
     # lab.popen gives it a session of its own: stopping it stops the worker it forks too.
     argv = ["nginx", "-p", str(folder), "-e", str(folder / "error.log"), "-c", config]
     process: subprocess.Popen[str] = bench.lab.popen("ext", argv, stdout=DEVNULL, stderr=DEVNULL)
     try:
-        bench.wait_listening("ext", PORT)
+        for port in PORTS.values():
+            bench.wait_listening("ext", port)
     except BenchError:
         stop(process)
         log = folder / "error.log"
@@ -158,40 +170,44 @@ def start_nginx(bench: Bench) -> subprocess.Popen[str]:
 
 
 def route_by_router(bench: Bench) -> None:
-    bench.run_router(bench.router_env(EGRESS_DESTINATION=f"{PORT} tcp {bench.lan.server}\n"))
+    bench.run_router(bench.router_env(EGRESS_DESTINATION=f"{PORTS[ROUTER]} tcp {bench.lan.server}\n"))
 
 
 def floor(bench: Bench) -> None:
-    bench.nft(two_rule_script(PORT, PORT, bench.lan), "floor-connrate.nft")
+    bench.nft(two_rule_script(PORTS[FLOOR], PORTS[FLOOR], bench.lan), "floor-connrate.nft")
     bench.route_directly()
+
+
+def marked(bench: Bench) -> None:
+    bench.nft(marked_script(PORTS[MARKED], PORTS[MARKED], bench.lan), "marked-connrate.nft")
 
 
 def haproxy(bench: Bench) -> subprocess.Popen[str]:
     bench.route_directly()  # HAProxy's own connections to the server: the plain route out
-    config = bench.file("haproxy-connrate.cfg", haproxy_config(bench, PORT))
+    config = bench.file("haproxy-connrate.cfg", haproxy_config(bench, PORTS[HAPROXY]))
     argv = ["haproxy", "-db", "-f", config]
     process: subprocess.Popen[str] = bench.lab.popen("router", argv, stdout=DEVNULL, stderr=DEVNULL)
     try:
-        bench.wait_listening("router", PORT)
+        bench.wait_listening("router", PORTS[HAPROXY])
     except BenchError:
         stop(process)
         raise
     return process
 
 
-def wrk(bench: Bench) -> Run:
+def wrk(bench: Bench, port: int) -> Run:
     options = bench.options
     done = bench.exec(
         "client",
         ["wrk", f"-t{THREADS}", f"-c{options.connrate_connections}", f"-d{options.connrate_seconds}s",
-         "--timeout", "2s", "-H", "Connection: close", f"http://{bench.lan.router}:{PORT}/"],
+         "--timeout", "2s", "-H", "Connection: close", f"http://{bench.lan.router}:{port}/"],
         timeout=options.connrate_seconds + 30,
     )
     result = parse_wrk(done.stdout)
     if result.requests == 0 or result.errors + result.bad_status > result.requests // 100:
         raise BenchError(
             f"wrk: {result.requests} requests, {result.errors} socket errors, "
-            f"{result.bad_status} bad responses through port {PORT}: {done.stdout.strip()[-400:]}"
+            f"{result.bad_status} bad responses through port {port}: {done.stdout.strip()[-400:]}"
         )
     check_source(bench)
     return result
@@ -201,8 +217,7 @@ def check_source(bench: Bench) -> None:
     """nginx closes first, so each connection it served waits in TIME_WAIT there under the
     address it came from: every one must be the reserved source address, whichever path."""
     lan = bench.lan
-    done = bench.exec("ext", ["ss", "-Htn", "state", "time-wait", "src", f"{lan.server}:{PORT}",
-                              "and", "not", "dst", lan.source])
+    done = bench.exec("ext", ["ss", "-Htn", "state", "time-wait", "src", lan.server, "and", "not", "dst", lan.source])
     if done.stdout.strip():
         stray = done.stdout.strip().splitlines()
         raise BenchError(f"{len(stray)} connections reached nginx from elsewhere than {lan.source}: {stray[0]}")

@@ -94,7 +94,7 @@ def _connrate_targets(connrate: dict[str, Any] | None) -> list[tuple[str, str, s
     paths = connrate["paths"]
     floor = paths[cr.FLOOR]["per_second"]
     out: list[tuple[str, str, str, bool | None]] = []
-    for path, name in ((cr.ROUTER, "router"), (cr.HAPROXY, "HAProxy")):
+    for path, name in ((cr.ROUTER, "router"), (cr.MARKED, "floor + mark"), (cr.HAPROXY, "HAProxy")):
         p = paths[path]
         figure = f"{p['vs_floor']:.2f}x ({p['per_second']:,.0f} / {floor:,.0f} per s)"
         out.append((f"new connections per second, {name} / floor", figure, "none (reported)", None))
