@@ -33,6 +33,9 @@ def parse_args(argv: list[str]) -> tuple[Options, Path]:
     parser.add_argument("--blocking", action="store_true", help="latency probes sleep instead of busy-polling (noisier)")
     parser.add_argument("--iperf-seconds", type=int)
     parser.add_argument("--iperf-repeats", type=int)
+    parser.add_argument("--connrate-seconds", type=int, help="seconds per wrk run")
+    parser.add_argument("--connrate-repeats", type=int, help="wrk runs per path")
+    parser.add_argument("--connrate-connections", type=int, help="wrk's concurrent connections")
     parser.add_argument("--apply-repeats", type=int)
     parser.add_argument("--live-size", type=int, help="mappings of the live table changed in place")
     parser.add_argument("--live-rounds", type=int)
@@ -54,8 +57,9 @@ def parse_args(argv: list[str]) -> tuple[Options, Path]:
         if not mappings or mappings[0] < 1 or mappings[-1] > MAX_MAPPINGS:
             parser.error(f"--mappings: numbers between 1 and {MAX_MAPPINGS}")
         changes["mappings"] = mappings
-    for name in ("connects", "warmup", "rounds", "iperf_seconds", "iperf_repeats", "apply_repeats",
-                 "live_size", "live_rounds", "init_runs"):
+    for name in ("connects", "warmup", "rounds", "iperf_seconds", "iperf_repeats", "connrate_seconds",
+                 "connrate_repeats", "connrate_connections", "apply_repeats", "live_size", "live_rounds",
+                 "init_runs"):
         value = getattr(args, name)
         if value is not None:
             if value < (0 if name == "warmup" else 1):
@@ -66,13 +70,20 @@ def parse_args(argv: list[str]) -> tuple[Options, Path]:
     return dataclasses.replace(options, **changes), Path(args.out)
 
 
+def section_tools(sections: tuple[str, ...]) -> list[str]:
+    """The programs beyond ip, nft and ss that the chosen sections run."""
+    needs = {"throughput": ("iperf3", "haproxy", "socat"), "connrate": ("nginx", "wrk", "haproxy")}
+    return sorted({tool for section in sections for tool in needs.get(section, ())})
+
+
 def run(options: Options, out: Path, command: str) -> dict[str, Any]:
     from egress_router.lab import Lab, seed_env
     from egress_router.lab import addresses as A
 
-    from . import apply, latency, startup, throughput
+    from . import apply, connrate, latency, startup, throughput
 
-    sections = {"latency": latency.run, "throughput": throughput.run, "apply": apply.run, "startup": startup.run}
+    sections = {"latency": latency.run, "throughput": throughput.run, "connrate": connrate.run,
+                "apply": apply.run, "startup": startup.run}
     started = time.monotonic()
     results: dict[str, Any] = {
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -111,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("benchmarks: the lab needs root (network namespaces, nft)", file=sys.stderr)
         return 1
-    missing = [tool for tool in ("ip", "nft", "iperf3", "haproxy", "socat", "ss") if shutil.which(tool) is None]
-    if "throughput" not in options.sections:
-        missing = [t for t in missing if t not in ("iperf3", "haproxy", "socat")]
+    missing = [tool for tool in ("ip", "nft", "ss", *section_tools(options.sections)) if shutil.which(tool) is None]
     if missing:
         print(f"benchmarks: missing {', '.join(missing)} (run ./scripts/setup.sh bench)", file=sys.stderr)
         return 1

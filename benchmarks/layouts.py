@@ -64,11 +64,7 @@ def linear_script(n: int, lan: Lan) -> str:
     rules = "".join(
         f"\t\ttcp dport {local} dnat ip to {lan.server}:{remote}\n" for local, remote in mappings(n)
     )
-    mark = (
-        "\tchain redirected {\n\t\ttype filter hook prerouting priority dstnat + 10; policy accept;\n"
-        f"\t\tct direction original ct status dnat meta mark set {FWMARK:#x}\n\t}}\n"
-    )
-    return _table(LINEAR_TABLE, rules, lan, mark)
+    return _table(LINEAR_TABLE, rules, lan, _mark_chain())
 
 
 def floor_script(n: int, lan: Lan) -> str:
@@ -81,6 +77,22 @@ def floor_script(n: int, lan: Lan) -> str:
 def two_rule_script(local: int, remote: int, lan: Lan) -> str:
     rule = f"\t\ttcp dport {local} dnat ip to {lan.server}:{remote}\n"
     return _table(FLOOR_TABLE, rule, lan)
+
+
+def marked_script(local: int, remote: int, lan: Lan) -> str:
+    """The floor's two rules and the router's mark: its connections leave by the router's
+    policy routing (the rule and table its run set up), not by a plain route. Against the floor
+    this is the cost of the mark and the policy routing and of nothing else."""
+    rule = f"\t\ttcp dport {local} dnat ip to {lan.server}:{remote}\n"
+    return _table(FLOOR_TABLE, rule, lan, _mark_chain())
+
+
+def _mark_chain() -> str:
+    """What the router marks, as the router marks it (see its `redirected` chain)."""
+    return (
+        "\tchain redirected {\n\t\ttype filter hook prerouting priority dstnat + 10; policy accept;\n"
+        f"\t\tct direction original ct status dnat meta mark set {FWMARK:#x}\n\t}}\n"
+    )
 
 
 def floor_route(lan: Lan) -> str:

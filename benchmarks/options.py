@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-SECTIONS = ("latency", "throughput", "apply", "startup")
+SECTIONS = ("latency", "throughput", "connrate", "apply", "startup")
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,10 @@ class Options:
     blocking: bool = False
     iperf_seconds: int = 3
     iperf_repeats: int = 3
+    # Short runs, many rounds: a slow spell of the shared machine then spoils a run, not a path.
+    connrate_seconds: int = 2  # per wrk run
+    connrate_repeats: int = 9  # rounds, one wrk run per path each
+    connrate_connections: int = 16  # wrk's concurrent connections
     apply_repeats: int = 5
     live_rounds: int = 20
     init_runs: int = 20
@@ -35,6 +39,8 @@ QUICK = replace(
     rounds=3,
     iperf_seconds=2,
     iperf_repeats=2,
+    connrate_seconds=1,
+    connrate_repeats=5,
     apply_repeats=3,
     live_rounds=10,
     init_runs=10,

@@ -22,13 +22,13 @@ SOCAT = "socat"
 PATHS = (ROUTER, FLOOR, HAPROXY, SOCAT)
 
 
-def haproxy_config(bench: Bench) -> str:
+def haproxy_config(bench: Bench, port: int = PORT) -> str:
     lan = bench.lan
     return (
         "global\n\tmaxconn 256\n"
         "defaults\n\tmode tcp\n\ttimeout connect 5s\n\ttimeout client 60s\n\ttimeout server 60s\n"
-        f"frontend bench\n\tbind {lan.router}:{PORT}\n\tdefault_backend outside\n"
-        f"backend outside\n\tsource {lan.source}\n\tserver ext {lan.server}:{PORT}\n"
+        f"frontend bench\n\tbind {lan.router}:{port}\n\tdefault_backend outside\n"
+        f"backend outside\n\tsource {lan.source}\n\tserver ext {lan.server}:{port}\n"
     )
 
 

@@ -5,9 +5,30 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The router needs nft and ip; the tests also run a small benchmark (iperf3, and the
-# userspace proxies it is compared with), so that `make bench` keeps working.
-packages=(nftables iproute2 python3-venv iperf3 haproxy socat)
+# The router needs nft and ip; the tests also run a small benchmark (iperf3 and wrk, the
+# userspace proxies it is compared with, nginx as the connection-rate server), so that
+# `make bench` keeps working.
+packages=(nftables iproute2 python3-venv iperf3 haproxy socat nginx wrk)
+
+# haproxy and nginx start a host-wide service on install: the benchmark runs its own, in a lab
+# namespace only. Unless a policy-rc.d already forbids starts, one that exits 101 stands in for
+# the length of the install, and whatever was there before is put back.
+policy=/usr/sbin/policy-rc.d
+no_services() {
+  if [ -x "$policy" ]; then
+    local verdict=0
+    "$policy" nginx start >/dev/null 2>&1 || verdict=$?
+    [ "$verdict" -eq 101 ] && return 0
+    mv "$policy" "$policy.egress-setup"
+  fi
+  printf '#!/bin/sh\n# egress-router setup.sh: no service starts during the install\nexit 101\n' >"$policy"
+  chmod 755 "$policy"
+  trap restore_policy EXIT
+}
+restore_policy() {
+  rm -f "$policy"
+  if [ -e "$policy.egress-setup" ]; then mv "$policy.egress-setup" "$policy"; fi
+}
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -18,7 +39,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: missing system packages: ${missing[*]} (run as root, or install them)" >&2
     exit 1
   fi
+  # One install at a time on a shared machine (and one stand-in policy).
+  exec 9>/var/lock/egress-router-setup.lock
+  flock 9
   echo "setup: installing ${missing[*]}" >&2
+  no_services
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import connrate
 from benchmarks.__main__ import main
 from benchmarks.layouts import LAYOUTS
 from benchmarks.throughput import PATHS
@@ -23,13 +24,14 @@ pytestmark = pytest.mark.lab
 SMOKE = [
     "--mappings", "1,100", "--connects", "20", "--warmup", "2", "--rounds", "1",
     "--iperf-seconds", "1", "--iperf-repeats", "1", "--apply-repeats", "1",
+    "--connrate-seconds", "1", "--connrate-repeats", "1", "--connrate-connections", "8",
     "--live-size", "100", "--live-rounds", "2", "--init-runs", "2",
 ]
 
 
 def test_smoke_run_writes_a_table_and_plots_with_every_row(tmp_path: Path) -> None:
     # ./scripts/setup.sh (make test) installs these; a run without them would test nothing.
-    missing = [tool for tool in ("iperf3", "haproxy", "socat") if shutil.which(tool) is None]
+    missing = [tool for tool in ("iperf3", "haproxy", "socat", "nginx", "wrk") if shutil.which(tool) is None]
     assert not missing, f"not installed: {', '.join(missing)} (./scripts/setup.sh installs them)"
     out = tmp_path / "results"
 
@@ -43,9 +45,13 @@ def test_smoke_run_writes_a_table_and_plots_with_every_row(tmp_path: Path) -> No
         assert set(results["latency"]["layouts"][layout]) == {"1", "100"}
     latency_rows = [line for line in report.splitlines() if line.startswith(("| 1 |", "| 100 |"))]
     assert len(latency_rows) >= 4  # latency and apply tables, one row per size each
-    for path in PATHS:
+    for path in (*PATHS, *connrate.PATHS):
         assert f"| {path} |" in report
-    for heading in ("## Targets", "## New-connection latency", "## Bulk throughput",
+    for target in ("latency, 1 mapping (maps) / floor", "throughput / floor",
+                   "new connections per second, router / floor", "new connections per second, HAProxy / floor"):
+        assert f"| {target} |" in report
+    assert all(p["requests"] > 0 for p in results["connrate"]["paths"].values())
+    for heading in ("## Targets", "## New-connection latency", "## Bulk throughput", "## New connections per second",
                     "## Apply time against N", "## Start-up and memory"):
         assert heading in report
     assert results["apply"]["live_change"]["element_only"] is True
