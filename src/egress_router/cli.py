@@ -188,8 +188,8 @@ def render_plan(config: RouterConfig) -> str:
 
     plan = build_plan(config)
     out = [f"# {line}\n" for line in describe(config)]
-    new_pod = NetState(LinkState(config.egress_interface, False, False, "", 0))
-    for step in converge(new_pod, plan.network.wanted(new_pod.link)):  # type: ignore[arg-type]
+    link = LinkState(config.egress_interface, False, False, "", 0)  # a new pod's: down, bare
+    for step in converge(NetState(link), plan.network.wanted(link)):
         out.append(f"# {'' if str(step).startswith('sysctl') else 'ip '}{step}\n")
     # A new pod's: the structure as `nft -f` gets it, then the batch of elements, as nft's
     # syntax (together, a script nft also takes).

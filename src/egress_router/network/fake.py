@@ -37,7 +37,7 @@ from .state import (
     Step,
     canonical,
     prefix_route,
-    removes,
+    take_steps,
 )
 
 
@@ -87,19 +87,14 @@ class FakeNet:
     # --- changing ----------------------------------------------------------------------------
 
     def apply(self, steps: Sequence[Step], keep_going: bool = False) -> None:
-        failures = []
-        for step in steps:
-            try:
-                self._take(step)
-            except _Refused as refused:
-                kind = Kind.of_errno(refused.code)
-                words = os.strerror(refused.code) + (f" ({refused.words})" if refused.words else "")
-                if not keep_going:
-                    raise ApplyError(str(step), words, kind) from None
-                if not (removes(step) and kind is Kind.NOT_FOUND):
-                    failures.append(f"{step}: {words}")
-        if failures:
-            raise ApplyError("restore the previous network setup", "; ".join(failures))
+        take_steps(steps, self._take_one, keep_going)
+
+    def _take_one(self, step: Step) -> None:
+        try:
+            self._take(step)
+        except _Refused as refused:
+            words = os.strerror(refused.code) + (f" ({refused.words})" if refused.words else "")
+            raise ApplyError(str(step), words, Kind.of_errno(refused.code)) from None
 
     def _take(self, step: Step) -> None:
         if self.fail_on is not None and self.fail_on in str(step):

@@ -17,9 +17,11 @@ of "this route is there", for applying, rolling back and drift checking alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from ipaddress import IPv6Interface
 from typing import NamedTuple
 
+from ..errors import ApplyError, Kind
 from ..model import IPInterface
 
 # The metric the kernel gives a route added without one; routes are always sent with theirs,
@@ -227,6 +229,23 @@ def _family(family: int) -> str:
 def removes(step: Step) -> bool:
     """A step that takes something away: undoing a failed change may find it gone already."""
     return isinstance(step, (LinkDown, DelAddress, DelRoute, DelRule))
+
+
+def take_steps(steps: Sequence[Step], take: Callable[[Step], None], keep_going: bool) -> None:
+    """Run `take` (which raises `ApplyError` naming the step) on each step, as every adapter
+    does: stop at the first refusal; or, with `keep_going` (putting a state back), try every
+    step, count a removal of what is already gone as done, and name every other refusal."""
+    failures = []
+    for step in steps:
+        try:
+            take(step)
+        except ApplyError as error:
+            if not keep_going:
+                raise
+            if not (removes(step) and error.kind is Kind.NOT_FOUND):
+                failures.append(f"{step}: {error.detail}")
+    if failures:
+        raise ApplyError("restore the previous network setup", "; ".join(failures))
 
 
 # --- from one state to another -----------------------------------------------------------------
