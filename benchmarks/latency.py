@@ -124,6 +124,7 @@ def legacy_script(bench: Bench, destinations: str) -> str:
 
     env = bench.destination_env(destinations)
     env["EGRESS_ROUTER_MODE"] = "legacy"
+    env["EGRESS_ROUTER_HTTP_PORT"] = "65535"  # above every mapping's local port (9090 is one at 10,000)
     return render_plan(load_environment(env))
 
 
