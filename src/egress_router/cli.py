@@ -157,6 +157,10 @@ def run_environment(env: Mapping[str, str]) -> int:
 
     check_capabilities()
     router = make_router(log)
+    if config.mode is Mode.INIT and config.destinations.names:
+        from .dns.start import resolve_once  # dnspython only for a configuration with names
+
+        resolve_once(router, config, log)  # a name that does not resolve: exit 1, nothing applied
     outcome = router.apply(config)
     if config.mode.redirects:
         warning = conntrack_warning(config.expected_connections)

@@ -47,6 +47,9 @@ HTTP_PORT = "EGRESS_ROUTER_HTTP_PORT"
 LOG_FORMAT = "EGRESS_ROUTER_LOG_FORMAT"
 LOG_FORMATS = ("text", "json")
 EXPECTED_CONNECTIONS = "EGRESS_ROUTER_EXPECTED_CONNECTIONS"
+DNS_MIN_TTL = "EGRESS_ROUTER_DNS_MIN_TTL"
+DNS_MAX_TTL = "EGRESS_ROUTER_DNS_MAX_TTL"
+MAX_DNS_TTL = 86400.0  # a day: longer than any sensible cap
 
 
 class _Invalid(ValueError):
@@ -382,6 +385,10 @@ def load_environment(environ: Mapping[str, str]) -> RouterConfig:
     http_port = field(HTTP_PORT, _parse_http_port, DEFAULT_HTTP_PORT)
     expected = field(EXPECTED_CONNECTIONS, _parse_count, DEFAULT_EXPECTED_CONNECTIONS)
     log_format = field(LOG_FORMAT, _parse_log_format, "text")
+    min_ttl = field(DNS_MIN_TTL, _parse_seconds, 5.0)
+    max_ttl = field(DNS_MAX_TTL, _parse_seconds, 1800.0)
+    if min_ttl is not None and max_ttl is not None and min_ttl > max_ttl:
+        problems.add(Problem(DNS_MIN_TTL, f"{min_ttl:g} s is above {DNS_MAX_TTL} ({max_ttl:g} s)"))
     for name in (SOURCE, GATEWAY):
         if environ.get(name) is None:
             problems.add(Problem(name, "is not set"))
@@ -416,6 +423,8 @@ def load_environment(environ: Mapping[str, str]) -> RouterConfig:
         destination_file=destination_file,
         expected_connections=expected,
         log_format=log_format,
+        dns_min_ttl=min_ttl,
+        dns_max_ttl=max_ttl,
     )
 
 
@@ -427,6 +436,16 @@ def _parse_log_format(text: str) -> str:
     if text not in LOG_FORMATS:
         raise _Invalid(f"{text!r} is not one of {', '.join(LOG_FORMATS)}")
     return text
+
+
+def _parse_seconds(text: str) -> float:
+    whole, dot, part = text.partition(".")
+    if not (whole.isascii() and whole.isdigit()) or (dot and not (part.isascii() and part.isdigit())):
+        raise _Invalid(f"{text!r} is not a number of seconds")
+    value = float(text)
+    if not 1.0 <= value <= MAX_DNS_TTL:
+        raise _Invalid(f"{text} s is out of range 1-{MAX_DNS_TTL:g}")
+    return value
 
 
 def _parse_count(text: str) -> int:

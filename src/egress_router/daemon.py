@@ -69,6 +69,27 @@ class Daemon:
         with self.stats.lock:
             self.stats.last_reload_success = time.time()
         self._applied(first)
+        self._follow_names()
+
+    def _follow_names(self) -> None:
+        """Hand the names of the configuration in force to the resolver thread (started at
+        the first configuration that has any)."""
+        names = self.config.destinations.names
+        if self.stats.names is None and names:
+            from .dns.start import follower
+
+            self.stats.names = follower(self.router, lambda: self.config, self.log)
+        elif self.stats.names is not None:
+            from .dns.follow import follow
+
+            follow(self.stats.names, names)
+
+    def _new_answers(self) -> None:
+        """A name's answer changed: its chain alone is rewritten (one transaction)."""
+        answers = self.stats.names.take() if self.stats.names is not None else None
+        if answers is not None:
+            self.router.answers = answers
+            self._apply(self.config, "new addresses of a destination name")
 
     def _applied(self, outcome: Outcome | None) -> None:
         """What every successful apply leaves: its figures, and the table's shape to compare
@@ -89,6 +110,7 @@ class Daemon:
             reload = True
         if reload:
             self.reload()
+        self._new_answers()
         if self.clock() >= self.next_check:
             self.next_check = self.clock() + self.check_every
             self.check()
@@ -167,6 +189,8 @@ class Daemon:
         self.config = config
         self.pending = None
         self._applied(outcome)
+        if why == "reload" or why.startswith("retry"):
+            self._follow_names()
         self.log.info(
             f"{why} applied",
             full_table=outcome.full_table,
@@ -212,6 +236,8 @@ def run(
     finally:
         if server is not None:
             server.stop()
+        if daemon.stats.names is not None:
+            daemon.stats.names.stop()
     log.info("stopped on signal")
     return 0
 

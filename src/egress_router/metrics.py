@@ -52,6 +52,12 @@ class Stats:
     traffic_seen: dict[tuple[str, ...], int] = field(default_factory=dict)
     traffic_offset: dict[tuple[str, ...], int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    names: Any = None  # the `dns.follow.Follower` of a configuration with names
+
+    @property
+    def serving(self) -> bool:
+        """/readyz: the configuration is applied, and every destination name resolved once."""
+        return self.ready and (self.names is None or not self.names.pending())
 
     def observe_apply(self, seconds: float) -> None:
         with self.lock:
@@ -174,8 +180,12 @@ class Collector:
                 sum_value=s.apply_sum,
             )
             yield GaugeMetricFamily(
-                PREFIX + "ready", "1 when the kernel holds the current configuration.", value=int(s.ready)
+                PREFIX + "ready", "1 when the kernel holds the current configuration.", value=int(s.serving)
             )
+        if s.names is not None:
+            from .dns.metrics import collect as names
+
+            yield from names(s.names)
         for name, what in (("count", "in use"), ("max", "allowed")):
             value = _read_int(CONNTRACK + name)
             if value is not None:

@@ -117,6 +117,9 @@ class RouterConfig(NamedTuple):
     destination_file: str | None = None
     expected_connections: int = DEFAULT_EXPECTED_CONNECTIONS
     log_format: str = "text"  # or "json"
+    # `legacy` mode re-resolves a name at its record's TTL, within these bounds (seconds).
+    dns_min_ttl: float = 5.0
+    dns_max_ttl: float = 1800.0
 
     @property
     def families(self) -> tuple[int, ...]:
