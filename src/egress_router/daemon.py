@@ -75,6 +75,8 @@ class Daemon:
         """Hand the names of the configuration in force to the resolver thread (started at
         the first configuration that has any)."""
         names = self.config.destinations.names
+        applied = dict(self.router.answers)
+        self.stats.names_ready = all(applied.get(n, ()) and applied[n][0] for n in names)
         if self.stats.names is None and names:
             from .dns.start import follower
 
@@ -89,7 +91,9 @@ class Daemon:
         answers = self.stats.names.take() if self.stats.names is not None else None
         if answers is not None:
             self.router.answers = answers
-            self._apply(self.config, "new addresses of a destination name")
+            if self._apply(self.config, "new addresses of a destination name"):
+                applied = dict(answers)
+                self.stats.names_ready = all(n in applied and applied[n].addresses for n in self.config.destinations.names)
 
     def _applied(self, outcome: Outcome | None) -> None:
         """What every successful apply leaves: its figures, and the table's shape to compare
