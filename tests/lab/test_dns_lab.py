@@ -186,7 +186,9 @@ def legacy(fresh: Lab, tmp_path: Path) -> Iterator[Callable[[str], Router]]:
         router.stop()
 
 
-def test_legacy_follows_a_changed_record_within_the_floor_and_keeps_open_connections(legacy: Callable[[str], Router], dns: DnsServer) -> None:
+def test_legacy_follows_a_changed_record_within_the_floor_and_keeps_open_connections(
+    legacy: Callable[[str], Router], dns: DnsServer
+) -> None:
     router = legacy("80 tcp move.example.test\n7000 tcp 203.0.113.25\n")
     assert wait_for(router.ready, 10), router.log.read_text()
     lab = router.lab
