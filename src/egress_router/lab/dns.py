@@ -102,6 +102,11 @@ class DnsServer:
             stop_process(self.process)
             self.process = None
         self.resolv.unlink(missing_ok=True)
+        for directory in (self.resolv.parent, self.resolv.parent.parent):
+            try:
+                directory.rmdir()  # only when empty: another run's files stay
+            except OSError:
+                pass
         for path in (self.hosts, self.log, self.hosts.with_suffix(".new")):
             path.unlink(missing_ok=True)
         self.dir.rmdir()
