@@ -25,7 +25,10 @@ inner = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCXYZ0123456789-", min_size
 edge = st.sampled_from("abcxyzABZ0189")
 label = st.builds(lambda a, mid, b: a + mid + b, edge, inner, edge) | edge
 tld = st.text(alphabet="abcxyz", min_size=2, max_size=6)
-hostnames = st.builds(lambda labels, top, dot: ".".join([*labels, top]) + dot, st.lists(label, min_size=1, max_size=4), tld, st.sampled_from(["", "."]))
+hostnames = st.builds(
+    lambda labels, top, dot: ".".join([*labels, top]) + dot,
+    st.lists(label, min_size=1, max_size=4), tld, st.sampled_from(["", "."]),
+)
 ports = st.integers(min_value=1, max_value=65535)
 
 

@@ -110,7 +110,9 @@ def config(text: str, **more: str):  # type: ignore[no-untyped-def]
 
 
 def answers(**names: list[str]) -> tuple[tuple[Name, Answer], ...]:
-    return tuple(sorted((Name(n.replace("_", ".")), Answer(tuple(A(a) for a in addresses), 1000.0)) for n, addresses in names.items()))
+    return tuple(
+        sorted((Name(n.replace("_", ".")), Answer(tuple(A(a) for a in addresses), 1000.0)) for n, addresses in names.items())
+    )
 
 
 NAMED = "80 tcp 203.0.113.25\n443 tcp api.example.com\n8443 tcp api.example.com 443\nmirror.example.com\n"
@@ -140,7 +142,8 @@ def test_an_answer_is_not_another_structure_and_changes_its_chain_alone() -> Non
         'comment "since 1000"'
     )
     assert rules["dns4_fallback_mirror.example.com"].startswith("dnat ip to numgen inc mod 1 map { 0 : 203.0.113.25 }")
-    assert str(tx) == "".join(f"flush chain inet egress_router {c}\nadd rule inet egress_router {c} {r}\n" for c, r in sorted(rules.items()))
+    ref = "inet egress_router"
+    assert str(tx) == "".join(f"flush chain {ref} {c}\nadd rule {ref} {c} {r}\n" for c, r in sorted(rules.items()))
     assert not diff(second, second)
 
 
