@@ -51,7 +51,7 @@ def test_digits_and_dots_are_an_address_never_a_name(text: str) -> None:
         rules = parse_destinations(f"80 tcp {text}\n")
     except ConfigError as error:
         (problem,) = error.problems
-        assert problem.message.endswith("is not a valid IP address") or "routed" in problem.message or "broadcast" in problem.message
+        assert "host name" not in problem.message  # an address's own mistake
         return
     assert isinstance(rules.mappings[0].address, ipaddress.IPv4Address)
 

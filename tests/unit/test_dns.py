@@ -120,7 +120,8 @@ NAMED = "80 tcp 203.0.113.25\n443 tcp api.example.com\n8443 tcp api.example.com 
 
 def test_named_rules_are_a_verdict_map_to_per_name_chains_declared_empty() -> None:
     table = build_table(config(NAMED))
-    assert "meta nfproto ipv4 tcp dport vmap { 443 : goto dns4_tcp_443_api.example.com, 8443 : goto dns4_tcp_443_api.example.com }" in table.body
+    chain = "dns4_tcp_443_api.example.com"
+    assert f"meta nfproto ipv4 tcp dport vmap {{ 443 : goto {chain}, 8443 : goto {chain} }}" in table.body
     assert "meta nfproto ipv4 counter name fallback4 goto dns4_fallback_mirror.example.com" in table.body
     assert "chain dns4_tcp_443_api.example.com {\n}" in table.body
     assert "ip6" not in "".join(rule for _, rule in table.dynamic)  # IPv4 source: IPv4 chains only
