@@ -91,6 +91,12 @@ def test_named_rules_both_forms_and_a_named_fallback_redirect_from_the_reserved_
     for port, server in ((80, ("203.0.113.26", 80)), (8443, ("203.0.113.26", 443)), (5000, ("203.0.113.27", 5000))):
         probe = fresh.connect(port)
         assert probe.server == server and probe.source == A.SOURCE, (port, probe)
+    # `plan` shows the names and what they resolve to now, through the pod's resolver.
+    shown = fresh.exec("router", [sys.executable, "-m", "egress_router", "plan"], env=fresh.router_env(
+        env("init", "80 tcp api.example.test\nmirror.example.test\n"))).stdout
+    assert "redirect 80/tcp -> api.example.test port 80" in shown
+    assert "name api.example.test resolves now to 203.0.113.26 (TTL 1 s)" in shown, shown
+    assert "numgen inc mod 1 map { 0 : 203.0.113.27 }" in shown
     asked = dns.queries()[asked_before:]
     # Absolute names only: no search domain tried, A alone (the source is IPv4), and the
     # router asked from its pod address, through eth0.

@@ -262,3 +262,11 @@ def test_the_daemon_applies_a_new_answer_to_its_chain_alone_and_a_restart_rewrit
     outcome = again.apply(cfg)
     assert not outcome.full_table and nft.writes == writes
     assert "flush chain" in nft.scripts[-1]
+
+
+def test_validate_names_the_names(capsys: pytest.CaptureFixture[str]) -> None:
+    from egress_router.cli import main
+
+    assert main(["validate"], {**BASE, "EGRESS_DESTINATION": NAMED}) == 0
+    out = capsys.readouterr().out
+    assert out == "ok: environment: 3 rule(s), fallback mirror.example.com, names api.example.com, mirror.example.com\n"

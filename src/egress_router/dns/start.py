@@ -9,7 +9,7 @@ from ..errors import EgressRouterError
 from ..log import Log
 from ..model import Name, RouterConfig
 from ..reconcile import Router
-from . import Answer
+from . import Answer, Answers
 from .follow import Follower, own_addresses
 from .resolve import DnsError, Lookup, Resolver
 
@@ -51,6 +51,24 @@ def resolve_once(router: Router, config: RouterConfig, log: Log) -> None:
     if errors:
         raise NamesDidNotResolve(errors)
     router.answers = tuple(sorted(answers))
+
+
+def resolve_now(config: RouterConfig, resolv_conf: str = "/etc/resolv.conf") -> tuple[Answers, list[str]]:
+    """`egress-router plan`: every name looked up now, and a line each saying what it gave."""
+    import time
+
+    resolver = Resolver(resolv_conf)
+    answers, said = [], []
+    for name in config.destinations.names:
+        try:
+            found = resolver.lookup(name, config.families, own_addresses(config.sources, ()))
+        except DnsError as error:
+            said.append(f"name {name} does not resolve now: {error.answer} (its ports would be refused until it does)")
+            continue
+        refused = "".join(f"; refused {a} ({why})" for a, why in found.refused)
+        said.append(f"name {name} resolves now to {', '.join(map(str, found.addresses))} (TTL {found.ttl} s){refused}")
+        answers.append((name, Answer(found.addresses, time.time())))
+    return tuple(sorted(answers)), said
 
 
 def follower(router: Router, config_of: ConfigSource, log: Log) -> Follower:
