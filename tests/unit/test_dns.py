@@ -270,3 +270,21 @@ def test_validate_names_the_names(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate"], {**BASE, "EGRESS_DESTINATION": NAMED}) == 0
     out = capsys.readouterr().out
     assert out == "ok: environment: 3 rule(s), fallback mirror.example.com, names api.example.com, mirror.example.com\n"
+
+
+def test_a_configuration_without_names_never_loads_the_dns_code() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from egress_router.config import load_environment\n"
+        "from egress_router.plan import build_plan\n"
+        "from egress_router.cli import render_plan\n"
+        "from egress_router.lab.addresses import seed_env\n"
+        "config = load_environment(seed_env('init'))\n"
+        "build_plan(config); render_plan(config, resolve=True)\n"
+        "print(sorted(m for m in sys.modules if m == 'dns' or m.startswith(('dns.', 'egress_router.dns'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
