@@ -43,7 +43,8 @@ Environment (the OpenShift egress router image's contract, unchanged):
                          <ip>                                   last line only: fallback for
                                                                 every other port
                        <protocol> is tcp, udp or sctp. Blank lines and lines starting with #
-                       are ignored. Without a fallback, other ports are refused.
+                       are ignored. Without a fallback, other ports are refused. A DNS name
+                       (api.example.com) may stand wherever an <ip> may.
   EGRESS_ROUTER_MODE   init       set up and exit (an init container)
                        legacy     set up and stay until SIGTERM/SIGINT (the default)
                        unit-test  print the plan, change nothing (needs no privileges)
@@ -60,6 +61,8 @@ Added by this project:
   EGRESS_ROUTER_LOG_FORMAT text (default) or json: one event per line on stderr.
   EGRESS_ROUTER_EXPECTED_CONNECTIONS  warn when the kernel's nf_conntrack_max is below
                            this many connections; default 16384.
+  EGRESS_ROUTER_DNS_MIN_TTL, EGRESS_ROUTER_DNS_MAX_TTL  legacy mode looks a destination name
+                           up again at its TTL, within these seconds; default 5 and 1800.
 
 Exit status: 0 done, 1 the kernel or the pod could not be set up, 2 invalid configuration.
 Each problem is reported on one line of stderr, naming the variable and the line.

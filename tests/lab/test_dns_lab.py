@@ -97,6 +97,12 @@ def test_named_rules_both_forms_and_a_named_fallback_redirect_from_the_reserved_
     assert "redirect 80/tcp -> api.example.test port 80" in shown
     assert "name api.example.test resolves now to 203.0.113.26 (TTL 1 s)" in shown, shown
     assert "numgen inc mod 1 map { 0 : 203.0.113.27 }" in shown
+    # A restart (the init container again) finds its structure: the table is not rewritten,
+    # only the names' chains are (the batch of element changes is empty).
+    again = fresh.run_router(env("init", "80 tcp api.example.test\n8443 tcp api.example.test 443\nmirror.example.test\n",
+                                 EGRESS_ROUTER_DEBUG="1"))
+    assert again.returncode == 0 and "full=False" in again.stderr and "delete table" not in again.stderr, again.stderr
+    assert fresh.connect(8443).server == ("203.0.113.26", 443)
     asked = dns.queries()[asked_before:]
     # Absolute names only: no search domain tried, A alone (the source is IPv4), and the
     # router asked from its pod address, through eth0.
@@ -136,7 +142,9 @@ class Router:
         self.lab, self.log = lab, log
         with open(log, "w") as out:
             self.process = lab.start_router(
-                env("legacy", destination, EGRESS_ROUTER_DNS_MIN_TTL=str(FLOOR)), stdout=out, stderr=subprocess.STDOUT
+                # Drift checked every half second: a name's new chain must never look like drift.
+                env("legacy", destination, EGRESS_ROUTER_DNS_MIN_TTL=str(FLOOR), EGRESS_ROUTER_CHECK_EVERY="0.5"),
+                stdout=out, stderr=subprocess.STDOUT,
             )
 
     def http(self, path: str) -> tuple[int, str]:
@@ -213,6 +221,10 @@ def test_legacy_follows_a_changed_record_within_the_floor_and_keeps_open_connect
     assert stream.report.server == ("203.0.113.25", 80)
     stream.close()
     assert lab.connect(7000).server == ("203.0.113.25", 7000)  # the literal rule never moved
+    time.sleep(1.0)  # two drift checks after the change
+    assert router.metric("egress_router_drift_repairs_total") == 0, router.log.read_text()
+    log = router.log.read_text()
+    assert "new addresses of a destination name applied" in log and "full_table=False" in log.split("new addresses")[-1]
 
 
 def test_legacy_spreads_new_connections_over_both_addresses_of_a_name(legacy: Callable[[str], Router]) -> None:

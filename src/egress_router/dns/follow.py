@@ -68,16 +68,14 @@ class Follower:
     def stop(self) -> None:
         self.stopping.set()
         if self.thread is not None:
-            self.thread.join(timeout=5)
+            self.thread.join(timeout=0.2)  # a lookup under way may take seconds: the thread is a daemon
 
     def _run(self) -> None:
         while not self.stopping.is_set():
             with self.lock:
                 due = min(self.states.items(), key=lambda kv: kv[1].due, default=None)
-            if due is None:
-                return
-            wait = due[1].due - self.clock()
-            if wait > 0:
+            wait = 1.0 if due is None else due[1].due - self.clock()  # no name: a reload may add one
+            if due is None or wait > 0:
                 self.stopping.wait(min(wait, 1.0))
                 continue
             self.resolve_one(due[0])
