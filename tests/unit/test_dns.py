@@ -288,3 +288,25 @@ def test_a_configuration_without_names_never_loads_the_dns_code() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_reload_adds_and_drops_names_and_a_follower_without_names_waits() -> None:
+    import time
+
+    from egress_router.dns.follow import follow
+
+    lookups = Lookups()
+    follower = Follower([], lookups, Log(stream=io.StringIO()))
+    follower.start()
+    try:
+        time.sleep(0.05)
+        assert follower.thread is not None and follower.thread.is_alive()  # no name yet: it waits
+        follow(follower, [Name("a.example.com")])
+        deadline = time.monotonic() + 5
+        while follower.pending() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert follower.pending() == () and lookups.asked == [Name("a.example.com")]
+        follow(follower, [Name("b.example.com")])
+        assert [n for n, _ in follower.answers()] == [Name("b.example.com")]
+    finally:
+        follower.stop()
