@@ -280,3 +280,32 @@ def test_metrics_and_status_name_the_name(legacy: Callable[[str], Router]) -> No
     state = json.loads(lab.exec("router", [sys.executable, "-m", "egress_router", "status", "--json"], env=lab.router_env({})).stdout)
     names = {n["name"]: n for n in state["names"]}
     assert names["api.example.test"]["addresses"] == ["203.0.113.26"] and names["api.example.test"]["since"] > 0
+
+
+@pytest.fixture(scope="module")
+def lab6() -> Iterator[Lab]:
+    with Lab(ipv6=True, wiring="shared") as built:
+        built.serve([("203.0.113.25", 80, "tcp"), ("2001:db8:2::25", 80, "tcp"), ("2001:db8:2::27", 5000, "tcp")])
+        yield built
+
+
+def test_a_dual_stack_source_resolves_a_and_aaaa_and_each_family_goes_to_its_own(lab6: Lab) -> None:
+    lab6.exec("gw", ["ip", "neigh", "replace", A.SOURCE6, "lladdr", "02:00:00:00:00:01", "dev", "lan0", "nud", "stale"])
+    server = DnsServer(lab6, lab6.client_ip, ttl=1).start(
+        {"dual.example.test": ["203.0.113.25", "2001:db8:2::25"], "six.example.test": ["2001:db8:2::27"]}
+    )
+    try:
+        done = lab6.run_router(seed_env(
+            "init", EGRESS_SOURCE=f"{A.SOURCE}/24,{A.SOURCE6}/64", EGRESS_GATEWAY=f"{A.GATEWAY},{A.GATEWAY6}",
+            EGRESS_DESTINATION="80 tcp dual.example.test\nsix.example.test\n",
+        ))
+        assert done.returncode == 0, done.stderr
+        v4, v6 = lab6.connect(80), lab6.connect(80, address=lab6.router_pod_ip6)
+        assert (v4.server, v4.source) == (("203.0.113.25", 80), A.SOURCE), v4
+        assert (v6.server, v6.source) == (("2001:db8:2::25", 80), A.SOURCE6), v6
+        fallback = lab6.connect(5000, address=lab6.router_pod_ip6)
+        assert (fallback.server, fallback.source) == (("2001:db8:2::27", 5000), A.SOURCE6), fallback
+        asked = " ".join(server.queries())
+        assert "query[A] dual.example.test" in asked and "query[AAAA] dual.example.test" in asked
+    finally:
+        server.close()
