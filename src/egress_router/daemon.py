@@ -75,8 +75,7 @@ class Daemon:
         """Hand the names of the configuration in force to the resolver thread (started at
         the first configuration that has any)."""
         names = self.config.destinations.names
-        applied = dict(self.router.answers)
-        self.stats.names_ready = all(applied.get(n, ()) and applied[n][0] for n in names)
+        self._names_ready()
         if self.stats.names is None and names:
             from .dns.start import follower
 
@@ -92,8 +91,12 @@ class Daemon:
         if answers is not None:
             self.router.answers = answers
             if self._apply(self.config, "new addresses of a destination name"):
-                applied = dict(answers)
-                self.stats.names_ready = all(n in applied and applied[n].addresses for n in self.config.destinations.names)
+                self._names_ready()
+
+    def _names_ready(self) -> None:
+        """/readyz waits until every name of the configuration has addresses in the kernel."""
+        applied = dict(self.router.answers)
+        self.stats.names_ready = all(n in applied and applied[n].addresses for n in self.config.destinations.names)
 
     def _applied(self, outcome: Outcome | None) -> None:
         """What every successful apply leaves: its figures, and the table's shape to compare
