@@ -80,9 +80,9 @@ def run(options: Options, out: Path, command: str) -> dict[str, Any]:
     from egress_router.lab import Lab, seed_env
     from egress_router.lab import addresses as A
 
-    from . import apply, connrate, latency, startup, throughput
+    from . import apply, connrate, latency, names, startup, throughput
 
-    sections = {"latency": latency.run, "throughput": throughput.run, "connrate": connrate.run,
+    sections = {"latency": latency.run, "names": names.run, "throughput": throughput.run, "connrate": connrate.run,
                 "apply": apply.run, "startup": startup.run}
     started = time.monotonic()
     results: dict[str, Any] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-SECTIONS = ("latency", "throughput", "connrate", "apply", "startup")
+SECTIONS = ("latency", "names", "throughput", "connrate", "apply", "startup")
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         lines += ["## Targets (issues 3 and 10)", "", "| target | measured | limit | met |", "|---|---|---|---|"]
         lines += [f"| {t} | {m} | {lim} | {_met(ok)} |" for t, m, lim, ok in rows] + [""]
     lines += _latency(results.get("latency"), plots)
+    lines += _names(results.get("names"))
     lines += _throughput(results.get("throughput"))
     lines += _connrate(results.get("connrate"))
     lines += _apply(results.get("apply"), plots)
@@ -169,6 +170,26 @@ def _latency(latency: dict[str, Any] | None, plots: dict[str, str]) -> list[str]
         out.append("| " + " | ".join(row) + " |")
     if LATENCY_PLOT in plots:
         out += ["", f"![latency against mappings]({plots[LATENCY_PLOT]})"]
+    return out + [""]
+
+
+def _names(names: dict[str, Any] | None) -> list[str]:
+    if not names:
+        return []
+    out = [
+        "## A named rule next to a literal one (connect to first byte)", "",
+        (f"Median over {names['rounds']} rounds of each round's median, {names['connects_per_round']} "
+         "connections per round; microseconds. The measured mapping is the last of N, a literal "
+         "address or a name (verdict map, the name's chain, numgen)."), "",
+        "| mappings | literal median | p99 | named median | p99 | named / literal |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, row in sorted(names["by_n"].items(), key=lambda kv: int(kv[0])):
+        lit, nam = row["literal"], row["named"]
+        out.append(
+            f"| {int(n):,} | {_fmt(lit['median_us'])} | {_fmt(lit['p99_us'])} | {_fmt(nam['median_us'])} | "
+            f"{_fmt(nam['p99_us'])} | {_fmt(row['named_over_literal'], 3)}x |"
+        )
     return out + [""]
 
 

@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 
 # The router needs nft and ip; the tests also run a small benchmark (iperf3 and wrk, the
 # userspace proxies it is compared with, nginx as the connection-rate server), so that
-# `make bench` keeps working.
-packages=(nftables iproute2 python3-venv iperf3 haproxy socat nginx wrk)
+# `make bench` keeps working. The lab's DNS server is dnsmasq from dnsmasq-base (no service).
+packages=(nftables iproute2 python3-venv iperf3 haproxy socat nginx wrk dnsmasq-base)
 
 # haproxy and nginx start a host-wide service on install: the benchmark runs its own, in a lab
 # namespace only. Unless a policy-rc.d already forbids starts, one that exits 101 stands in for

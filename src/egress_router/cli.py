@@ -43,7 +43,8 @@ Environment (the OpenShift egress router image's contract, unchanged):
                          <ip>                                   last line only: fallback for
                                                                 every other port
                        <protocol> is tcp, udp or sctp. Blank lines and lines starting with #
-                       are ignored. Without a fallback, other ports are refused.
+                       are ignored. Without a fallback, other ports are refused. A DNS name
+                       (api.example.com) may stand wherever an <ip> may.
   EGRESS_ROUTER_MODE   init       set up and exit (an init container)
                        legacy     set up and stay until SIGTERM/SIGINT (the default)
                        unit-test  print the plan, change nothing (needs no privileges)
@@ -60,6 +61,8 @@ Added by this project:
   EGRESS_ROUTER_LOG_FORMAT text (default) or json: one event per line on stderr.
   EGRESS_ROUTER_EXPECTED_CONNECTIONS  warn when the kernel's nf_conntrack_max is below
                            this many connections; default 16384.
+  EGRESS_ROUTER_DNS_MIN_TTL, EGRESS_ROUTER_DNS_MAX_TTL  legacy mode looks a destination name
+                           up again at its TTL, within these seconds; default 5 and 1800.
 
 Exit status: 0 done, 1 the kernel or the pod could not be set up, 2 invalid configuration.
 Each problem is reported on one line of stderr, naming the variable and the line.
@@ -75,7 +78,8 @@ PLAN_USAGE = """\
 usage: egress-router plan
 Print what the environment asks for in a new pod: the network steps as comments, then the
 nftables script the router runs for the table's structure, and the netlink batch that fills its
-maps, in nft's syntax. Changes nothing and needs no privileges."""
+maps, in nft's syntax. Destination names are looked up now, through /etc/resolv.conf, and the
+plan holds what they resolve to. Changes nothing and needs no privileges."""
 
 VALIDATE_PROBLEMS = 1000  # listed per file; the rest are counted
 
@@ -157,6 +161,10 @@ def run_environment(env: Mapping[str, str]) -> int:
 
     check_capabilities()
     router = make_router(log)
+    if config.mode is Mode.INIT and config.destinations.names:
+        from .dns.start import resolve_once  # dnspython only for a configuration with names
+
+        resolve_once(router, config, log)  # a name that does not resolve: exit 1, nothing applied
     outcome = router.apply(config)
     if config.mode.redirects:
         warning = conntrack_warning(config.expected_connections)
@@ -179,15 +187,22 @@ def make_router(log: Log) -> Router:
     return Router(nft=NftCli(), net=RtNetlink(), announcer=PacketSocketAnnouncer(), log=log)
 
 
-def render_plan(config: RouterConfig) -> str:
+def render_plan(config: RouterConfig, resolve: bool = False) -> str:
     """The plan for a new pod as a valid nft script: the network steps as comments, then the
-    transaction."""
+    transaction. With `resolve`, the destination names are looked up now, and the plan holds
+    their answers."""
     from .network.state import LinkState, NetState, converge
     from .nft import Transaction
-    from .plan import build_plan, describe
+    from .plan import DEFAULT_FACTS, build_plan, describe
 
-    plan = build_plan(config)
-    out = [f"# {line}\n" for line in describe(config)]
+    facts, said = DEFAULT_FACTS, list[str]()
+    if resolve and config.destinations.names:
+        from .dns.start import resolve_now
+
+        answers, said = resolve_now(config)
+        facts = facts._replace(answers=answers)
+    plan = build_plan(config, facts)
+    out = [f"# {line}\n" for line in [*describe(config), *said]]
     link = LinkState(config.egress_interface, False, False, "", 0)  # a new pod's: down, bare
     for step in converge(NetState(link), plan.network.wanted(link)):
         out.append(f"# {'' if str(step).startswith('sysctl') else 'ip '}{step}\n")
@@ -214,7 +229,7 @@ def validate(paths: list[str], env: Mapping[str, str]) -> int:
     if not paths:
         config = load_environment(env)
         rules = config.destinations
-        print(f"ok: environment: {len(rules.mappings)} rule(s), fallback {_fallback_words(rules)}")
+        print(f"ok: environment: {len(rules.mappings)} rule(s), fallback {_fallback_words(rules)}{_names_words(rules)}")
         return 0
     problems, more = [], 0
     for path in paths:
@@ -230,7 +245,7 @@ def validate(paths: list[str], env: Mapping[str, str]) -> int:
             ]
             more += error.more
             continue
-        print(f"ok: {path}: {len(rules.mappings)} rule(s), fallback {_fallback_words(rules)}")
+        print(f"ok: {path}: {len(rules.mappings)} rule(s), fallback {_fallback_words(rules)}{_names_words(rules)}")
     if problems:
         raise ConfigError(problems, more)
     return 0
@@ -239,6 +254,11 @@ def validate(paths: list[str], env: Mapping[str, str]) -> int:
 def _fallback_words(rules: Destinations) -> str:
     fallbacks = rules.fallbacks
     return ", ".join(map(str, fallbacks)) if fallbacks else "none (other ports refused)"
+
+
+def _names_words(rules: Destinations) -> str:
+    names = rules.names
+    return f", names {', '.join(map(str, names))}" if names else ""
 
 
 def plan(args: list[str], env: Mapping[str, str]) -> int:
@@ -250,5 +270,5 @@ def plan(args: list[str], env: Mapping[str, str]) -> int:
     if args:
         sys.stderr.write("egress-router: plan takes no arguments; it reads the environment\n")
         return 2
-    sys.stdout.write(render_plan(load_environment(env)))
+    sys.stdout.write(render_plan(load_environment(env), resolve=True))
     return 0

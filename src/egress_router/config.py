@@ -28,6 +28,7 @@ from .model import (
     IPAddress,
     IPInterface,
     Mode,
+    Name,
     RouterConfig,
     Rule,
 )
@@ -46,6 +47,9 @@ HTTP_PORT = "EGRESS_ROUTER_HTTP_PORT"
 LOG_FORMAT = "EGRESS_ROUTER_LOG_FORMAT"
 LOG_FORMATS = ("text", "json")
 EXPECTED_CONNECTIONS = "EGRESS_ROUTER_EXPECTED_CONNECTIONS"
+DNS_MIN_TTL = "EGRESS_ROUTER_DNS_MIN_TTL"
+DNS_MAX_TTL = "EGRESS_ROUTER_DNS_MAX_TTL"
+MAX_DNS_TTL = 86400.0  # a day: longer than any sensible cap
 
 
 class _Invalid(ValueError):
@@ -81,6 +85,52 @@ def parse_address(text: str, on_link: bool = False) -> IPAddress:
     ):
         raise _Invalid(f"{text} is the broadcast address")
     return address
+
+
+MAX_NAME = 253  # characters of a host name, without its trailing dot
+_LABEL_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+_ADDRESS_CHARACTERS = frozenset("0123456789.")
+
+
+def parse_destination(text: str) -> IPAddress | Name:
+    """A destination field: an address, or a DNS name. Anything that looks like an address
+    (digits and dots only, or a ':') is one, and its mistakes are an address's."""
+    try:
+        return parse_address(text)
+    except _Invalid:
+        if ":" in text or _ADDRESS_CHARACTERS.issuperset(text):
+            raise
+    return parse_name(text)
+
+
+@lru_cache(maxsize=4096)
+def parse_name(text: str) -> Name:
+    """An RFC 1123 host name of at most 253 characters, a trailing dot allowed; lower-cased."""
+    name = text[:-1] if text.endswith(".") else text
+    problem = _name_problem(name.lower())
+    if problem is not None:
+        raise _Invalid(f"{text!r} is neither a valid IP address nor a valid host name: {problem}")
+    return Name(name.lower())
+
+
+def _name_problem(name: str) -> str | None:
+    if len(name) > MAX_NAME:
+        return f"{len(name)} characters, at most {MAX_NAME}"
+    labels = name.split(".")
+    if len(labels) < 2:
+        return "a single label; names are absolute (no search domain is added), write the full name"
+    for label in labels:
+        if not label:
+            return "an empty label (two dots, or a leading dot)"
+        if len(label) > 63:
+            return f"label {label[:20]!r}... is {len(label)} characters, at most 63"
+        if not _LABEL_CHARACTERS.issuperset(label):
+            return f"label {label!r} holds a character other than letters, digits and '-'"
+        if label[0] == "-" or label[-1] == "-":
+            return f"label {label!r} starts or ends with '-'"
+    if labels[-1].isdigit():
+        return f"the last label {labels[-1]!r} is all digits"
+    return None
 
 
 # Problems kept per load, in line order; the rest are only counted. A 1 MB file of mistakes has
@@ -133,7 +183,7 @@ def parse_destinations(
     """
     problems = Problems(max_problems)
     mappings: list[Rule] = []
-    fallbacks: list[IPAddress] = []
+    fallbacks: list[IPAddress | Name] = []
     fallback_lines: dict[int, int] = {}  # family -> line of its fallback
     # A local port is used once per protocol and family (an address's type is its family).
     seen: dict[tuple[int, str, type], int] = {}
@@ -150,19 +200,28 @@ def parse_destinations(
                 _stop(problems, variable, number)
                 break
             continue
-        if not isinstance(rule, Rule):  # a lone address: a fallback
-            first = fallback_lines.setdefault(rule.version, number)
-            if first == number:
+        if not isinstance(rule, Rule):  # a lone address or name: a fallback
+            # A name is the fallback of both families.
+            versions = (4, 6) if rule.version == 0 else (rule.version,)
+            clash = [(v, f) for v in versions if (f := fallback_lines.setdefault(v, number)) != number]
+            if not clash:
                 fallbacks.append(rule)
             else:
-                message = f"a second IPv{rule.version} fallback (the first is on line {first})"
+                which = "" if rule.version == 0 else f"IPv{rule.version} "
+                message = f"a second {which}fallback (the first is on line {clash[0][1]})"
                 problems.add(Problem(variable, message, number, raw))
             continue
         if fallback_lines and not misplaced:
             misplaced = True  # said once, at the first rule after it, not at every one
             first = min(fallback_lines.values())
             problems.add(Problem(variable, f"the fallback on line {first} must be the last rule", number, raw))
-        first = seen.setdefault((rule.port, rule.protocol, type(rule.address)), number)
+        kind = type(rule.address)
+        if kind is Name:  # a name takes the port in both families
+            four = seen.setdefault((rule.port, rule.protocol, IPv4Address), number)
+            six = seen.setdefault((rule.port, rule.protocol, IPv6Address), number)
+            first = four if four != number else six
+        else:
+            first = seen.setdefault((rule.port, rule.protocol, kind), number)
         if first != number:
             message = f"local port {rule.port}/{rule.protocol} is already used on line {first}"
             problems.add(Problem(variable, message, number, raw))
@@ -181,7 +240,7 @@ def _stop(problems: Problems, variable: str, line: int) -> None:
     problems.note = f"{variable}: checking stopped at line {line}, after {problems.count:,} problems"
 
 
-def parse_rule(fields: list[str], line: int = 0) -> Rule | IPAddress:
+def parse_rule(fields: list[str], line: int = 0) -> Rule | IPAddress | Name:
     """The fields of one line -> its rule, or the fallback address of a lone `<ip>`.
 
     The one validation of a rule: it raises `_Invalid` saying what is wrong, and is also the
@@ -190,14 +249,17 @@ def parse_rule(fields: list[str], line: int = 0) -> Rule | IPAddress:
     count = len(fields)
     try:
         if count == 1:
-            return parse_address(fields[0])
+            return parse_destination(fields[0])
         if count == 2:
             raise _Invalid("expected '<port> <protocol> <ip> [<remote_port>]' or a lone fallback <ip>")
         if count > 4:
             raise _Invalid(f"expected '<port> <protocol> <ip> [<remote_port>]', got {count} fields")
         port = parse_port(fields[0])
         protocol = parse_protocol(fields[1])
-        address = parse_address(fields[2])
+        try:
+            address: IPAddress | Name = parse_address(fields[2])
+        except _Invalid:  # not an address: a name, or the address's mistake
+            address = parse_destination(fields[2])
         remote = port if count == 3 else parse_port(fields[3], "remote port")
     except _Invalid:
         if any(field.startswith("#") for field in fields[1:]):
@@ -323,6 +385,10 @@ def load_environment(environ: Mapping[str, str]) -> RouterConfig:
     http_port = field(HTTP_PORT, _parse_http_port, DEFAULT_HTTP_PORT)
     expected = field(EXPECTED_CONNECTIONS, _parse_count, DEFAULT_EXPECTED_CONNECTIONS)
     log_format = field(LOG_FORMAT, _parse_log_format, "text")
+    min_ttl = field(DNS_MIN_TTL, _parse_seconds, 5.0)
+    max_ttl = field(DNS_MAX_TTL, _parse_seconds, 1800.0)
+    if min_ttl is not None and max_ttl is not None and min_ttl > max_ttl:
+        problems.add(Problem(DNS_MIN_TTL, f"{min_ttl:g} s is above {DNS_MAX_TTL} ({max_ttl:g} s)"))
     for name in (SOURCE, GATEWAY):
         if environ.get(name) is None:
             problems.add(Problem(name, "is not set"))
@@ -357,6 +423,8 @@ def load_environment(environ: Mapping[str, str]) -> RouterConfig:
         destination_file=destination_file,
         expected_connections=expected,
         log_format=log_format,
+        dns_min_ttl=min_ttl,
+        dns_max_ttl=max_ttl,
     )
 
 
@@ -368,6 +436,16 @@ def _parse_log_format(text: str) -> str:
     if text not in LOG_FORMATS:
         raise _Invalid(f"{text!r} is not one of {', '.join(LOG_FORMATS)}")
     return text
+
+
+def _parse_seconds(text: str) -> float:
+    whole, dot, part = text.partition(".")
+    if not (whole.isascii() and whole.isdigit()) or (dot and not (part.isascii() and part.isdigit())):
+        raise _Invalid(f"{text!r} is not a number of seconds")
+    value = float(text)
+    if not 1.0 <= value <= MAX_DNS_TTL:
+        raise _Invalid(f"{text} s is out of range 1-{MAX_DNS_TTL:g}")
+    return value
 
 
 def _parse_count(text: str) -> int:
@@ -502,7 +580,8 @@ def _check_rules(
     # The loop runs over every rule, so it tests the cheap things first.
     if wanted is not None or own_port:
         for rule in destinations.mappings:
-            if wanted is not None and type(rule.address) is not wanted:
+            kind = type(rule.address)
+            if wanted is not None and kind is not wanted and kind is not Name:
                 add(rule, _family_message(rule.address))
             if rule.port == own_port and rule.protocol == "tcp":
                 add(
@@ -514,11 +593,11 @@ def _check_rules(
     for line, message in wrong:
         found.add(Problem(variable, message, line, texts[line]))
     for address in destinations.fallbacks:
-        if sources and address.version not in families:
+        if sources and address.version and address.version not in families:
             found.add(Problem(variable, "fallback " + _family_message(address)))
 
 
-def _family_message(address: IPAddress) -> str:
+def _family_message(address: IPAddress | Name) -> str:
     return f"{address} is IPv{address.version} but {SOURCE} has no IPv{address.version} address"
 
 

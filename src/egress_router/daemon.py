@@ -69,6 +69,34 @@ class Daemon:
         with self.stats.lock:
             self.stats.last_reload_success = time.time()
         self._applied(first)
+        self._follow_names()
+
+    def _follow_names(self) -> None:
+        """Hand the names of the configuration in force to the resolver thread (started at
+        the first configuration that has any)."""
+        names = self.config.destinations.names
+        self._names_ready()
+        if self.stats.names is None and names:
+            from .dns.start import follower
+
+            self.stats.names = follower(self.router, lambda: self.config, self.log)
+        elif self.stats.names is not None:
+            from .dns.follow import follow
+
+            follow(self.stats.names, names)
+
+    def _new_answers(self) -> None:
+        """A name's answer changed: its chain alone is rewritten (one transaction)."""
+        answers = self.stats.names.take() if self.stats.names is not None else None
+        if answers is not None:
+            self.router.answers = answers
+            if self._apply(self.config, "new addresses of a destination name"):
+                self._names_ready()
+
+    def _names_ready(self) -> None:
+        """/readyz waits until every name of the configuration has addresses in the kernel."""
+        applied = dict(self.router.answers)
+        self.stats.names_ready = all(n in applied and applied[n].addresses for n in self.config.destinations.names)
 
     def _applied(self, outcome: Outcome | None) -> None:
         """What every successful apply leaves: its figures, and the table's shape to compare
@@ -89,6 +117,7 @@ class Daemon:
             reload = True
         if reload:
             self.reload()
+        self._new_answers()
         if self.clock() >= self.next_check:
             self.next_check = self.clock() + self.check_every
             self.check()
@@ -167,6 +196,8 @@ class Daemon:
         self.config = config
         self.pending = None
         self._applied(outcome)
+        if why == "reload" or why.startswith("retry"):
+            self._follow_names()
         self.log.info(
             f"{why} applied",
             full_table=outcome.full_table,
@@ -212,6 +243,8 @@ def run(
     finally:
         if server is not None:
             server.stop()
+        if daemon.stats.names is not None:
+            daemon.stats.names.stop()
     log.info("stopped on signal")
     return 0
 

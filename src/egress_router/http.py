@@ -203,7 +203,7 @@ class HealthServer:
             ok = self.stats.alive(ALIVE_WITHIN)
             return (200, b"ok\n", TEXT) if ok else (503, b"stuck\n", TEXT)
         if request.path == "/readyz":
-            ok = self.stats.ready
+            ok = self.stats.serving
             return (200, b"ready\n", TEXT) if ok else (503, b"not ready\n", TEXT)
         if request.path == "/metrics":
             return 200, self._metrics_body(), CONTENT_TYPE_LATEST

@@ -52,6 +52,13 @@ class Stats:
     traffic_seen: dict[tuple[str, ...], int] = field(default_factory=dict)
     traffic_offset: dict[tuple[str, ...], int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    names: Any = None  # the `dns.follow.Follower` of a configuration with names
+    names_ready: bool = True  # every destination name's addresses are in the kernel
+
+    @property
+    def serving(self) -> bool:
+        """/readyz: the configuration is applied, and every destination name resolved once."""
+        return self.ready and self.names_ready
 
     def observe_apply(self, seconds: float) -> None:
         with self.lock:
@@ -105,6 +112,7 @@ def traffic(state: TableState) -> Iterator[tuple[dict[str, str], int, int]]:
     """(labels, connections, bytes) for every mapping, then every fallback, in the kernel.
     Bytes are counted per local port; a port no mapping names went to the fallback."""
     unmapped = {family: 0 for family in FAMILIES}
+    by_name: dict[tuple[str, str, str], tuple[int, int]] = {}
     for family in FAMILIES:
         for protocol in PROTOCOLS:
             nat = state.maps.get(map_name(protocol, family), {})
@@ -115,10 +123,26 @@ def traffic(state: TableState) -> Iterator[tuple[dict[str, str], int, int]]:
                 labels = {"protocol": protocol, "port": port, "destination": destination(address, remote)}
                 seen, new = counted.get(port), made.get(port)
                 yield labels, new.packets if new else 0, seen.bytes if seen else 0
-            unmapped[family] += sum(e.bytes for port, e in counted.items() if port not in nat)
+            named = state.named_ports.get((protocol, family), {})
+            for port, chain in named.items():
+                target = state.names.get(chain)
+                if target is None:
+                    continue
+                # A name's rule is in each family of the source: one series for both.
+                key = (protocol, port, destination(target.name, str(target.remote_port)))
+                seen, new = counted.get(port), made.get(port)
+                was = by_name.get(key, (0, 0))
+                by_name[key] = (was[0] + (new.packets if new else 0), was[1] + (seen.bytes if seen else 0))
+            unmapped[family] += sum(e.bytes for port, e in counted.items() if port not in nat and port not in named)
+    for (protocol, port, where), (connections, size) in by_name.items():
+        yield {"protocol": protocol, "port": port, "destination": where}, connections, size
+    fallbacks: dict[str, tuple[int, int]] = {}  # a named fallback is both families'
     for family, address in sorted(state.fallbacks.items()):
         connections = state.counters.get(fallback_counter_name(family), (0, 0))[0]
-        yield {"protocol": "any", "port": "*", "destination": address}, connections, unmapped[family]
+        was = fallbacks.get(address, (0, 0))
+        fallbacks[address] = (was[0] + connections, was[1] + unmapped[family])
+    for address, (connections, size) in fallbacks.items():
+        yield {"protocol": "any", "port": "*", "destination": address}, connections, size
 
 
 def _read_int(path: str) -> int | None:
@@ -174,8 +198,12 @@ class Collector:
                 sum_value=s.apply_sum,
             )
             yield GaugeMetricFamily(
-                PREFIX + "ready", "1 when the kernel holds the current configuration.", value=int(s.ready)
+                PREFIX + "ready", "1 when the kernel holds the current configuration.", value=int(s.serving)
             )
+        if s.names is not None:
+            from .dns.metrics import collect as names
+
+            yield from names(s.names)
         for name, what in (("count", "in use"), ("max", "allowed")):
             value = _read_int(CONNTRACK + name)
             if value is not None:

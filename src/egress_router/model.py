@@ -45,6 +45,25 @@ def _of_family(items: tuple[IPAddress, ...], family: int) -> IPAddress | None:
     return None
 
 
+class Name(NamedTuple):
+    """A destination by DNS name: an RFC 1123 host name, lower case, without its trailing dot.
+    It is absolute: resolved as it is written, never completed with a search domain. A name
+    stands for every family of the source (its A and AAAA records)."""
+
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def version(self) -> int:
+        """0: not one family (the families of the source)."""
+        return 0
+
+
+Destination = IPv4Address | IPv6Address | Name
+
+
 class Rule(NamedTuple):
     """`<port> <protocol> <ip> [<remote_port>]`: connections to `port` go to `address:remote_port`.
 
@@ -53,12 +72,13 @@ class Rule(NamedTuple):
 
     port: int
     protocol: str
-    address: IPAddress
+    address: IPAddress | Name
     remote_port: int
     line: int = 0
 
     @property
     def family(self) -> int:
+        """4 or 6; 0 for a name (every family of the source)."""
         return self.address.version
 
 
@@ -66,10 +86,21 @@ class Destinations(NamedTuple):
     """All redirection rules, in input order, and at most one fallback per address family."""
 
     mappings: tuple[Rule, ...] = ()
-    fallbacks: tuple[IPAddress, ...] = ()
+    fallbacks: tuple[IPAddress | Name, ...] = ()  # at most one per family, or one name
 
-    def fallback(self, family: int) -> IPAddress | None:
-        return _of_family(self.fallbacks, family)
+    def fallback(self, family: int) -> IPAddress | Name | None:
+        """The fallback of `family`: its address, or a name (which serves every family)."""
+        for item in self.fallbacks:
+            if item.version in (family, 0):
+                return item
+        return None
+
+    @property
+    def names(self) -> tuple[Name, ...]:
+        """Every name of the rules and the fallback, once each, in input order."""
+        found = dict.fromkeys(r.address for r in self.mappings if type(r.address) is Name)
+        found.update(dict.fromkeys(a for a in self.fallbacks if type(a) is Name))
+        return tuple(a for a in found if type(a) is Name)
 
 
 class RouterConfig(NamedTuple):
@@ -86,6 +117,9 @@ class RouterConfig(NamedTuple):
     destination_file: str | None = None
     expected_connections: int = DEFAULT_EXPECTED_CONNECTIONS
     log_format: str = "text"  # or "json"
+    # `legacy` mode re-resolves a name at its record's TTL, within these bounds (seconds).
+    dns_min_ttl: float = 5.0
+    dns_max_ttl: float = 1800.0
 
     @property
     def families(self) -> tuple[int, ...]:

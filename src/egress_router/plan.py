@@ -10,11 +10,14 @@ element, not a rebuilt table.
 from __future__ import annotations
 
 import ipaddress
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from .model import IPAddress, RouterConfig
+from .model import IPAddress, Name, RouterConfig
 from .network.state import KERNEL_METRIC, MAIN_TABLE, Address, LinkState, NetState, Route, Rule, Scope, canonical
 from .nft.table import Element, MapSpec, TableSpec
+
+if TYPE_CHECKING:
+    from .dns.chains import Named
 from .schema import (
     FAMILIES,
     FWMARK,
@@ -47,6 +50,8 @@ class Facts(NamedTuple):
     # The egress interface's reverse-path check is strict (the kernel applies the larger of
     # its rp_filter and `all`'s): unknown counts as strict, as many nodes set it.
     strict_rp_filter: bool = True
+    # Each name's current addresses and since when (`dns.Answer`), sorted by name.
+    answers: tuple[tuple[Name, tuple[tuple[IPAddress, ...], float]], ...] = ()
 
     @classmethod
     def of(cls, state: NetState, nameservers: tuple[IPAddress, ...] = ()) -> Facts:
@@ -218,12 +223,20 @@ COMMENT = "managed by egress-router; do not edit"
 
 
 def build_table(config: RouterConfig, facts: Facts = DEFAULT_FACTS) -> TableSpec:
+    maps, by_name = _maps(config)
+    named = None
+    if by_name or type(config.destinations.fallback(0)) is Name:
+        from .dns.chains import named as named_part  # only a configuration with names
+
+        fallback = config.destinations.fallback(0)
+        named = named_part(by_name, fallback if type(fallback) is Name else None, config.families, dict(facts.answers))
     return TableSpec(
         family=TABLE_FAMILY,
         name=TABLE_NAME,
-        maps=_maps(config),
-        body=_body(config, facts),
+        maps=maps,
+        body=_body(config, facts, named),
         comment=COMMENT,
+        dynamic=() if named is None else named[0].dynamic,
     )
 
 
@@ -239,9 +252,10 @@ def build_proxy_table(config: RouterConfig) -> TableSpec:
     return TableSpec(TABLE_FAMILY, TABLE_NAME, (), "\n".join(lines), COMMENT)
 
 
-def _maps(config: RouterConfig) -> tuple[MapSpec, ...]:
+def _maps(config: RouterConfig) -> tuple[tuple[MapSpec, ...], list[tuple[str, int, Name, int]]]:
+    """The NAT maps, and the named rules (protocol, port, name, remote port), which are not in them."""
     elements: dict[tuple[str, int], dict[int, Element]] = {
-        (p, f): {} for p in PROTOCOLS for f in FAMILIES
+        (p, f): {} for p in PROTOCOLS for f in (*FAMILIES, 0)  # 0: a name's
     }
     # The hot loop of a large rule set. str() of an address, its hash and its version are all
     # Python-level and slow, and rules share few addresses: each address object (the parser
@@ -253,6 +267,7 @@ def _maps(config: RouterConfig) -> tuple[MapSpec, ...]:
         if known is None:
             known = seen[id(address)] = (str(address), address.version)
         elements[protocol, known[1]][port] = new(Element, (port, known[0], remote_port))
+    by_name = [(p, port, Name(e.address), e.remote_port) for p in PROTOCOLS for port, e in elements.pop((p, 0)).items()]
     return tuple(
         MapSpec(
             name=map_name(p, f),
@@ -262,7 +277,7 @@ def _maps(config: RouterConfig) -> tuple[MapSpec, ...]:
         )
         for p in PROTOCOLS
         for f in FAMILIES
-    )
+    ), by_name
 
 
 def map_size(count: int) -> int:
@@ -277,7 +292,7 @@ def map_size(count: int) -> int:
     return size
 
 
-def _body(config: RouterConfig, facts: Facts) -> str:
+def _body(config: RouterConfig, facts: Facts, named: tuple[Named, dict[int, str]] | None = None) -> str:
     """Counters and chains: everything of the table but the map elements."""
     pod = _quote(config.pod_interface)
     egress = _quote(config.egress_interface)
@@ -305,9 +320,13 @@ def _body(config: RouterConfig, facts: Facts) -> str:
             pre.append(
                 f"dnat {_NFT_FAMILY[family]} to {protocol} dport map @{map_name(protocol, family)}"
             )
+    if named is not None:
+        pre += named[0].prerouting  # named rules: a verdict map by port, to the name's chain
     for family in FAMILIES:
         fallback = config.destinations.fallback(family)
-        if fallback is not None:
+        if named is not None and family in named[1]:
+            pre.append(f"meta nfproto {_nfproto(family)} counter name {fallback_counter_name(family)} goto {named[1][family]}")
+        elif fallback is not None and type(fallback) is not Name:
             # As in the OpenShift image the fallback takes every protocol, the port unchanged.
             pre.append(
                 f"meta nfproto {_nfproto(family)} counter name {fallback_counter_name(family)} "
@@ -363,6 +382,8 @@ def _body(config: RouterConfig, facts: Facts) -> str:
     lines += _chain("forward", "filter", "forward", "filter", "drop", fwd)
     if counting:
         lines += ["chain count {", *(f"\t{rule}" for rule in _count_rules()), "}"]
+    if named is not None:
+        lines += named[0].declarations
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ a failure leaves nothing half-applied:
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import EgressRouterError, SetupError
 from .log import Log
@@ -31,6 +31,9 @@ from .network.state import NetState, Step, converge
 from .nft import NftBackend, TableSpec, Transaction, diff
 from .plan import Facts, NetworkPlan, Plan, build_plan, nameservers, network_scope
 from .schema import ROUTE_TABLE
+
+if TYPE_CHECKING:
+    from .dns import Answers
 
 MISSING_INTERFACE_HINT = (
     'on OpenShift SDN it is created by the Pod annotation pod.network.openshift.io/assign-macvlan: "true" '
@@ -95,6 +98,7 @@ class Router:
         self.facts: Facts | None = None  # what the last plan was made with
         self.resolv_conf = "/etc/resolv.conf"  # the pod's nameservers (the proxy modes)
         self.distrust = False  # True: a table found in the kernel is replaced whole, whatever its tag
+        self.answers: Answers = ()  # the destination names' current addresses (`dns`)
 
     def forget(self) -> None:
         """The kernel may no longer hold what was applied (drift, a failure): the next
@@ -107,10 +111,10 @@ class Router:
         """The plan for `config`, and the state read to make it (None: made with the facts
         of the last one, as a reload of the rules alone may be)."""
         if not fresh and self.facts is not None:
-            return build_plan(config, self.facts), None
+            return build_plan(config, self.facts._replace(answers=self.answers)), None
         current = self.net.read(network_scope(config))
         self.facts = Facts.of(current, read_nameservers(config, self.resolv_conf))
-        return build_plan(config, self.facts), current
+        return build_plan(config, self.facts._replace(answers=self.answers)), current
 
     def apply(self, config: RouterConfig, fresh: bool = True, announce: bool = False) -> Outcome:
         """Plan `config` (see `plan`) and reconcile the kernel to it."""

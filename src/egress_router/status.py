@@ -50,7 +50,13 @@ def gather(scope: Scope, net: NetBackend, reader: TableReader) -> dict[str, Any]
         for labels, connections, moved in traffic(table):
             row = {**labels, "connections": connections, "bytes": moved}
             (fallbacks if labels["port"] == "*" else mappings).append(row)
+    names: dict[tuple[str, int], dict[str, Any]] = {}
+    for chain in (table.names.values() if table is not None else ()):
+        names.setdefault((chain.name, chain.family), {
+            "name": chain.name, "family": f"ipv{chain.family}", "addresses": list(chain.addresses), "since": chain.since,
+        })
     return {
+        "names": sorted(names.values(), key=lambda n: (n["name"], n["family"])),
         "interface": {
             "name": interface,
             "exists": link is not None,
@@ -96,4 +102,23 @@ def render(state: dict[str, Any]) -> str:
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     if not state["fallbacks"]:
         lines.append("no fallback: connections to other ports are refused")
+    if state["names"]:
+        import time
+
+        lines.append("")
+        for n in state["names"]:
+            if n["addresses"]:
+                age = _age(time.time() - n["since"])
+                lines.append(f"name       {n['name']} {n['family']}: {', '.join(n['addresses'])} (since {age} ago)")
+            else:
+                lines.append(f"name       {n['name']} {n['family']}: NO ADDRESS yet (its ports are refused)")
     return "\n".join(lines) + "\n"
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h"

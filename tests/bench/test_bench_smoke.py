@@ -52,7 +52,7 @@ def test_smoke_run_writes_a_table_and_plots_with_every_row(tmp_path: Path) -> No
         assert f"| {target} |" in report
     assert all(p["requests"] > 0 for p in results["connrate"]["paths"].values())
     for heading in ("## Targets", "## New-connection latency", "## Bulk throughput", "## New connections per second",
-                    "## Apply time against N", "## Start-up and memory"):
+                    "## Apply time against N", "## Start-up and memory", "## A named rule next to a literal one"):
         assert heading in report
     assert results["apply"]["live_change"]["element_only"] is True
     assert results["startup"]["parse"]["lines"] == 10000 and "| read and parse 10,000 lines (median) |" in report

@@ -377,3 +377,18 @@ def test_legacy_mode_is_validated_as_legacy(capsys):
     assert manifests.main([*args, "--mode", "legacy"], {}) == 2
     assert "is the router's own health and metrics port" in capsys.readouterr().err
     assert manifests.main([*args, "--mode", "http-proxy"], {}) == 2
+
+
+def test_names_as_destinations_render_validate_and_lint_clean(capsys):
+    args = [
+        "--source", "192.0.2.99/24", "--gateway", "192.0.2.1", "--mode", "legacy",
+        "--destination", "443 tcp api.example.com", "--destination", "8443 tcp api.example.com. 443",
+        "--destination", "mirror.example.com",
+    ]
+    text, docs = render(capsys, args)
+    for document in docs:
+        validate(document)
+    assert "443 tcp api.example.com" in text and "mirror.example.com" in text
+    assert lint_texts([("rendered.yaml", text)]) == []
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert {p["port"] for p in service["spec"]["ports"]} >= {443, 8443}

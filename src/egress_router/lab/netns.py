@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 NETNS_DIR = "/run/netns"
+ETC_NETNS = "/etc/netns"  # per-namespace files that `ip netns exec` mounts over /etc
 CLONE_NEWNET = 0x40000000
 # "erl-<pid>-<4 hex>-<role>": the pid lets a later run tell a dead run's leftovers from a live one.
 PREFIX_PATTERN = re.compile(r"^erl-(\d+)-[0-9a-f]{4}-")
@@ -142,8 +144,12 @@ def _alive(pid: int) -> bool:
 
 def delete_namespaces(namespaces: Iterable[str]) -> None:
     """Kill what runs in `namespaces` and delete them; the veths, bridge and macvlan inside go
-    with them. Missing namespaces are fine (teardown must be safe to repeat)."""
-    names = [ns for ns in namespaces if os.path.exists(os.path.join(NETNS_DIR, ns))]
+    with them, and the files `ip netns exec` mounts into them (/etc/netns/NS, the lab's
+    resolv.conf). Missing namespaces are fine (teardown must be safe to repeat)."""
+    wanted = list(namespaces)
+    for ns in wanted:
+        shutil.rmtree(os.path.join(ETC_NETNS, ns), ignore_errors=True)
+    names = [ns for ns in wanted if os.path.exists(os.path.join(NETNS_DIR, ns))]
     if not names:
         return
     kill_namespace_processes(names)

@@ -19,6 +19,7 @@ from .table import (
     Operation,
     ReplaceTable,
     RestoreTable,
+    SetChain,
     TableSpec,
     Transaction,
 )
@@ -30,6 +31,7 @@ class _Table:
     comment: str  # with the structure's tag, as the kernel holds it
     maps: dict[str, dict[int, Element]]
     generation: int = 0  # which whole write made it: one that writes it anew restarts its counters
+    chains: dict[str, str] = field(default_factory=dict)  # the per-name chains' rules
 
 
 STEP = "apply the nftables transaction"
@@ -64,12 +66,17 @@ class FakeNft:
                 raise ApplyError(STEP, f"File exists: table {op.table.ref}", Kind.EXISTS)
             t = op.table
             self.writes += 1
-            tables[t.ref] = _Table(t.skeleton(), t.full_comment, {m.name: dict(m.elements) for m in t.maps}, self.writes)
+            maps = {m.name: dict(m.elements) for m in t.maps}
+            tables[t.ref] = _Table(t.skeleton(), t.full_comment, maps, self.writes, dict(t.dynamic))
         elif isinstance(op, RestoreTable):
             self.writes += 1
             tables[f"{op.family} {op.name}"] = replace(copy.deepcopy(self.listings[op.listing]), generation=self.writes)
         elif isinstance(op, DeleteTable):
             tables.pop(f"{op.family} {op.name}", None)
+        elif isinstance(op, SetChain):
+            if op.ref not in tables or op.chain not in tables[op.ref].chains:
+                raise ApplyError(STEP, f"No such file or directory: chain {op.chain}", Kind.NOT_FOUND)
+            tables[op.ref].chains[op.chain] = op.rule
         elif isinstance(op, AddElements):
             elements = self._map(tables, op.ref, op.map_name)
             for e in op.elements:
@@ -97,7 +104,8 @@ class FakeNft:
         # stands for both (a test that alters a table alters its skeleton).
         if held.comment != table.full_comment or held.skeleton != table.skeleton():
             return Held(True, None)
-        return Held(True, table.with_elements({m: dict(e) for m, e in held.maps.items()}))
+        # Like the kernel adapter, the per-name chains' rules are not read back.
+        return Held(True, table.with_elements({m: dict(e) for m, e in held.maps.items()})._replace(dynamic=()))
 
     def list_table(self, family: str, name: str) -> str | None:
         table = self.tables.get(f"{family} {name}")
@@ -105,7 +113,7 @@ class FakeNft:
             return None
         listing = table.skeleton + "".join(
             f"\n{m}: {sorted(e.values())}" for m, e in sorted(table.maps.items())
-        )
+        ) + "".join(f"\nchain {c}: {r}" for c, r in sorted(table.chains.items()))
         self.listings[listing] = copy.deepcopy(table)  # what a "restore" of this text puts back
         return listing
 

@@ -33,13 +33,27 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class NamedChain:
+    """A per-name chain as the kernel holds it: the name's addresses in use, since when."""
+
+    name: str
+    family: int
+    protocol: str | None  # None: the fallback's
+    remote_port: int | None
+    addresses: tuple[str, ...] = ()
+    since: int = 0  # Unix time; 0: no address yet
+
+
+@dataclass(frozen=True)
 class TableState:
     """The table as the kernel holds it."""
 
     shape: str  # declarations, rules and elements without counter values or handles
     maps: Mapping[str, Mapping[str, Entry]] = field(default_factory=dict)
     counters: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # name: packets, bytes
-    fallbacks: Mapping[int, str] = field(default_factory=dict)  # family: address
+    fallbacks: Mapping[int, str] = field(default_factory=dict)  # family: address (or name)
+    names: Mapping[str, NamedChain] = field(default_factory=dict)  # by chain
+    named_ports: Mapping[tuple[str, int], Mapping[str, str]] = field(default_factory=dict)  # (protocol, family): port: chain
 
 
 class TableReader(Protocol):
@@ -54,6 +68,8 @@ def parse_table(document: str) -> TableState:
     maps: dict[str, dict[str, Entry]] = {}
     counters: dict[str, tuple[int, int]] = {}
     fallbacks: dict[int, str] = {}
+    names: dict[str, NamedChain] = {}
+    named_ports: dict[tuple[str, int], dict[str, str]] = {}
     for obj in objects:
         if "map" in obj:
             maps[obj["map"]["name"]] = _elements(obj["map"].get("elem", []))
@@ -63,8 +79,35 @@ def parse_table(document: str) -> TableState:
             c = obj["counter"]
             counters[c["name"]] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
         elif "rule" in obj:
-            fallbacks.update(_fallback(obj["rule"].get("expr", [])))
-    return TableState(_shape(objects), maps, counters, fallbacks)
+            rule = obj["rule"]
+            fallbacks.update(_fallback(rule.get("expr", [])))
+            _named(rule, names, named_ports)
+    return TableState(_shape(objects), maps, counters, fallbacks, names, named_ports)
+
+
+def _named(rule: dict[str, Any], names: dict[str, NamedChain], ports: dict[tuple[str, int], dict[str, str]]) -> None:
+    """A named rule's verdict map (port -> chain), or a per-name chain's rule."""
+    from ..dns.chains import parse_chain
+
+    for expr in rule.get("expr", []):
+        if "vmap" in expr:
+            for key, verdict in expr["vmap"].get("data", {}).get("set", []):
+                target = verdict.get("goto", {}).get("target", "") if isinstance(verdict, dict) else ""
+                parsed = parse_chain(target)
+                if parsed is not None and parsed[1] is not None:
+                    ports.setdefault((parsed[1], parsed[0]), {})[str(key)] = target
+    parsed = parse_chain(rule.get("chain", ""))
+    if parsed is None:
+        return
+    family, protocol, remote, name = parsed
+    addresses: list[str] = []
+    for expr in rule.get("expr", []):
+        if "dnat" in expr:
+            mapped = expr["dnat"].get("addr", {}).get("map", {}).get("data", {}).get("set", [])
+            addresses += [render(value).partition(" . ")[0] for _, value in mapped]
+    comment = str(rule.get("comment", ""))
+    since = int(comment.split()[-1]) if comment.startswith("since ") and comment.split()[-1].isdigit() else 0
+    names[rule["chain"]] = NamedChain(name, family, protocol, remote, tuple(addresses), since)
 
 
 def _shape(objects: list[Any]) -> str:
@@ -129,7 +172,15 @@ def _fallback(expr: list[Any]) -> dict[int, str]:
     """The prerouting rule `... counter name fallbackN dnat ... to ADDRESS`."""
     names = [e["counter"] for e in expr if isinstance(e.get("counter"), str)]
     dnat = [e["dnat"] for e in expr if "dnat" in e]
-    if not names or not dnat or names[0] not in _FALLBACK_COUNTERS:
+    goto = [e["goto"].get("target", "") for e in expr if isinstance(e.get("goto"), dict)]
+    if not names or names[0] not in _FALLBACK_COUNTERS:
+        return {}
+    if not dnat and goto:  # a named fallback: to its chain
+        from ..dns.chains import parse_chain
+
+        parsed = parse_chain(goto[0])
+        return {} if parsed is None else {_FALLBACK_COUNTERS[names[0]]: parsed[3]}
+    if not dnat:
         return {}
     return {_FALLBACK_COUNTERS[names[0]]: render(dnat[0].get("addr"))}
 

@@ -52,7 +52,9 @@ def read(channel: ElementWriter, table: TableSpec) -> Held:
         if error.kind is not Kind.NOT_FOUND:
             raise
         return Held(True, None)  # a map of the structure is gone: not this structure any more
-    return Held(True, table.with_elements(elements))
+    # The per-name chains' rules are not read: their count matched, and a restart writes each
+    # again (its name may have moved since).
+    return Held(True, table.with_elements(elements)._replace(dynamic=()))
 
 
 def _rules(channel: ElementWriter, family: str, table: str) -> dict[str, int]:

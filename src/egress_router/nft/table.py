@@ -58,6 +58,9 @@ class TableSpec(NamedTuple):
     maps: tuple[MapSpec, ...]
     body: str  # counters, sets and chains: everything but the maps and the comment
     comment: str = ""
+    # The per-name chains' rules, (chain, its one rule), sorted: declared empty in `body`, so
+    # that a name's new answer is not another structure (not in the tag, not in the skeleton).
+    dynamic: tuple[tuple[str, str], ...] = ()
 
     @property
     def ref(self) -> str:
@@ -104,6 +107,8 @@ class TableSpec(NamedTuple):
                 chain = None
             elif chain is not None and not line.startswith("\ttype "):
                 counts[chain] += 1
+        for chain, _ in self.dynamic:  # one rule each, written after the skeleton
+            counts[chain] = counts.get(chain, 0) + 1
         return counts
 
     def map(self, name: str) -> MapSpec:
@@ -159,6 +164,14 @@ class RestoreTable(NamedTuple):
     listing: str
 
 
+class SetChain(NamedTuple):
+    """A per-name chain's one rule replaced: flushed and written again in one transaction."""
+
+    ref: str
+    chain: str
+    rule: str
+
+
 class AddElements(NamedTuple):
     ref: str
     map_name: str
@@ -173,7 +186,7 @@ class DeleteElements(NamedTuple):
     ports: tuple[int, ...]
 
 
-Operation = CreateTable | ReplaceTable | DeleteTable | RestoreTable | AddElements | DeleteElements
+Operation = CreateTable | ReplaceTable | DeleteTable | RestoreTable | AddElements | DeleteElements | SetChain
 ElementOperation = AddElements | DeleteElements
 
 BATCH, CREATE, SCRIPT = "netlink batch", "create, then fill by netlink batch", "nft -f"
@@ -198,6 +211,9 @@ class Transaction:
 
     def restore_listing(self, family: str, name: str, listing: str) -> None:
         self.ops.append(RestoreTable(family, name, listing))
+
+    def set_chain(self, table: TableSpec, chain: str, rule: str) -> None:
+        self.ops.append(SetChain(table.ref, chain, rule))
 
     def add_elements(self, table: TableSpec, map_name: str, elements: Iterable[Element]) -> None:
         items = tuple(elements)
@@ -257,6 +273,8 @@ def _script(op: Operation) -> str:
     if isinstance(op, RestoreTable):
         # nft prints a table in the syntax it reads, counters included.
         return f"add table {op.family} {op.name}\ndelete table {op.family} {op.name}\n{op.listing}\n"
+    if isinstance(op, SetChain):
+        return f"flush chain {op.ref} {op.chain}\nadd rule {op.ref} {op.chain} {op.rule}\n"
     if isinstance(op, AddElements):
         items = [str(e) for e in op.elements]
         return "".join(f"add element {op.ref} {op.map_name} {{ {c} }}\n" for c in _chunks(items))
@@ -270,7 +288,12 @@ def _chunks(items: list[str]) -> list[str]:
 def creation_script(table: TableSpec) -> str:
     """`create table` and everything of it but the map elements, dormant: no packet meets it
     until the batch that fills its maps also wakes it."""
-    return f"{table.create_line(dormant=True)}{table.skeleton(dormant=True)}\n"
+    return f"{table.create_line(dormant=True)}{table.skeleton(dormant=True)}\n{dynamic_text(table)}"
+
+
+def dynamic_text(table: TableSpec) -> str:
+    """The per-name chains' rules, into the chains the skeleton declares empty."""
+    return "".join(f"add rule {table.ref} {chain} {rule}\n" for chain, rule in table.dynamic)
 
 
 def wake_script(table: TableSpec) -> str:
@@ -283,7 +306,7 @@ def _write_script(table: TableSpec, replace: bool) -> str:
     # "add" makes "delete" safe on a fresh kernel; the whole script is one transaction, so no
     # packet ever sees the table missing or half-built.
     out = [f"add table {table.ref}\ndelete table {table.ref}\n" if replace else table.create_line()]
-    out += [table.skeleton(), "\n", fill_text(table)]
+    out += [table.skeleton(), "\n", dynamic_text(table), fill_text(table)]
     return "".join(out)
 
 
@@ -310,4 +333,8 @@ def diff(current: TableSpec | None, desired: TableSpec) -> Transaction:
         # add a key that is there with another value. Connections already made keep their NAT.
         tx.delete_elements(desired, new.name, gone + changed)
         tx.add_elements(desired, new.name, added)
+    held = dict(current.dynamic)
+    for chain, rule in desired.dynamic:
+        if held.get(chain) != rule:  # a name's new answer: its chain alone
+            tx.set_chain(desired, chain, rule)
     return tx

@@ -1,0 +1,158 @@
+"""`legacy` mode's names, followed: one thread resolves each name at its TTL (between a floor
+and a cap), and keeps the last good answer through failures, retried with backoff.
+
+A thread, rather than a lookup per tick of the daemon's loop: a lookup waits on the network
+(seconds, when a nameserver does not answer), and the loop must keep answering SIGTERM, file
+changes and drift checks meanwhile. The thread only resolves; the loop applies what changed
+(`take`), so the kernel has one writer, and every apply is followed by the loop's drift baseline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ..log import Log
+from ..model import IPAddress, IPInterface, Name
+from . import Answer, Answers
+from .resolve import DnsError, Lookup
+
+DEFAULT_MIN_TTL = 5.0
+DEFAULT_MAX_TTL = 1800.0
+RETRY_FIRST = 5.0  # seconds after a failure; doubled at each one after, up to RETRY_MAX
+RETRY_MAX = 120.0
+
+
+@dataclass
+class NameState:
+    """What is known of one name: its answer in use, and its lookups' record."""
+
+    answer: Answer = field(default_factory=Answer)
+    last_success: float = 0.0  # Unix time of the last lookup that gave usable addresses
+    failures: int = 0  # lookups that failed, ever
+    failing: int = 0  # failures since the last success
+    last_error: str = ""
+    due: float = 0.0  # monotonic time of the next lookup
+
+    @property
+    def resolved(self) -> bool:
+        return bool(self.answer.addresses)
+
+
+class Follower:
+    """The names of a configuration, re-resolved in a thread of their own."""
+
+    def __init__(
+        self,
+        names: Iterable[Name],
+        lookup: Callable[[Name], Lookup],
+        log: Log,
+        min_ttl: float = DEFAULT_MIN_TTL,
+        max_ttl: float = DEFAULT_MAX_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.lookup, self.log = lookup, log
+        self.min_ttl, self.max_ttl, self.clock = min_ttl, max_ttl, clock
+        self.states: dict[Name, NameState] = {name: NameState() for name in names}
+        self.lock = threading.Lock()
+        self.changed = threading.Event()  # an answer changed since the loop last took them
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="egress-router-dns", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=0.2)  # a lookup under way may take seconds: the thread is a daemon
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            with self.lock:
+                due = min(self.states.items(), key=lambda kv: kv[1].due, default=None)
+            wait = 1.0 if due is None else due[1].due - self.clock()  # no name: a reload may add one
+            if due is None or wait > 0:
+                self.stopping.wait(min(wait, 1.0))
+                continue
+            self.resolve_one(due[0])
+
+    def resolve_one(self, name: Name) -> None:
+        """One lookup of `name`, and what it changes (also called directly by tests)."""
+        try:
+            found = self.lookup(name)
+        except DnsError as error:
+            self._failed(name, error.answer)
+            return
+        except Exception as error:  # noqa: BLE001 -- a lookup must never end the thread
+            self._failed(name, f"{type(error).__name__}: {error}")
+            return
+        now = time.time()
+        with self.lock:
+            state = self.states[name]
+            wait = min(max(float(found.ttl), self.min_ttl), self.max_ttl)
+            state.due = self.clock() + wait
+            state.last_success, state.failing, state.last_error = now, 0, ""
+            if found.addresses != state.answer.addresses:
+                state.answer = Answer(found.addresses, now)
+                self.changed.set()
+                changed = True
+            else:
+                changed = False
+        for address, why in found.refused:
+            self.log.warning("refused an address of a destination name, never used", name=str(name), address=str(address), reason=why)
+        if changed:
+            self.log.info("destination name resolved", name=str(name), addresses=",".join(map(str, found.addresses)), ttl=found.ttl)
+
+    def _failed(self, name: Name, answer: str) -> None:
+        with self.lock:
+            state = self.states[name]
+            state.failures += 1
+            state.failing += 1
+            state.last_error = answer
+            retry = min(RETRY_FIRST * 2 ** (state.failing - 1), RETRY_MAX)
+            state.due = self.clock() + retry
+            kept = state.resolved
+        self.log.warning(
+            "destination name did not resolve" + (", keeping its last addresses" if kept else ""),
+            name=str(name), answer=answer, retry_in=f"{retry:g}s",
+        )
+
+    def take(self) -> Answers | None:
+        """Every name's answer, when one changed since the last take (else None)."""
+        if not self.changed.is_set():
+            return None
+        self.changed.clear()
+        return self.answers()
+
+    def answers(self) -> Answers:
+        with self.lock:
+            return tuple(sorted((n, s.answer) for n, s in self.states.items()))
+
+    def pending(self) -> tuple[Name, ...]:
+        """The names that never resolved yet: the router is not ready while there is one."""
+        with self.lock:
+            return tuple(n for n, s in self.states.items() if not s.resolved)
+
+    def snapshot(self) -> list[tuple[Name, NameState]]:
+        with self.lock:
+            return [(n, NameState(s.answer, s.last_success, s.failures, s.failing, s.last_error, s.due)) for n, s in self.states.items()]
+
+
+def own_addresses(sources: Iterable[IPInterface], pod: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
+    """The router's own addresses, which an answer must never be: the sources, the pod's."""
+    return (*(s.ip for s in sources), *pod)
+
+
+def follow(follower: Follower, names: Iterable[Name]) -> None:
+    """Follow `names` from now on (a reload's): new ones are looked up at once, gone ones
+    dropped."""
+    wanted = list(names)
+    with follower.lock:
+        for name in wanted:
+            follower.states.setdefault(name, NameState())
+        for name in [n for n in follower.states if n not in wanted]:
+            del follower.states[name]
