@@ -149,6 +149,11 @@ def run_environment(env: Mapping[str, str]) -> int:
     from .model import Mode
 
     config = load_environment(env)
+    ha = None
+    if env.get("EGRESS_ROUTER_HA", "").strip():
+        from .ha.settings import load_ha  # HA modules load only when HA is asked for
+
+        ha = load_ha(env, config)
     log = Log(debug=config.debug, json=config.log_format == "json")
     if config.mode is Mode.UNIT_TEST:
         sys.stdout.write(render_plan(config))
@@ -157,6 +162,12 @@ def run_environment(env: Mapping[str, str]) -> int:
 
     check_capabilities()
     router = make_router(log)
+    controller = None
+    if ha is not None:
+        from .ha.controller import Controller
+
+        controller = Controller(config, ha, router, log)
+        controller.prepare()  # gate closed, plan without the address: start as the standby
     outcome = router.apply(config)
     if config.mode.redirects:
         warning = conntrack_warning(config.expected_connections)
@@ -166,7 +177,7 @@ def run_environment(env: Mapping[str, str]) -> int:
     if config.mode is Mode.LEGACY:
         from .daemon import run
 
-        return run(router, config, log, env, first=outcome)
+        return run(router, config, log, env, first=outcome, ha=controller)
     return 0
 
 

@@ -1,7 +1,9 @@
 """Health and metrics over HTTP, in one thread of the daemon (imported only when the port is set).
 
 `/healthz`: the daemon's loop is turning (kubelet restarts a pod whose loop is stuck).
-`/readyz`: the current configuration is applied and the last check found the kernel holding it.
+`/readyz`: the current configuration is applied and the last check found the kernel holding it,
+and (HA) every connection that reaches this replica is served: an active, or a standby that
+knows the active to relay to.
 `/metrics`: Prometheus text, built at scrape time by `metrics.Collector`.
 
 Any pod that reaches the router can connect to this port, so the server is built to be cheap to
@@ -203,7 +205,7 @@ class HealthServer:
             ok = self.stats.alive(ALIVE_WITHIN)
             return (200, b"ok\n", TEXT) if ok else (503, b"stuck\n", TEXT)
         if request.path == "/readyz":
-            ok = self.stats.ready
+            ok = self.stats.ready and self.stats.serves
             return (200, b"ready\n", TEXT) if ok else (503, b"not ready\n", TEXT)
         if request.path == "/metrics":
             return 200, self._metrics_body(), CONTENT_TYPE_LATEST

@@ -43,6 +43,8 @@ class Stats:
     drift_repairs: int = 0
     address_conflicts: int = 0  # other hosts found answering for the source address
     ready: bool = False  # the current config is applied and the last check found it in place
+    serves: bool = True  # HA: every connection that reaches this replica is served (ha/)
+    ha: Any = None  # HA: its metrics (ha.controller.HaStats), None without HA
     last_tick: float = field(default_factory=time.monotonic)  # the loop's heartbeat
     apply_buckets: list[int] = field(default_factory=lambda: [0] * len(APPLY_BUCKETS))
     apply_count: int = 0
@@ -176,6 +178,8 @@ class Collector:
             yield GaugeMetricFamily(
                 PREFIX + "ready", "1 when the kernel holds the current configuration.", value=int(s.ready)
             )
+        if s.ha is not None:
+            yield from s.ha.metrics()
         for name, what in (("count", "in use"), ("max", "allowed")):
             value = _read_int(CONNTRACK + name)
             if value is not None:
