@@ -338,7 +338,7 @@ class Controller:
     def _release(self, daemon: Daemon, role: str) -> None:
         started = time.monotonic()
         was_active = self.role == "active"
-        self.refresher.active.clear()
+        self.refresher.pause()
         if was_active:
             try:
                 gate.apply(gate.closed_script())
@@ -395,7 +395,7 @@ class Controller:
         priority-0 advert), then removes it; everything HA started stops."""
         started = time.monotonic()
         if self.role == "active":
-            self.refresher.active.clear()
+            self.refresher.pause()
             try:
                 gate.apply(gate.closed_script())
             except EgressRouterError as error:

@@ -151,6 +151,16 @@ def relayed_connections() -> int | None:
         return None
 
 
+def kernel_role() -> str:
+    """This replica's HA role as the kernel shows it: `active` while the gate is open (the
+    router alive and holding the address), `standby` while it is closed, `none` without the
+    HA table."""
+    done = run(["nft", "list", "set", "inet", HA_TABLE, ALIVE_SET])
+    if done.returncode != 0:
+        return "none (no HA table)"
+    return "active (holds the reserved address)" if "elements" in done.stdout else "standby"
+
+
 class Refresher:
     """A thread that keeps the gate open while `active` is set: the one piece of the router
     whose silence closes it. A failed refresh is reported through `failed`."""
@@ -159,6 +169,7 @@ class Refresher:
         self.script = alive_script(config)
         self.failed = failed
         self.active = threading.Event()
+        self.lock = threading.Lock()  # held across a refresh: `pause` waits for one under way
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="ha-gate", daemon=True)
 
@@ -170,15 +181,21 @@ class Refresher:
             self.active.wait(REFRESH_EVERY)
             if self.stopping.is_set():
                 return
-            if self.active.is_set():
-                try:
-                    apply(self.script)
-                except (ApplyError, OSError) as error:
-                    self.failed(str(error))
-                self.stopping.wait(REFRESH_EVERY)
+            with self.lock:
+                if self.active.is_set():
+                    try:
+                        apply(self.script)
+                    except (ApplyError, OSError) as error:
+                        self.failed(str(error))
+            self.stopping.wait(REFRESH_EVERY)
+
+    def pause(self) -> None:
+        """No refresh from now on (one under way is waited for): the gate can be closed."""
+        with self.lock:
+            self.active.clear()
 
     def stop(self) -> None:
         self.stopping.set()
-        self.active.clear()
+        self.pause()
         if self.thread.is_alive():
             self.thread.join(2)

@@ -244,14 +244,35 @@ class HaLab:
         except (KeyError, OSError):
             return ""
 
-    def crash(self, key: str) -> None:
-        """SIGKILL every process of router `key` (the router and its keepalived)."""
+    def crash(self, key: str, only_router: bool = False) -> None:
+        """SIGKILL every process of router `key` (the router and its keepalived), or with
+        `only_router` the router's own process alone."""
         process = self.routers[key]
         try:
-            os.killpg(process.pid, 9)
+            if only_router:
+                os.kill(self.router_pid(key), 9)
+            else:
+                os.killpg(process.pid, 9)
         except ProcessLookupError:
             pass
-        process.wait(5)
+        if not only_router:
+            process.wait(5)
+
+    def router_pid(self, key: str) -> int:
+        """The router's own pid (`ip netns exec` execs it: the same process)."""
+        return self.routers[key].pid
+
+    def processes(self, key: str) -> list[str]:
+        """The command names of the processes left in router `key`'s namespace."""
+        done = ip(["netns", "pids", self.ns(f"router_{key}")], check=False)
+        names = []
+        for pid in done.stdout.split():
+            try:
+                with open(f"/proc/{pid}/comm") as handle:
+                    names.append(handle.read().strip())
+            except OSError:
+                continue
+        return names
 
     def terminate(self, key: str) -> int:
         """SIGTERM to the router itself, as kubelet stops a container; its exit status."""
@@ -354,14 +375,20 @@ class HaLab:
     def status(self, key: str) -> str:
         done = subprocess.run(
             ["ip", "netns", "exec", self.ns(f"router_{key}"), sys.executable, "-m", "egress_router", "status"],
-            capture_output=True, text=True, timeout=10, env={**os.environ, "PYTHONPATH": SOURCE_ROOT},
+            capture_output=True, text=True, timeout=10,
+            env={**os.environ, "PYTHONPATH": SOURCE_ROOT, "EGRESS_ROUTER_HA": "vrrp"},
         )
         return done.stdout + done.stderr
 
     def time_to_egress(self, key: str, since: float, limit: float = 10.0, attempt: float = 0.2) -> float | None:
         """Seconds from `since` (time.monotonic) until a new connection through router `key`
-        reaches the outside server from the reserved address; None if not within `limit`."""
+        reaches the outside server from the reserved address, router `key` holding it (a
+        standby relaying to a crashed active whose kernel still forwards does not count);
+        None if not within `limit`."""
         while time.monotonic() - since < limit:
+            if not self.holds(key):
+                time.sleep(0.01)
+                continue
             probe = self.connect(key, timeout=attempt)
             if probe.ok and probe.source == A.SOURCE:
                 return time.monotonic() - since

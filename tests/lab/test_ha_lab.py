@@ -1,0 +1,140 @@
+"""HA in the lab (lab/ha.py): two router pods on two nodes, one reserved address, checked at
+the destination (the outside server saw the reserved address as the source).
+
+Every test gets a fresh pair: router a started first (it wins the election), then b; the
+failover times themselves are measured by `benchmarks/failover.py` over many trials, not
+asserted here: each wait below is a bound on "it happens", far above the figures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from egress_router.lab import addresses as A
+from egress_router.lab.ha import HaLab, wait_until
+
+pytestmark = pytest.mark.lab
+
+SETTLE = 10.0  # seconds for a start-up or a failover to happen at all
+EGRESS_LIMIT = 10.0
+
+
+@pytest.fixture
+def pair() -> Iterator[HaLab]:
+    with HaLab() as lab:
+        lab.serve()
+        lab.start_router("a")
+        assert wait_until(lambda: lab.holders() == ["a"] and lab.is_ready("a"), SETTLE), lab.log("a")
+        lab.start_router("b")
+        assert wait_until(lambda: lab.is_ready("b"), SETTLE), lab.log("b")
+        yield lab
+
+
+def reaches_from_reserved(lab: HaLab, key: str) -> bool:
+    probe = lab.connect(key)
+    return probe.ok and probe.source == A.SOURCE
+
+
+def failover_to_b(lab: HaLab, since: float) -> None:
+    took = lab.time_to_egress("b", since, limit=EGRESS_LIMIT)
+    assert took is not None, f"no egress through b from {A.SOURCE}:\n{lab.log('b')}"
+    assert lab.holders() in (["b"], ["a", "b"])  # a crashed pod's kernel may keep it, gated
+    assert wait_until(lambda: lab.gateway_neighbour() == lab.mac("b"), SETTLE)
+
+
+def test_exactly_one_replica_holds_the_address_steadily(pair: HaLab) -> None:
+    seen = set()
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        seen.add(tuple(pair.holders()))
+        time.sleep(0.05)
+    assert seen == {("a",)}
+    assert pair.arp_answers() == {pair.mac("a")}
+    assert pair.gateway_neighbour() in (None, pair.mac("a"))
+    assert "ha role    active" in pair.status("a")
+    assert "ha role    standby" in pair.status("b")
+
+
+def test_both_replicas_are_ready_and_either_leaves_from_the_reserved_address(pair: HaLab) -> None:
+    assert pair.is_ready("a") and pair.is_ready("b")
+    for key in ("a", "b", "b", "a"):
+        probe = pair.connect(key)
+        assert probe.ok and probe.source == A.SOURCE, (key, probe)
+    metrics = pair.metrics("b")
+    assert 'egress_router_ha_role{role="standby"} 1.0' in metrics
+    relayed = [line for line in metrics.splitlines() if line.startswith("egress_router_ha_relayed_connections_total")]
+    assert relayed and float(relayed[0].split()[-1]) >= 2
+    assert 'egress_router_ha_role{role="active"} 1.0' in pair.metrics("a")
+
+
+def test_a_crash_of_the_active_moves_the_address_and_the_dead_pod_goes_quiet(pair: HaLab) -> None:
+    mac_a = pair.mac("a")
+    since = time.monotonic()
+    pair.crash("a")
+    failover_to_b(pair, since)
+    # Nothing is alive in a's pod, yet its kernel stops answering for the address.
+    assert wait_until(lambda: mac_a not in pair.arp_answers(0.2), SETTLE)
+    assert pair.arp_answers() == {pair.mac("b")}
+    assert 'egress_router_ha_transitions_total{to="active"} 1.0' in pair.metrics("b")
+
+
+def test_keepalived_never_outlives_the_router(pair: HaLab) -> None:
+    assert "keepalived" in pair.processes("a")
+    since = time.monotonic()
+    pair.crash("a", only_router=True)  # the router alone: its keepalived gets the parent-death signal
+    assert wait_until(lambda: "keepalived" not in pair.processes("a"), SETTLE), pair.processes("a")
+    failover_to_b(pair, since)
+
+
+def test_node_death_moves_the_address(pair: HaLab) -> None:
+    since = time.monotonic()
+    pair.node_death("a")
+    failover_to_b(pair, since)
+    assert pair.arp_answers() == {pair.mac("b")}
+
+
+def test_the_active_losing_its_lan_link_moves_the_address(pair: HaLab) -> None:
+    since = time.monotonic()
+    pair.set_lan_link("a", False)
+    failover_to_b(pair, since)
+    assert wait_until(lambda: not pair.holds("a"), SETTLE)
+    # Back on the LAN, a stays the standby and relays again over the pod network.
+    pair.set_lan_link("a", True)
+    assert wait_until(lambda: pair.is_ready("a"), SETTLE), pair.log("a")
+    assert pair.holders() == ["b"]
+    assert reaches_from_reserved(pair, "a")
+
+
+def test_sigterm_hands_the_address_over(pair: HaLab) -> None:
+    since = time.monotonic()
+    import threading
+
+    stopping = threading.Thread(target=pair.terminate, args=("a",))
+    stopping.start()
+    failover_to_b(pair, since)
+    stopping.join()
+    assert pair.routers["a"].returncode == 0, pair.log("a")
+    assert "HA: handed over" in pair.log("a")
+    assert pair.holders() == ["b"]  # a removed its address on the way out
+    assert pair.processes("a") == []
+
+
+def test_a_restarted_replica_stays_standby_and_the_lan_does_not_flap(pair: HaLab) -> None:
+    since = time.monotonic()
+    pair.crash("a")
+    failover_to_b(pair, since)
+    mac_b = pair.mac("b")
+    pair.start_router("a")  # the container restarts in the same pod
+    assert wait_until(lambda: pair.is_ready("a"), SETTLE), pair.log("a")
+    neighbours = set()
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        neighbours.add(pair.gateway_neighbour())
+        assert pair.holders() == ["b"]  # the stale address was removed, and not taken back
+        time.sleep(0.1)
+    assert neighbours == {mac_b}
+    assert reaches_from_reserved(pair, "a") and reaches_from_reserved(pair, "b")
+    assert "ha role    standby" in pair.status("a")
