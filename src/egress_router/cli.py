@@ -60,6 +60,12 @@ Added by this project:
   EGRESS_ROUTER_LOG_FORMAT text (default) or json: one event per line on stderr.
   EGRESS_ROUTER_EXPECTED_CONNECTIONS  warn when the kernel's nf_conntrack_max is below
                            this many connections; default 16384.
+  EGRESS_ROUTER_HA         vrrp: high availability of legacy mode (docs/ha.md): replicas
+                           with the same environment share the source address, elected by
+                           VRRP (keepalived); unset: off.
+  EGRESS_ROUTER_VRRP_ID    with HA: the VRRP router id, 1-255, unique on the LAN.
+  EGRESS_ROUTER_VRRP_PEERS with HA: comma-separated IPv4 addresses of the other replicas' pod
+                           interfaces, for unicast adverts where the LAN carries no multicast.
 
 Exit status: 0 done, 1 the kernel or the pod could not be set up, 2 invalid configuration.
 Each problem is reported on one line of stderr, naming the variable and the line.
@@ -224,6 +230,10 @@ def validate(paths: list[str], env: Mapping[str, str]) -> int:
         return 0
     if not paths:
         config = load_environment(env)
+        if env.get("EGRESS_ROUTER_HA", "").strip():
+            from .ha.settings import load_ha
+
+            load_ha(env, config)
         rules = config.destinations
         print(f"ok: environment: {len(rules.mappings)} rule(s), fallback {_fallback_words(rules)}")
         return 0

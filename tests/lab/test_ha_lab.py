@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from egress_router.lab import addresses as A
-from egress_router.lab.ha import HaLab, wait_until
+from egress_router.lab.ha import HaLab, ha_env, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -22,14 +22,18 @@ SETTLE = 10.0  # seconds for a start-up or a failover to happen at all
 EGRESS_LIMIT = 10.0
 
 
+def start_pair(lab: HaLab, env: dict[str, str] | None = None) -> None:
+    lab.serve()
+    lab.start_router("a", env)
+    assert wait_until(lambda: lab.holders() == ["a"] and lab.is_ready("a"), SETTLE), lab.log("a")
+    lab.start_router("b", env)
+    assert wait_until(lambda: lab.is_ready("b"), SETTLE), lab.log("b")
+
+
 @pytest.fixture
 def pair() -> Iterator[HaLab]:
     with HaLab() as lab:
-        lab.serve()
-        lab.start_router("a")
-        assert wait_until(lambda: lab.holders() == ["a"] and lab.is_ready("a"), SETTLE), lab.log("a")
-        lab.start_router("b")
-        assert wait_until(lambda: lab.is_ready("b"), SETTLE), lab.log("b")
+        start_pair(lab)
         yield lab
 
 
@@ -138,3 +142,16 @@ def test_a_restarted_replica_stays_standby_and_the_lan_does_not_flap(pair: HaLab
     assert neighbours == {mac_b}
     assert reaches_from_reserved(pair, "a") and reaches_from_reserved(pair, "b")
     assert "ha role    standby" in pair.status("a")
+
+
+def test_unicast_peers_over_the_pod_network() -> None:
+    # Where the LAN carries no multicast: the adverts go between the pods' own addresses, and
+    # the active that loses its LAN link (its macvlan0's carrier) lets go all the same.
+    with HaLab() as lab:
+        start_pair(lab, ha_env(EGRESS_ROUTER_VRRP_PEERS=f"{lab.pod_ip('a')},{lab.pod_ip('b')}"))
+        assert lab.holders() == ["a"]
+        assert reaches_from_reserved(lab, "b") and reaches_from_reserved(lab, "a")
+        since = time.monotonic()
+        lab.set_lan_link("a", False)
+        failover_to_b(lab, since)
+        assert wait_until(lambda: not lab.holds("a"), SETTLE)

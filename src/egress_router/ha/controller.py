@@ -33,7 +33,7 @@ from ..network.state import Address
 from ..plan import Plan
 from . import gate
 from .gate import ANCHOR_ADDRESS
-from .keepalived import ADVERT_INTERVAL, PLACEHOLDER, Keepalived, parse_fifo_line, render
+from .keepalived import ADVERT_INTERVAL, PLACEHOLDER, Keepalived, advert_interface, parse_fifo_line, render
 from .settings import HaConfig
 
 if TYPE_CHECKING:
@@ -271,7 +271,7 @@ class Controller:
         daemon.stats.ha = self.stats
         daemon.stats.serves = False
         assert self.own is not None
-        self.listener = AdvertListener(self.config.egress_interface, self.ha.vrid, self.own, self.log)
+        self.listener = AdvertListener(advert_interface(self.config, self.ha), self.ha.vrid, self.own, self.log)
         self.stats.listener = self.listener
         self.listener.start()
         self.refresher.start()

@@ -11,7 +11,9 @@ Choices (docs/ha.md says why):
 - Adverts every `ADVERT_INTERVAL` s: a dead active is noticed after about 3.3 intervals.
 - The adverts' source is the pod's own eth0 address (`mcast_src_ip`, or `unicast_src_ip`
   with peers): the standby holds no address on the egress interface, and the standby learns
-  the active's pod address, which it relays to, from the adverts.
+  the active's pod address, which it relays to, from the adverts. Multicast adverts go on the
+  LAN, so that an active cut off from the LAN is replaced; unicast ones (where the LAN carries
+  no multicast) go over the pod network, and the egress interface is tracked instead.
 - keepalived tells the router its state through a FIFO (`notify_fifo`).
 - It runs with `--dont-fork` under `setpriv --pdeathsig`: when the router dies, for whatever
   reason, the kernel signals keepalived, which stops advertising (with SIGTERM it first sends a
@@ -51,16 +53,18 @@ def render(config: RouterConfig, ha: HaConfig, source: IPv4Address, fifo: str) -
         "}",
         f"vrrp_instance {ha.instance} {{",
         "\tstate BACKUP",
-        f"\tinterface {config.egress_interface}",
+        f"\tinterface {advert_interface(config, ha)}",
         f"\tvirtual_router_id {ha.vrid}",
         f"\tpriority {PRIORITY}",
         f"\tadvert_int {ADVERT_INTERVAL}",
         "\tnopreempt",
     ]
     if ha.peers:
+        # Unicast adverts go over the pod network, between the pods' own addresses; losing
+        # the egress interface's carrier is a fault all the same.
         lines += [f"\tunicast_src_ip {source}", "\tunicast_peer {"]
         lines += [f"\t\t{peer}" for peer in ha.peers if peer != source]
-        lines += ["\t}"]
+        lines += ["\t}", "\ttrack_interface {", f"\t\t{config.egress_interface}", "\t}"]
     else:
         lines.append(f"\tmcast_src_ip {source}")
     # VRRPv3 instances need an address: keepalived gets a placeholder on lo, the IPv4 dummy
@@ -68,6 +72,12 @@ def render(config: RouterConfig, ha: HaConfig, source: IPv4Address, fifo: str) -
     # Adverts that carry any other address come from another VRRP router with our VRID.
     lines += ["\tvirtual_ipaddress {", f"\t\t{PLACEHOLDER}/32 dev lo scope host", "\t}", "}"]
     return "".join(f"{line}\n" for line in lines)
+
+
+def advert_interface(config: RouterConfig, ha: HaConfig) -> str:
+    """Where the adverts go: multicast on the LAN (the egress interface), unicast to the peers'
+    pod addresses over the pod network (the pod interface)."""
+    return config.pod_interface if ha.peers else config.egress_interface
 
 
 def parse_fifo_line(line: str) -> tuple[str, str] | None:
