@@ -8,6 +8,8 @@ asserted here: each wait below is a bound on "it happens", far above the figures
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -91,6 +93,17 @@ def test_keepalived_never_outlives_the_router(pair: HaLab) -> None:
     pair.crash("a", only_router=True)  # the router alone: its keepalived gets the parent-death signal
     assert wait_until(lambda: "keepalived" not in pair.processes("a"), SETTLE), pair.processes("a")
     failover_to_b(pair, since)
+
+
+def test_keepalived_dying_is_a_fault_and_it_comes_back_as_standby(pair: HaLab) -> None:
+    pid = pair.keepalived_pid("a")
+    assert pid is not None
+    since = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    failover_to_b(pair, since)
+    assert wait_until(lambda: pair.keepalived_pid("a") not in (None, pid) and pair.is_ready("a"), SETTLE), pair.log("a")
+    assert pair.holders() == ["b"]
+    assert reaches_from_reserved(pair, "a")
 
 
 def test_node_death_moves_the_address(pair: HaLab) -> None:

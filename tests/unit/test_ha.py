@@ -81,6 +81,8 @@ def test_unicast_peers_leave_out_the_replica_itself() -> None:
     text = render(config(), ha, IPv4Address("198.51.100.2"), "/f")
     lines = [line.strip() for line in text.splitlines()]
     assert "unicast_src_ip 198.51.100.2" in lines and "mcast_src_ip 198.51.100.2" not in lines
+    # Over the pod network, the egress interface tracked: its loss is a fault.
+    assert "interface eth0" in lines and lines[lines.index("track_interface {") + 1] == "macvlan0"
     peers = lines[lines.index("unicast_peer {") + 1]
     assert peers == "198.51.100.66"
 

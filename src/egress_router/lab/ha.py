@@ -262,6 +262,21 @@ class HaLab:
         """The router's own pid (`ip netns exec` execs it: the same process)."""
         return self.routers[key].pid
 
+    def keepalived_pid(self, key: str) -> int | None:
+        """The pid of the keepalived that router `key` started (its child), if any."""
+        done = ip(["netns", "pids", self.ns(f"router_{key}")], check=False)
+        for pid in done.stdout.split():
+            try:
+                with open(f"/proc/{pid}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{pid}/comm") as handle:
+                    name = handle.read().strip()
+            except OSError:
+                continue
+            if name == "keepalived" and int(fields[1]) == self.router_pid(key):
+                return int(pid)
+        return None
+
     def processes(self, key: str) -> list[str]:
         """The command names of the processes left in router `key`'s namespace."""
         done = ip(["netns", "pids", self.ns(f"router_{key}")], check=False)
