@@ -45,6 +45,9 @@ IPPROTO_VRRP = 112
 PEER_FRESH_FOR = 1.0  # seconds an advert names the active
 ANNOUNCE_AGAIN_AFTER = (0.2, 0.5, 1.0)  # after the takeover's first announcement
 RESTART_AFTER = 1.0  # seconds before a keepalived that died is started again
+# The active tells the LAN again this often: after a split brain heals, the LAN's caches come
+# back to the one active left within this time, whatever the other one announced last.
+REANNOUNCE_EVERY = 10.0
 ROLES = ("active", "standby", "fault")
 # An IPv4 address on the egress interface in every role: without any, the kernel's reverse-path
 # check (loose or strict) drops every packet that comes in on it, the VRRP adverts included.
@@ -250,6 +253,7 @@ class Controller:
         self.listener: AdvertListener | None = None
         self.refresher = gate.Refresher(config, self._refresh_failed)
         self.restart_at = 0.0
+        self.announce_at = 0.0
         self.own: IPv4Address | None = None
         self.holding = False
         router.adjust = self._adjust
@@ -311,6 +315,8 @@ class Controller:
             self._release(daemon, "fault")
         if self.role != "active":
             self._relay(self.listener.current())
+        elif time.monotonic() >= self.announce_at:
+            self._announce_again((0.0,))
         daemon.stats.serves = self.role == "active" or self.relay_target is not None
 
     def _transition(self, role: str, started: float) -> None:
@@ -362,7 +368,8 @@ class Controller:
                           active=str(target or ""))
         self.relay_target, self.relay_installed = target, True
 
-    def _announce_again(self) -> None:
+    def _announce_again(self, delays: tuple[float, ...] = ANNOUNCE_AGAIN_AFTER) -> None:
+        self.announce_at = time.monotonic() + REANNOUNCE_EVERY
         addresses = [s.ip for s in self.config.sources]
         interface = self.config.egress_interface
         announcer = self.router.announcer
@@ -374,7 +381,7 @@ class Controller:
             except OSError:
                 return
             started = time.monotonic()
-            for delay in ANNOUNCE_AGAIN_AFTER:
+            for delay in delays:
                 time.sleep(max(0.0, started + delay - time.monotonic()))
                 if not self.holding:
                     return
