@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -62,6 +63,17 @@ def test_exactly_one_replica_holds_the_address_steadily(pair: HaLab) -> None:
     assert pair.gateway_neighbour() in (None, pair.mac("a"))
     assert "ha role    active" in pair.status("a")
     assert "ha role    standby" in pair.status("b")
+    # Someone deletes the active's HA tables: they are put back, and one replica holds the
+    # address again (the adverts may have gone astray meanwhile, and the standby taken over).
+    subprocess.run(["ip", "netns", "exec", pair.ns("router_a"), "nft", "delete", "table", "inet", "egress_router_ha"],
+                   check=True)
+    assert wait_until(lambda: "ha role    none" not in pair.status("a"), SETTLE), pair.log("a")
+
+    def one_answers() -> bool:
+        held = pair.holders()
+        return len(held) == 1 and pair.arp_answers() == {pair.mac(held[0])}
+
+    assert wait_until(one_answers, SETTLE), pair.log("a")
 
 
 def test_both_replicas_are_ready_and_either_leaves_from_the_reserved_address(pair: HaLab) -> None:
@@ -168,3 +180,21 @@ def test_unicast_peers_over_the_pod_network() -> None:
         lab.set_lan_link("a", False)
         failover_to_b(lab, since)
         assert wait_until(lambda: not lab.holds("a"), SETTLE)
+
+
+def test_dual_stack_sources_move_together() -> None:
+    with HaLab(ipv6=True) as lab:
+        start_pair(lab, ha_env(ipv6=True))
+        assert lab.holds6("a") and not lab.holds6("b")
+        assert lab.nd_answers() == {lab.mac("a")}
+        mac_a = lab.mac("a")
+        lab.gateway_sends6()
+        assert wait_until(lambda: lab.gateway_neighbour6() == mac_a, SETTLE)
+        since = time.monotonic()
+        lab.crash("a")
+        failover_to_b(lab, since)
+        assert wait_until(lambda: lab.holds6("b"), SETTLE)
+        # b told the LAN (an unsolicited NA), and a's pod, with nothing alive in it, goes quiet.
+        assert wait_until(lambda: lab.gateway_neighbour6() == lab.mac("b"), SETTLE)
+        assert wait_until(lambda: mac_a not in lab.nd_answers(0.2), SETTLE)
+        assert lab.nd_answers() == {lab.mac("b")}

@@ -313,6 +313,8 @@ class Controller:
             self._release(daemon, "standby")
         elif state in ("FAULT", "STOP") and self.role != "fault":
             self._release(daemon, "fault")
+        if self.refresher.failing:
+            self._repair_gate()
         if self.role != "active":
             self._relay(self.listener.current())
         elif time.monotonic() >= self.announce_at:
@@ -354,6 +356,22 @@ class Controller:
             daemon._apply(self.config, "release")
         self._transition(role, started)
 
+    def _repair_gate(self) -> None:
+        """The gate could not be refreshed (someone deleted or changed the HA tables): write
+        them anew, as this role has them, in one transaction."""
+        script = gate.table_script(self.config)
+        if self.role == "active":
+            script += gate.alive_script(self.config)
+        else:
+            script += gate.relay_script(self.config, self.relay_target)
+        try:
+            gate.apply(script)
+        except EgressRouterError as error:
+            self.log.error("could not restore the HA tables", error=str(error))
+            return
+        self.refresher.failing = False
+        self.log.warning("the HA tables were changed by someone else; restored them")
+
     def _relay(self, target: IPv4Address | None) -> None:
         if target == self.relay_target and self.relay_installed:
             return
@@ -394,6 +412,7 @@ class Controller:
 
     def _refresh_failed(self, error: str) -> None:
         self.log.error("could not refresh the HA gate", error=error)
+        _wake()  # the loop puts the tables back at once
 
     # -- the end -------------------------------------------------------------------------------
 

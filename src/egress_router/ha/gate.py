@@ -163,13 +163,15 @@ def kernel_role() -> str:
 
 class Refresher:
     """A thread that keeps the gate open while `active` is set: the one piece of the router
-    whose silence closes it. A failed refresh is reported through `failed`."""
+    whose silence closes it. A failed refresh is reported through `failed`, once until one
+    succeeds again (the controller then puts the HA tables back)."""
 
     def __init__(self, config: RouterConfig, failed: Callable[[str], None]) -> None:
         self.script = alive_script(config)
         self.failed = failed
         self.active = threading.Event()
         self.lock = threading.Lock()  # held across a refresh: `pause` waits for one under way
+        self.failing = False
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="ha-gate", daemon=True)
 
@@ -186,7 +188,11 @@ class Refresher:
                     try:
                         apply(self.script)
                     except (ApplyError, OSError) as error:
-                        self.failed(str(error))
+                        if not self.failing:  # once, until a refresh succeeds again
+                            self.failed(str(error))
+                        self.failing = True
+                    else:
+                        self.failing = False
             self.stopping.wait(REFRESH_EVERY)
 
     def pause(self) -> None:

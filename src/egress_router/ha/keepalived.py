@@ -49,6 +49,7 @@ def render(config: RouterConfig, ha: HaConfig, source: IPv4Address, fifo: str) -
         "global_defs {",
         f"\trouter_id egress-router-{ha.vrid}",
         "\tvrrp_version 3",
+        "\tscript_user root",  # no script runs: this only keeps keepalived from looking for its user
         f"\tnotify_fifo {fifo}",
         "}",
         f"vrrp_instance {ha.instance} {{",

@@ -57,10 +57,11 @@ NODE_LAN = {"node_a": A.NODE_IP, "node_b": A.NODE_B_IP}
 CLIENT = "c"
 
 
-def ha_env(**overrides: str) -> dict[str, str]:
+def ha_env(ipv6: bool = False, **overrides: str) -> dict[str, str]:
+    """The routers' environment; `ipv6`: dual-stack sources (IPv4 and IPv6 on the LAN)."""
     env = {
-        "EGRESS_SOURCE": f"{A.SOURCE}/{A.LAN_PREFIX}",
-        "EGRESS_GATEWAY": A.GATEWAY,
+        "EGRESS_SOURCE": f"{A.SOURCE}/{A.LAN_PREFIX}" + (f",{A.SOURCE6}/{A.V6_PREFIX}" if ipv6 else ""),
+        "EGRESS_GATEWAY": A.GATEWAY + (f",{A.GATEWAY6}" if ipv6 else ""),
         "EGRESS_DESTINATION": DESTINATION,
         "EGRESS_ROUTER_MODE": "legacy",
         "EGRESS_ROUTER_HA": "vrrp",
@@ -73,7 +74,10 @@ def ha_env(**overrides: str) -> dict[str, str]:
 
 
 class HaLab:
-    def __init__(self) -> None:
+    def __init__(self, ipv6: bool = False) -> None:
+        """`ipv6`: the LAN, the gateway and the outside also speak IPv6 (for dual-stack
+        sources; the pod network stays IPv4)."""
+        self.ipv6 = ipv6
         self.prefix = f"erl-{os.getpid()}-{secrets.token_hex(2)}-"
         self.routers: dict[str, subprocess.Popen[str]] = {}
         self.logs: dict[str, str] = {}
@@ -107,12 +111,16 @@ class HaLab:
         for role in ROLES:
             forward = "1" if role.startswith("node") or role == "gw" else "0"
             strict = "1" if role.startswith("router") else "0"
+            v6 = self.ipv6 and role in ("lan", "gw", "ext", "node_a", "node_b", "router_a", "router_b")
             write_sysctls(n(role), [
                 ("net/ipv4/ip_forward", forward),
                 ("net/ipv4/conf/all/rp_filter", strict),
                 ("net/ipv4/conf/default/rp_filter", strict),
-                ("net/ipv6/conf/all/disable_ipv6", "1"),
-                ("net/ipv6/conf/default/disable_ipv6", "1"),
+                ("net/ipv6/conf/all/disable_ipv6", "0" if v6 else "1"),
+                ("net/ipv6/conf/default/disable_ipv6", "0" if v6 else "1"),
+                ("net/ipv6/conf/all/accept_dad", "0"),
+                ("net/ipv6/conf/default/accept_dad", "0"),
+                ("net/ipv6/conf/all/forwarding", "1" if v6 and role == "gw" else "0"),
             ])
         links = [
             f"link add br0 netns {n('lan')} type bridge mcast_snooping 0",
@@ -164,6 +172,11 @@ class HaLab:
                 "link set lo up", f"address add {pod_ip}/26 dev eth0", "link set eth0 up",
                 f"route add default via {gateway} dev eth0",
             ]
+        if self.ipv6:
+            batches["gw"] += [f"address add {A.GATEWAY6}/{A.V6_PREFIX} dev lan0 nodad",
+                              f"address add {A.OUTSIDE_GATEWAY6}/{A.V6_PREFIX} dev ext0 nodad"]
+            batches["ext"] += [*(f"address add {a}/{A.V6_PREFIX} dev eth0 nodad" for a in A.EXTERNAL6),
+                               f"route add default via {A.OUTSIDE_GATEWAY6}"]
         for role, lines in batches.items():
             ip(["-n", self.ns(role), "-batch", "-"], "".join(f"{line}\n" for line in lines))
 
@@ -318,6 +331,47 @@ class HaLab:
         return any(a.get("local") == A.SOURCE for link in json.loads(done.stdout or "[]")
                    for a in link.get("addr_info", []))
 
+    def holds6(self, key: str) -> bool:
+        """Whether router `key` has the reserved IPv6 address on macvlan0."""
+        done = ip(["-n", self.ns(f"router_{key}"), "-j", "-6", "address", "show", "dev", "macvlan0"], check=False)
+        if done.returncode != 0:
+            return False
+        return any(a.get("local") == A.SOURCE6 for link in json.loads(done.stdout or "[]")
+                   for a in link.get("addr_info", []))
+
+    def nd_answers(self, wait: float = 0.3) -> set[str]:
+        """The MACs that answer a neighbour solicitation for the reserved IPv6 address, asked
+        from the LAN's gateway."""
+        target = socket.inet_pton(socket.AF_INET6, A.SOURCE6)
+
+        def ask() -> set[str]:
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x86DD))
+            try:
+                sock.bind(("lan0", 0))
+                sock.send(frames.neighbour_probe(sock.getsockname()[4], target))
+                return _claims(sock, target, wait)
+            finally:
+                sock.close()
+
+        return in_netns(self.ns("gw"), ask)
+
+    def gateway_sends6(self) -> None:
+        """One UDP datagram from the gateway to the reserved IPv6 address: the gateway resolves
+        it (a neighbour entry, which an unsolicited NA later updates but never creates)."""
+
+        def send() -> None:
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+                sock.sendto(b"x", (A.SOURCE6, 9))
+
+        in_netns(self.ns("gw"), send)
+
+    def gateway_neighbour6(self) -> str | None:
+        done = ip(["-n", self.ns("gw"), "-6", "-j", "neigh", "show", A.SOURCE6, "dev", "lan0"], check=False)
+        for entry in json.loads(done.stdout or "[]"):
+            if "lladdr" in entry and "FAILED" not in entry.get("state", []):
+                return str(entry["lladdr"])
+        return None
+
     def holders(self) -> list[str]:
         return [key for key in ROUTERS if self.holds(key)]
 
@@ -339,16 +393,7 @@ class HaLab:
                 sock.bind(("lan0", 0))
                 mac = sock.getsockname()[4]
                 sock.send(frames.arp(1, mac, socket.inet_aton(A.GATEWAY), frames.NO_MAC, target))
-                found: set[str] = set()
-                deadline = time.monotonic() + wait
-                while (left := deadline - time.monotonic()) > 0:
-                    ready, _, _ = select.select([sock], [], [], left)
-                    if not ready:
-                        break
-                    said = frames.claim(sock.recv(2048))
-                    if said is not None and said[0] and said[2] == target:
-                        found.add(frames.mac_text(said[1]))
-                return found
+                return _claims(sock, target, wait)
             finally:
                 sock.close()
 
@@ -410,6 +455,21 @@ class HaLab:
             if not probe.ok and probe.error != "timeout":
                 time.sleep(0.02)  # refused or unreachable: answered at once, try again soon
         return None
+
+
+def _claims(sock: socket.socket, target: bytes, wait: float) -> set[str]:
+    """The MACs of the answers (ARP replies, neighbour advertisements) for `target` that
+    arrive on `sock` within `wait` seconds."""
+    found: set[str] = set()
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([sock], [], [], left)
+        if not ready:
+            break
+        said = frames.claim(sock.recv(2048))
+        if said is not None and said[0] and said[2] == target:
+            found.add(frames.mac_text(said[1]))
+    return found
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
