@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Interface, ip_address
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ApplyError, EgressRouterError, SetupError
+from ..errors import EgressRouterError, SetupError
 from ..log import Log
 from ..model import RouterConfig
 from ..network.state import Address
@@ -279,7 +279,7 @@ class Controller:
         self.stats.listener = self.listener
         self.listener.start()
         self.refresher.start()
-        self.keepalived = Keepalived()
+        self.keepalived = Keepalived(self.ha.runtime_dir)
         self.fifo = FifoReader(self.keepalived.fifo, self.ha.instance)
         self.fifo.start()
         self._start_keepalived()
@@ -432,7 +432,7 @@ class Controller:
             self.holding = False
             try:
                 self.router.apply(self.config)
-            except (EgressRouterError, ApplyError) as error:
+            except EgressRouterError as error:
                 self.log.warning("could not remove the address on the way out", error=str(error))
             self.log.info("HA: handed over", seconds=f"{time.monotonic() - started:.3f}")
         self.refresher.stop()

@@ -93,8 +93,8 @@ def parse_fifo_line(line: str) -> tuple[str, str] | None:
 class Keepalived:
     """keepalived as the router's child: started, watched, stopped."""
 
-    def __init__(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="egress-router-ha-", dir=_runtime_dir())
+    def __init__(self, parent: str | None = None) -> None:
+        self.directory = tempfile.mkdtemp(prefix="egress-router-ha-", dir=parent or _runtime_dir())
         self.fifo = os.path.join(self.directory, "state.fifo")
         os.mkfifo(self.fifo, 0o600)
         self.process: subprocess.Popen[bytes] | None = None

@@ -19,6 +19,9 @@ VRRP_ID = "EGRESS_ROUTER_VRRP_ID"
 VRRP_PEERS = "EGRESS_ROUTER_VRRP_PEERS"
 HA_MODES = ("vrrp",)
 MAX_PEERS = 16
+# Internal, for the lab: where keepalived's files go (a folder of its own inside it), instead
+# of /run. Not part of the contract.
+RUNTIME_DIR_VARIABLE = "EGRESS_ROUTER_HA_RUNTIME_DIR"
 
 
 class HaConfig(NamedTuple):
@@ -26,6 +29,7 @@ class HaConfig(NamedTuple):
 
     vrid: int
     peers: tuple[IPv4Address, ...] = ()  # unicast VRRP peers; () for multicast
+    runtime_dir: str | None = None  # None: /run (RUNTIME_DIR_VARIABLE)
 
     @property
     def instance(self) -> str:
@@ -60,7 +64,7 @@ def load_ha(environ: Mapping[str, str], config: RouterConfig) -> HaConfig:
     peers = _peers(environ.get(VRRP_PEERS, ""), problems)
     if problems:
         raise ConfigError(problems)
-    return HaConfig(vrid, peers)
+    return HaConfig(vrid, peers, environ.get(RUNTIME_DIR_VARIABLE) or None)
 
 
 def _peers(text: str, problems: list[Problem]) -> tuple[IPv4Address, ...]:

@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,6 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Self
 
+from ..ha.settings import RUNTIME_DIR_VARIABLE
 from ..neighbours import frames
 from . import addresses as A
 from .netns import delete_namespaces, in_netns, ip, ip_batch, write_sysctls
@@ -83,6 +85,7 @@ class HaLab:
         self.logs: dict[str, str] = {}
         self._processes: list[subprocess.Popen[str]] = []
         self._files: list[str] = []
+        self.runtime = ""  # keepalived's files of the routers started here (a crash leaves them)
         self._built = False
 
     def ns(self, role: str) -> str:
@@ -106,6 +109,7 @@ class HaLab:
     def build(self) -> None:
         atexit.register(self.destroy)
         self._built = True
+        self.runtime = tempfile.mkdtemp(prefix="egress-ha-lab-")
         n = self.ns
         ip_batch([f"netns add {n(role)}" for role in ROLES])
         for role in ROLES:
@@ -214,6 +218,7 @@ class HaLab:
                 os.unlink(path)
             except OSError:
                 pass
+        shutil.rmtree(self.runtime, ignore_errors=True)
         self._built = False
         atexit.unregister(self.destroy)
 
@@ -243,7 +248,8 @@ class HaLab:
         self._files.append(path)
         self.logs[key] = path
         full = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-                "PYTHONPATH": SOURCE_ROOT, **(env if env is not None else ha_env())}
+                "PYTHONPATH": SOURCE_ROOT, RUNTIME_DIR_VARIABLE: self.runtime,
+                **(env if env is not None else ha_env())}
         with os.fdopen(handle, "w") as out:
             process = self.popen(f"router_{key}", [sys.executable, "-m", "egress_router"], full,
                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
