@@ -242,7 +242,9 @@ def _loop(daemon: Daemon, ha: Controller | None = None) -> None:
         if ha is not None:
             ha.step(daemon)
             if info is not None and info.si_signo in WAKE_SIGNALS:
-                continue
+                if time.monotonic() - daemon.stats.last_tick < TICK:
+                    continue  # woken early: the tick comes at its time
+                info = None
         if info is not None:
             daemon.log.info("reloading on SIGHUP")
         daemon.tick(reload=info is not None)
