@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from . import stats
 from .context import PROBES, Bench, BenchError, stop
 from .layouts import (
+    COUNTING,
     FLOOR,
     LAYOUTS,
     LINEAR,
@@ -91,8 +92,10 @@ def start_server(bench: Bench):  # type: ignore[no-untyped-def]
 
 
 def prepare(bench: Bench, n: int) -> dict[str, str]:
+    destinations = bench.file(f"destinations-{n}.txt", destination_text(n, bench.lan))
     return {
-        PROJECT: bench.file(f"destinations-{n}.txt", destination_text(n, bench.lan)),
+        PROJECT: destinations,
+        COUNTING: bench.file(f"legacy-{n}.nft", legacy_script(bench, destinations)),
         LINEAR: bench.file(f"linear-{n}.nft", linear_script(n, bench.lan)),
         FLOOR: bench.file(f"floor-{n}.nft", floor_script(n, bench.lan)),
     }
@@ -100,12 +103,29 @@ def prepare(bench: Bench, n: int) -> dict[str, str]:
 
 def load(bench: Bench, layout: str, files: dict[str, str]) -> None:
     bench.clear_tables()
-    if layout == PROJECT:
+    if layout in (PROJECT, COUNTING):
         bench.run_router(bench.destination_env(files[PROJECT]))
-    else:
+    if layout == COUNTING:
+        # `legacy` sets up the network as `init` does, and its table counts: the table that
+        # `egress-router plan` prints for `legacy`, in place of init's (no daemon runs, so
+        # nothing but the table differs).
+        bench.clear_tables()
+        bench.exec("router", ["nft", "-f", files[COUNTING]], timeout=300)
+    elif layout != PROJECT:
         bench.exec("router", ["nft", "-f", files[layout]], timeout=300)
     if layout == FLOOR:
         bench.route_directly()
+
+
+def legacy_script(bench: Bench, destinations: str) -> str:
+    """The nft part of `egress-router plan` for these mappings in `legacy` mode."""
+    from egress_router.cli import render_plan
+    from egress_router.config import load_environment
+
+    env = bench.destination_env(destinations)
+    env["EGRESS_ROUTER_MODE"] = "legacy"
+    env["EGRESS_ROUTER_HTTP_PORT"] = "65535"  # above every mapping's local port (9090 is one at 10,000)
+    return render_plan(load_environment(env))
 
 
 def measure(bench: Bench, n: int, cell: Cell) -> None:

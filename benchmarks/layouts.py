@@ -18,9 +18,11 @@ SERVER_PORT = 60000
 MAX_MAPPINGS = SERVER_PORT - FIRST_REMOTE_PORT
 
 PROJECT = "maps (egress-router)"
+# The same router in `legacy` mode, whose table also counts connections and bytes per port.
+COUNTING = "maps, counting (legacy)"
 LINEAR = "linear (one rule per mapping)"
 FLOOR = "floor (two hand-written rules)"
-LAYOUTS = (PROJECT, LINEAR, FLOOR)
+LAYOUTS = (PROJECT, COUNTING, LINEAR, FLOOR)
 
 # The benchmark's own tables; never the router's.
 LINEAR_TABLE = "inet egress_bench_linear"

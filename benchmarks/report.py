@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from . import connrate as cr
-from .layouts import FLOOR, LAYOUTS, LINEAR, PROJECT
+from .layouts import COUNTING, FLOOR, LAYOUTS, LINEAR, PROJECT
 from .stats import ratio
 from .throughput import FLOOR as TP_FLOOR
 from .throughput import ROUTER as TP_ROUTER
@@ -50,6 +50,12 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             r = ratio(ours_1, floor_1)
             figure = f"{r:.2f}x ({ours_1:.1f} / {floor_1:.1f} us)"
             out.append(("latency, 1 mapping (maps) / floor", figure, "<= 1.1x", r <= 1.1))
+        counting_1 = cells.get(COUNTING, {}).get("1", {}).get("median_us")
+        if counting_1 and floor_1:
+            # `legacy` mode's table: the same, plus the per-port counting its metrics read.
+            r = ratio(counting_1, floor_1)
+            figure = f"{r:.2f}x ({counting_1:.1f} / {floor_1:.1f} us)"
+            out.append(("latency, 1 mapping, legacy's counting table / floor", figure, "none (reported)", None))
         linear_1 = cells[LINEAR].get("1", {}).get("median_us")
         if linear_1 and floor_1:
             # One linear rule is the floor's DNAT plus the router's mark, out by its policy
@@ -316,7 +322,7 @@ def plot(results: dict[str, Any], folder: Path) -> dict[str, str]:
     latency = results.get("latency")
     if latency:
         fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-        styles = {PROJECT: ("tab:blue", "o"), LINEAR: ("tab:red", "s"), FLOOR: ("tab:gray", "^")}
+        styles = {PROJECT: ("tab:blue", "o"), COUNTING: ("tab:green", "D"), LINEAR: ("tab:red", "s"), FLOOR: ("tab:gray", "^")}
         for layout in LAYOUTS:
             cells = latency["layouts"][layout]
             ns = sorted(int(n) for n in cells)

@@ -95,6 +95,13 @@ class RouterConfig(NamedTuple):
         return _of_family(self.gateways, family)
 
     @property
+    def counts_traffic(self) -> bool:
+        """Only `legacy` mode reads the per-port connection and byte counts (its metrics and
+        `status`): an `init` container has exited before anyone could, so its table does not
+        pay for counting on every forwarded packet."""
+        return self.mode is Mode.LEGACY
+
+    @property
     def served_http_port(self) -> int:
         """The port the router itself answers on (0: none), which is never redirected."""
         return self.http_port if self.mode is Mode.LEGACY else 0

@@ -167,3 +167,14 @@ def test_reverse_path_filtering_is_made_loose_only_where_it_is_strict(device, ev
     )
     sysctls = dict(build_network(config, Facts.of(state)).sysctls)
     assert (sysctls.get("net/ipv4/conf/macvlan0/rp_filter") == "2") is written
+
+
+def test_only_legacy_counts_every_packet() -> None:
+    """The per-port connection and byte sets are read by legacy's metrics and status; an init
+    container is gone before anyone could read them, so its forward path does not update them."""
+    legacy = plan_for(EGRESS_ROUTER_MODE="legacy").table.body
+    init = plan_for().table.body
+    assert "ct status dnat jump count" in legacy and "update @bytes_tcp4" in legacy
+    assert "jump count" not in init and "bytes_tcp4" not in init and "conns_tcp4" not in init
+    # Everything else of the forward path is the same: only redirected connections pass.
+    assert "iifname \"eth0\" oifname \"macvlan0\" ct status dnat accept" in init
