@@ -48,6 +48,9 @@ RESTART_AFTER = 1.0  # seconds before a keepalived that died is started again
 # The active tells the LAN again this often: after a split brain heals, the LAN's caches come
 # back to the one active left within this time, whatever the other one announced last.
 REANNOUNCE_EVERY = 10.0
+# After a SIGTERM's handover, connections that still reach this replica are relayed to the new
+# active this long (seconds), while the Service drops the terminating pod's endpoint.
+LINGER = 2.0
 ROLES = ("active", "standby", "fault")
 # An IPv4 address on the egress interface in every role: without any, the kernel's reverse-path
 # check (loose or strict) drops every packet that comes in on it, the VRRP adverts included.
@@ -416,10 +419,22 @@ class Controller:
 
     # -- the end -------------------------------------------------------------------------------
 
+    def _linger(self, until: float) -> None:
+        """Relay to the new active, as a standby does, until `until` (time.monotonic)."""
+        assert self.listener is not None
+        while (left := until - time.monotonic()) > 0:
+            target = self.listener.current()
+            if target is not None and target != self.relay_target:
+                self._relay(target)
+            time.sleep(min(left, 0.05))
+
     def close(self, daemon: Daemon) -> None:
         """SIGTERM or SIGINT: an active closes the gate and gives the address away (keepalived's
-        priority-0 advert), then removes it; everything HA started stops."""
+        priority-0 advert), then removes it, and for `LINGER` seconds relays what still reaches
+        it to the new active (the Service takes a moment to drop a terminating pod); everything
+        HA started stops."""
         started = time.monotonic()
+        daemon.stats.serves = False  # not Ready any more: the endpoint goes
         if self.role == "active":
             self.refresher.pause()
             try:
@@ -435,6 +450,7 @@ class Controller:
             except EgressRouterError as error:
                 self.log.warning("could not remove the address on the way out", error=str(error))
             self.log.info("HA: handed over", seconds=f"{time.monotonic() - started:.3f}")
+            self._linger(started + LINGER)
         self.refresher.stop()
         for part in (self.fifo, self.listener):
             if part is not None:
