@@ -20,6 +20,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 WAKE = signal.SIGUSR1
 IPPROTO_VRRP = 112
+VRRP_GROUP = "224.0.0.18"
 PEER_FRESH_FOR = 1.0  # seconds an advert names the active
 ANNOUNCE_AGAIN_AFTER = (0.2, 0.5, 1.0)  # after the takeover's first announcement
 RESTART_AFTER = 1.0  # seconds before a keepalived that died is started again
@@ -107,6 +109,10 @@ class AdvertListener:
         self.stopping = threading.Event()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_VRRP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+        # The VRRP group on the interface, whatever keepalived does (it leaves it on exit,
+        # and a replica leaving after a handover still listens for the new active).
+        request = socket.inet_aton(VRRP_GROUP) + socket.inet_aton("0.0.0.0") + socket.if_nametoindex(interface).to_bytes(4, sys.byteorder)
+        self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, request)
         self.thread = threading.Thread(target=self._run, name="ha-adverts", daemon=True)
 
     def start(self) -> None:
@@ -442,7 +448,7 @@ class Controller:
             except EgressRouterError as error:
                 self.log.error("could not close the HA gate", error=str(error))
         if self.keepalived is not None:
-            self.keepalived.stop()
+            self.keepalived.terminate()  # its priority-0 advert: the peer takes over
         if self.role == "active":
             self.holding = False
             try:
@@ -451,6 +457,8 @@ class Controller:
                 self.log.warning("could not remove the address on the way out", error=str(error))
             self.log.info("HA: handed over", seconds=f"{time.monotonic() - started:.3f}")
             self._linger(started + LINGER)
+        if self.keepalived is not None:
+            self.keepalived.stop()
         self.refresher.stop()
         for part in (self.fifo, self.listener):
             if part is not None:

@@ -98,6 +98,7 @@ class Keepalived:
         self.fifo = os.path.join(self.directory, "state.fifo")
         os.mkfifo(self.fifo, 0o600)
         self.process: subprocess.Popen[bytes] | None = None
+        self.terminated = False
 
     def configure(self, text: str) -> str:
         path = os.path.join(self.directory, "keepalived.conf")
@@ -126,18 +127,26 @@ class Keepalived:
         """keepalived's exit status if it has ended, else None."""
         return None if self.process is None else self.process.poll()
 
+    def terminate(self) -> None:
+        """SIGTERM, without waiting: keepalived sends a priority-0 advert (the peer takes over
+        at once), then exits in its own time."""
+        process = self.process
+        if process is not None and process.poll() is None and not self.terminated:
+            process.send_signal(signal.SIGTERM)
+            self.terminated = True
+
     def stop(self) -> None:
-        """SIGTERM: keepalived sends a priority-0 advert (the peer takes over at once), then
-        exits; SIGKILL if it takes too long."""
+        """`terminate`, then wait for keepalived to exit; SIGKILL if it takes too long."""
         process = self.process
         if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 process.wait(STOP_GRACE)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(STOP_GRACE)
         self.process = None
+        self.terminated = False
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
