@@ -40,6 +40,7 @@ def parse_args(argv: list[str]) -> tuple[Options, Path]:
     parser.add_argument("--live-size", type=int, help="mappings of the live table changed in place")
     parser.add_argument("--live-rounds", type=int)
     parser.add_argument("--init-runs", type=int)
+    parser.add_argument("--failover-trials", type=int, help="HA failover trials per kind of failure")
     args = parser.parse_args(argv)
     options = QUICK if args.quick else FULL
     changes: dict[str, Any] = {}
@@ -59,7 +60,7 @@ def parse_args(argv: list[str]) -> tuple[Options, Path]:
         changes["mappings"] = mappings
     for name in ("connects", "warmup", "rounds", "iperf_seconds", "iperf_repeats", "connrate_seconds",
                  "connrate_repeats", "connrate_connections", "apply_repeats", "live_size", "live_rounds",
-                 "init_runs"):
+                 "init_runs", "failover_trials"):
         value = getattr(args, name)
         if value is not None:
             if value < (0 if name == "warmup" else 1):
@@ -80,10 +81,10 @@ def run(options: Options, out: Path, command: str) -> dict[str, Any]:
     from egress_router.lab import Lab, seed_env
     from egress_router.lab import addresses as A
 
-    from . import apply, connrate, latency, names, startup, throughput
+    from . import apply, connrate, failover, latency, names, startup, throughput
 
     sections = {"latency": latency.run, "names": names.run, "throughput": throughput.run, "connrate": connrate.run,
-                "apply": apply.run, "startup": startup.run}
+                "apply": apply.run, "startup": startup.run, "failover": failover.run}
     started = time.monotonic()
     results: dict[str, Any] = {
         "started": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-SECTIONS = ("latency", "names", "throughput", "connrate", "apply", "startup")
+SECTIONS = ("latency", "names", "throughput", "connrate", "apply", "startup", "failover")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Options:
     init_runs: int = 20
     live_size: int = 10000  # mappings of the live rule set that a small change is applied to
     live_change: int = 10  # lines changed
+    failover_trials: int = 10  # per kind of failure (failover.py)
     sections: tuple[str, ...] = SECTIONS
 
 
@@ -44,4 +45,5 @@ QUICK = replace(
     apply_repeats=3,
     live_rounds=10,
     init_runs=10,
+    failover_trials=3,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from .throughput import ROUTER as TP_ROUTER
 
 LATENCY_PLOT = "latency.png"
 APPLY_PLOT = "apply.png"
+FAILOVER_PLOT = "failover.png"
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -142,6 +144,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     lines += _connrate(results.get("connrate"))
     lines += _apply(results.get("apply"), plots)
     lines += _startup(results.get("startup"))
+    lines += _failover(results.get("failover"), plots)
     return "\n".join(lines) + "\n"
 
 
@@ -305,6 +308,28 @@ def _startup(startup: dict[str, Any] | None) -> list[str]:
     return out + [""]
 
 
+def _failover(failover: dict[str, Any] | None, plots: dict[str, str]) -> list[str]:
+    if not failover:
+        return []
+    out = [
+        "## Failover (HA)", "",
+        (f"{failover['trials']} trials of each kind, interleaved, each in a fresh two-node HA lab: "
+         "the time from the active's failure until a new connection through the survivor reaches "
+         "the outside server from the reserved address (benchmarks/failover.py)."), "",
+        "| failure | median (s) | max (s) | min (s) |", "|---|---:|---:|---:|",
+    ]
+    for kind, cell in failover["kinds"].items():
+        out.append(f"| {kind} | {cell['median_s']:.3f} | {cell['max_s']:.3f} | {cell['min_s']:.3f} |")
+    for kind, cell in failover["kinds"].items():
+        quiet = cell.get("arp_quiet")
+        if quiet:
+            out += ["", (f"After a {kind}, the dead pod stopped answering ARP for the address after "
+                         f"median {quiet['median_s']:.3f} s, max {quiet['max_s']:.3f} s.")]
+    if FAILOVER_PLOT in plots:
+        out += ["", f"![failover]({FAILOVER_PLOT})"]
+    return out + [""]
+
+
 def plot(results: dict[str, Any], folder: Path) -> dict[str, str]:
     """Write the PNGs; matplotlib is imported here only, so the rest runs without it."""
     import matplotlib
@@ -346,6 +371,23 @@ def plot(results: dict[str, Any], folder: Path) -> dict[str, str]:
         _finish(plt, fig, ax, "mappings", "wall time (ms)",
                 f"Apply time into an empty namespace\n{subtitle}", folder / APPLY_PLOT)
         written[APPLY_PLOT] = APPLY_PLOT
+    failover = results.get("failover")
+    if failover:
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+        kinds = list(failover["kinds"])
+        for i, kind in enumerate(kinds):
+            values = [v * 1e3 for v in failover["kinds"][kind]["egress_s"]]
+            ax.scatter([i] * len(values), values, color="tab:blue", alpha=0.6, s=18)
+            ax.hlines(statistics.median(values), i - 0.25, i + 0.25, color="tab:red")
+        ax.set_xticks(range(len(kinds)), kinds)
+        ax.set_ylabel("to a new connection from the reserved address (ms)")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.set_title(f"HA failover, {failover['trials']} trials per kind (red: median)\n{subtitle}", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(folder / FAILOVER_PLOT)
+        plt.close(fig)
+        written[FAILOVER_PLOT] = FAILOVER_PLOT
     return written
 
 

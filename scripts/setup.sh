@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 # The router needs nft and ip; the tests also run a small benchmark (iperf3 and wrk, the
 # userspace proxies it is compared with, nginx as the connection-rate server), so that
 # `make bench` keeps working. The lab's DNS server is dnsmasq from dnsmasq-base (no service).
-packages=(nftables iproute2 python3-venv iperf3 haproxy socat nginx wrk dnsmasq-base)
+# keepalived is the HA mode's VRRP engine; it only ever runs as the router's child (its host
+# service is kept from starting below, and never enabled).
+packages=(nftables iproute2 python3-venv iperf3 haproxy socat nginx wrk dnsmasq-base keepalived)
 
 # haproxy and nginx start a host-wide service on install: the benchmark runs its own, in a lab
 # namespace only. Unless a policy-rc.d already forbids starts, one that exits 101 stands in for
@@ -47,6 +49,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# keepalived runs only as the HA router's child, never as the host's service.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable keepalived >/dev/null 2>&1 || true; fi
 
 venv=${VENV:-.venv}
 extras=test

@@ -63,6 +63,12 @@ Added by this project:
                            this many connections; default 16384.
   EGRESS_ROUTER_DNS_MIN_TTL, EGRESS_ROUTER_DNS_MAX_TTL  legacy mode looks a destination name
                            up again at its TTL, within these seconds; default 5 and 1800.
+  EGRESS_ROUTER_HA         vrrp: high availability of legacy mode (docs/ha.md): replicas
+                           with the same environment share the source address, elected by
+                           VRRP (keepalived); unset: off.
+  EGRESS_ROUTER_VRRP_ID    with HA: the VRRP router id, 1-255, unique on the LAN.
+  EGRESS_ROUTER_VRRP_PEERS with HA: comma-separated IPv4 addresses of the other replicas' pod
+                           interfaces, for unicast adverts where the LAN carries no multicast.
 
 Exit status: 0 done, 1 the kernel or the pod could not be set up, 2 invalid configuration.
 Each problem is reported on one line of stderr, naming the variable and the line.
@@ -153,6 +159,11 @@ def run_environment(env: Mapping[str, str]) -> int:
     from .model import Mode
 
     config = load_environment(env)
+    ha = None
+    if env.get("EGRESS_ROUTER_HA", "").strip():
+        from .ha.settings import load_ha  # HA modules load only when HA is asked for
+
+        ha = load_ha(env, config)
     log = Log(debug=config.debug, json=config.log_format == "json")
     if config.mode is Mode.UNIT_TEST:
         sys.stdout.write(render_plan(config))
@@ -165,6 +176,12 @@ def run_environment(env: Mapping[str, str]) -> int:
         from .dns.start import resolve_once  # dnspython only for a configuration with names
 
         resolve_once(router, config, log)  # a name that does not resolve: exit 1, nothing applied
+    controller = None
+    if ha is not None:
+        from .ha.controller import Controller
+
+        controller = Controller(config, ha, router, log)
+        controller.prepare()  # gate closed, plan without the address: start as the standby
     outcome = router.apply(config)
     if config.mode.redirects:
         warning = conntrack_warning(config.expected_connections)
@@ -174,7 +191,7 @@ def run_environment(env: Mapping[str, str]) -> int:
     if config.mode is Mode.LEGACY:
         from .daemon import run
 
-        return run(router, config, log, env, first=outcome)
+        return run(router, config, log, env, first=outcome, ha=controller)
     return 0
 
 
@@ -228,6 +245,10 @@ def validate(paths: list[str], env: Mapping[str, str]) -> int:
         return 0
     if not paths:
         config = load_environment(env)
+        if env.get("EGRESS_ROUTER_HA", "").strip():
+            from .ha.settings import load_ha
+
+            load_ha(env, config)
         rules = config.destinations
         print(f"ok: environment: {len(rules.mappings)} rule(s), fallback {_fallback_words(rules)}{_names_words(rules)}")
         return 0

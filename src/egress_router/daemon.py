@@ -31,10 +31,12 @@ from .schema import TABLE_FAMILY, TABLE_NAME
 from .watch import FileWatcher
 
 if TYPE_CHECKING:
+    from .ha.controller import Controller
     from .http import HealthServer
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 RELOAD_SIGNALS = {signal.SIGHUP}
+WAKE_SIGNALS = {signal.SIGUSR1}  # HA: keepalived's state or the active changed (ha/controller.py)
 TICK = 0.5  # the file is polled this often: a change is applied within about a second
 CHECK_EVERY = 5.0
 # Internal, for tests: another drift-check period in seconds (not part of the contract).
@@ -224,23 +226,28 @@ def run(
     env: Mapping[str, str],
     reader: TableReader | None = None,
     first: Outcome | None = None,
+    ha: Controller | None = None,
 ) -> int:
     """Stay until SIGTERM or SIGINT; the caller has applied `config` once already."""
     # Blocked before any thread starts, so that every thread inherits the mask and the signals
     # wait for `sigtimedwait` in this loop instead of interrupting a thread mid-apply.
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | RELOAD_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | RELOAD_SIGNALS | WAKE_SIGNALS)
     if reader is None:
         from .nft.listing import NftTableReader
 
         reader = NftTableReader()
     daemon = Daemon(router, config, env, log, reader, check_every=_check_every(env))
     daemon.started(first)
+    if ha is not None:
+        ha.begin(daemon)
     server = _serve(config.served_http_port, daemon, log)
     log.info("router running", mode=config.mode.value, http_port=config.served_http_port,
              watching=config.destination_file or "")
     try:
-        _loop(daemon)
+        _loop(daemon, ha)
     finally:
+        if ha is not None:
+            ha.close(daemon)
         if server is not None:
             server.stop()
         if daemon.stats.names is not None:
@@ -257,13 +264,20 @@ def _check_every(env: Mapping[str, str]) -> float:
     return value if value > 0 else CHECK_EVERY
 
 
-def _loop(daemon: Daemon) -> None:
+def _loop(daemon: Daemon, ha: Controller | None = None) -> None:
     started = time.monotonic()
-    announcements = [started + delay for delay in ANNOUNCE_AGAIN_AFTER]
+    # An HA standby holds no address to announce: the takeover announces its own.
+    announcements = [] if ha is not None else [started + delay for delay in ANNOUNCE_AGAIN_AFTER]
     while True:
-        info = signal.sigtimedwait(STOP_SIGNALS | RELOAD_SIGNALS, TICK)
+        info = signal.sigtimedwait(STOP_SIGNALS | RELOAD_SIGNALS | WAKE_SIGNALS, TICK)
         if info is not None and info.si_signo in STOP_SIGNALS:
             return
+        if ha is not None:
+            ha.step(daemon)
+            if info is not None and info.si_signo in WAKE_SIGNALS:
+                if time.monotonic() - daemon.stats.last_tick < TICK:
+                    continue  # woken early: the tick comes at its time
+                info = None
         if info is not None:
             daemon.log.info("reloading on SIGHUP")
         daemon.tick(reload=info is not None)

@@ -1,7 +1,9 @@
 """Health and metrics over HTTP, in one thread of the daemon (imported only when the port is set).
 
 `/healthz`: the daemon's loop is turning (kubelet restarts a pod whose loop is stuck).
-`/readyz`: the current configuration is applied and the last check found the kernel holding it.
+`/readyz`: the current configuration is applied and the last check found the kernel holding it,
+and (HA) every connection that reaches this replica is served: an active, or a standby that
+knows the active to relay to.
 `/metrics`: Prometheus text, built at scrape time by `metrics.Collector`.
 
 Any pod that reaches the router can connect to this port, so the server is built to be cheap to

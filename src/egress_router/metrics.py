@@ -43,6 +43,8 @@ class Stats:
     drift_repairs: int = 0
     address_conflicts: int = 0  # other hosts found answering for the source address
     ready: bool = False  # the current config is applied and the last check found it in place
+    serves: bool = True  # HA: every connection that reaches this replica is served (ha/)
+    ha: Any = None  # HA: its metrics (ha.controller.HaStats), None without HA
     last_tick: float = field(default_factory=time.monotonic)  # the loop's heartbeat
     apply_buckets: list[int] = field(default_factory=lambda: [0] * len(APPLY_BUCKETS))
     apply_count: int = 0
@@ -57,8 +59,9 @@ class Stats:
 
     @property
     def serving(self) -> bool:
-        """/readyz: the configuration is applied, and every destination name resolved once."""
-        return self.ready and self.names_ready
+        """/readyz: the configuration is applied, every destination name resolved once, and
+        (HA) every connection that reaches this replica is served."""
+        return self.ready and self.names_ready and self.serves
 
     def observe_apply(self, seconds: float) -> None:
         with self.lock:
@@ -204,6 +207,8 @@ class Collector:
             from .dns.metrics import collect as names
 
             yield from names(s.names)
+        if s.ha is not None:
+            yield from s.ha.metrics()
         for name, what in (("count", "in use"), ("max", "allowed")):
             value = _read_int(CONNTRACK + name)
             if value is not None:

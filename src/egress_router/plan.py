@@ -25,6 +25,7 @@ from .schema import (
     NAMESERVER_PRIORITY,
     POD_SOURCE_PRIORITY,
     PROTOCOLS,
+    RELAY_CT_MARK,
     ROUTE_TABLE,
     RULE_PRIORITY,
     TABLE_FAMILY,
@@ -357,7 +358,9 @@ def _body(config: RouterConfig, facts: Facts, named: tuple[Named, dict[int, str]
     # The packets of a redirected connection, on their way out, carry the mark that routes
     # them through the egress interface (the rule `fwmark FWMARK lookup ROUTE_TABLE`); its
     # replies and everything else follow the pod's own routes. After DNAT, before routing.
-    mark = [f"iifname {pod} ct direction original ct status dnat meta mark set {FWMARK:#x}"]
+    # A connection an HA standby relays to the active (RELAY_CT_MARK, ha/gate.py) stays on
+    # the pod network, and is forwarded there.
+    mark = [f"iifname {pod} ct direction original ct status dnat ct mark != {RELAY_CT_MARK:#x} meta mark set {FWMARK:#x}"]
 
     # Forward only what a rule redirected, and the replies to it: neither side can use the
     # router as a plain gateway, from the pod network out or from the LAN in.
@@ -373,6 +376,7 @@ def _body(config: RouterConfig, facts: Facts, named: tuple[Named, dict[int, str]
     fwd += [
         "ct state established,related accept",
         f"iifname {pod} oifname {egress} ct status dnat accept",
+        f"iifname {pod} oifname {pod} ct status dnat ct mark {RELAY_CT_MARK:#x} accept",
     ]
 
     lines += _chain("prerouting", "nat", "prerouting", "dstnat", "accept", pre)

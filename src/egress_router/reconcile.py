@@ -20,6 +20,7 @@ a failure leaves nothing half-applied:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import EgressRouterError, SetupError
@@ -99,6 +100,7 @@ class Router:
         self.resolv_conf = "/etc/resolv.conf"  # the pod's nameservers (the proxy modes)
         self.distrust = False  # True: a table found in the kernel is replaced whole, whatever its tag
         self.answers: Answers = ()  # the destination names' current addresses (`dns`)
+        self.adjust: Callable[[Plan], Plan] | None = None  # HA: a standby's plan holds no address
 
     def forget(self) -> None:
         """The kernel may no longer hold what was applied (drift, a failure): the next
@@ -111,10 +113,13 @@ class Router:
         """The plan for `config`, and the state read to make it (None: made with the facts
         of the last one, as a reload of the rules alone may be)."""
         if not fresh and self.facts is not None:
-            return build_plan(config, self.facts._replace(answers=self.answers)), None
+            return self._adjusted(build_plan(config, self.facts._replace(answers=self.answers))), None
         current = self.net.read(network_scope(config))
         self.facts = Facts.of(current, read_nameservers(config, self.resolv_conf))
-        return build_plan(config, self.facts._replace(answers=self.answers)), current
+        return self._adjusted(build_plan(config, self.facts._replace(answers=self.answers))), current
+
+    def _adjusted(self, plan: Plan) -> Plan:
+        return plan if self.adjust is None else self.adjust(plan)
 
     def apply(self, config: RouterConfig, fresh: bool = True, announce: bool = False) -> Outcome:
         """Plan `config` (see `plan`) and reconcile the kernel to it."""
@@ -154,7 +159,7 @@ class Router:
             outcome.warnings.append(
                 f"{network.interface} has no carrier: its parent interface on the node may be down"
             )
-        if announce or _lan_may_not_know(network, current):
+        if network.probes and (announce or _lan_may_not_know(network, current)):
             self._neighbours(network, current.link.mac, outcome)
         for warning in outcome.warnings:
             self.log.warning(warning)
@@ -231,7 +236,7 @@ class Router:
 
     def _neighbours(self, network: NetworkPlan, mac: str, outcome: Outcome) -> None:
         probes = [(p.source, p.gateway) for p in network.probes]
-        addresses = [a.address.ip for a in network.addresses]
+        addresses = [source for source, _ in probes]  # the sources: what the LAN must know
         try:
             report = self.announcer.exchange(
                 network.interface, mac, addresses, probes, GATEWAY_ANSWER_TIMEOUT

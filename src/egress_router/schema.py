@@ -40,6 +40,9 @@ def connections_set_name(protocol: str, family: int) -> str:
 # there makes tables or rules of its own.
 ROUTE_TABLE = 2430
 FWMARK = 0x2430  # on the packets of connections the router redirected
+# The conntrack mark of connections an HA standby relays to the active over the pod network:
+# they are not marked for the egress interface, and the forward chain passes them.
+RELAY_CT_MARK = 0x2431
 RULE_PRIORITY = 2430  # fwmark FWMARK lookup ROUTE_TABLE
 # The proxy modes: the proxy in the pod makes its own connections, which leave through the
 # egress interface, while replies to its clients and the pod's DNS lookups stay on eth0.

@@ -33,6 +33,10 @@ def main(args: list[str], env: Mapping[str, str]) -> int:
     interface = env.get(EGRESS_INTERFACE) or DEFAULT_EGRESS_INTERFACE
     pod = env.get(POD_INTERFACE) or DEFAULT_POD_INTERFACE
     state = gather(Scope(interface, pod), RtNetlink(), NftTableReader())
+    if env.get("EGRESS_ROUTER_HA", "").strip():
+        from .ha.gate import kernel_role
+
+        state["ha_role"] = kernel_role()
     sys.stdout.write(json.dumps(state, indent=2) + "\n" if args else render(state))
     return 0 if state["table"] is not None and state["interface"]["exists"] else 1
 
@@ -84,6 +88,8 @@ def render(state: dict[str, Any]) -> str:
         lines = [f"interface  {i['name']}: {link}, source {addresses}, mac {i['mac']}"]
     else:
         lines = [f"interface  {i['name']}: MISSING"]
+    if "ha_role" in state:
+        lines.append(f"ha role    {state['ha_role']}")
     for r in state["routes"] or [{"family": "any", "gateway": None, "device": None}]:
         where = f"via {r['gateway']} dev {r['device']}" if r["gateway"] else "NONE"
         lines.append(f"gateway    {r['family']} default route {where} (table {ROUTE_TABLE})")

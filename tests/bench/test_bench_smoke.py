@@ -25,7 +25,7 @@ SMOKE = [
     "--mappings", "1,100", "--connects", "20", "--warmup", "2", "--rounds", "1",
     "--iperf-seconds", "1", "--iperf-repeats", "1", "--apply-repeats", "1",
     "--connrate-seconds", "1", "--connrate-repeats", "1", "--connrate-connections", "8",
-    "--live-size", "100", "--live-rounds", "2", "--init-runs", "2",
+    "--live-size", "100", "--live-rounds", "2", "--init-runs", "2", "--failover-trials", "1",
 ]
 
 
@@ -39,7 +39,7 @@ def test_smoke_run_writes_a_table_and_plots_with_every_row(tmp_path: Path) -> No
 
     report = (out / "results.md").read_text()
     results = json.loads((out / "results.json").read_text())
-    for png in ("latency.png", "apply.png"):
+    for png in ("latency.png", "apply.png", "failover.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for layout in LAYOUTS:
         assert set(results["latency"]["layouts"][layout]) == {"1", "100"}
@@ -52,8 +52,10 @@ def test_smoke_run_writes_a_table_and_plots_with_every_row(tmp_path: Path) -> No
         assert f"| {target} |" in report
     assert all(p["requests"] > 0 for p in results["connrate"]["paths"].values())
     for heading in ("## Targets", "## New-connection latency", "## Bulk throughput", "## New connections per second",
-                    "## Apply time against N", "## Start-up and memory", "## A named rule next to a literal one"):
+                    "## Apply time against N", "## Start-up and memory", "## A named rule next to a literal one",
+                    "## Failover (HA)"):
         assert heading in report
     assert results["apply"]["live_change"]["element_only"] is True
     assert results["startup"]["parse"]["lines"] == 10000 and "| read and parse 10,000 lines (median) |" in report
+    assert set(results["failover"]["kinds"]) == {"crash", "node death", "LAN link down", "SIGTERM"}
     assert "cpu" in results["machine"] and "kernel" in results["machine"]

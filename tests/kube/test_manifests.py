@@ -27,6 +27,8 @@ VARIANTS = {
     "openshift-legacy-deployment-env": ["--mode", "legacy", "--deployment", "--config-via", "env"],
     "multus-legacy-pod": ["--mode", "legacy", "--flavor", "multus", "--parent", "eth1"],
     "multus-legacy-reference-macvlan": ["--mode", "legacy", "--flavor", "multus", "--cni-type", "macvlan", "--deployment"],
+    "openshift-ha": ["--ha", "--vrrp-id", "51"],
+    "multus-ha": ["--ha", "--vrrp-id", "7", "--flavor", "multus", "--parent", "eth1"],
 }
 
 # The NetworkAttachmentDefinition is a CRD: its shape as Multus' CRD declares it, plus what
@@ -98,9 +100,9 @@ def test_every_document_validates_and_lints_clean(capsys, extra):
 def test_kinds_in_apply_order(capsys, extra):
     _, docs = render(capsys, SEED_ARGS + extra)
     kinds = [d["kind"] for d in docs]
-    workload = "Deployment" if "--deployment" in extra else "Pod"
+    workload = ["Deployment"] if "--deployment" in extra else ["Deployment", "PodDisruptionBudget"] if "--ha" in extra else ["Pod"]
     attachment = ["NetworkAttachmentDefinition"] if "multus" in extra else []
-    assert kinds == ["ConfigMap", *attachment, workload, "Service"]
+    assert kinds == ["ConfigMap", *attachment, *workload, "Service"]
 
 
 def pod_of(docs):  # type: ignore[no-untyped-def]
@@ -392,3 +394,37 @@ def test_names_as_destinations_render_validate_and_lint_clean(capsys):
     assert lint_texts([("rendered.yaml", text)]) == []
     service = next(d for d in docs if d["kind"] == "Service")
     assert {p["port"] for p in service["spec"]["ports"]} >= {443, 8443}
+
+
+@pytest.mark.parametrize("flavor", [["--flavor", "openshift"], ["--flavor", "multus", "--parent", "eth1"]])
+def test_ha_is_two_replicas_on_two_nodes_with_a_budget(capsys, flavor):
+    _, docs = render(capsys, SEED_ARGS + ["--ha", "--vrrp-id", "51", *flavor])
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    (term,) = spec["template"]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    (router,) = spec["template"]["spec"]["containers"]
+    assert router["readinessProbe"]["periodSeconds"] == 1
+    env = {e["name"]: e.get("value") for e in router["env"]}
+    assert (env["EGRESS_ROUTER_MODE"], env["EGRESS_ROUTER_HA"], env["EGRESS_ROUTER_VRRP_ID"]) == ("legacy", "vrrp", "51")
+    budget = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"] == spec["selector"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ha"], "--vrrp-id: is required with --ha"),
+        (["--ha", "--vrrp-id", "256"], "--vrrp-id: must be from 1 to 255, not 256"),
+        (["--ha", "--vrrp-id", "5", "--mode", "init"], "--ha: needs --mode legacy"),
+        (["--vrrp-id", "5"], "--vrrp-id: is only for --ha"),
+    ],
+)
+def test_ha_flags_are_checked(capsys, extra, message):
+    assert manifests.main(SEED_ARGS + extra, {}) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

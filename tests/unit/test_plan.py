@@ -97,7 +97,7 @@ def test_redirected_connections_are_marked_after_dnat_and_their_syns_clamped() -
     body = build_plan(config, Facts(pod_mtu=1400, egress_mtu=1500)).table.body
     mark = body.split("chain redirected")[1].split("}")[0]
     assert "hook prerouting priority dstnat + 10" in mark
-    assert 'iifname "eth0" ct direction original ct status dnat meta mark set 0x2430' in mark
+    assert 'iifname "eth0" ct direction original ct status dnat ct mark != 0x2431 meta mark set 0x2430' in mark
     forward = body.split("chain forward")[1]
     # The narrower side (the pod's 1400) less the headers, for both SYNs of a connection.
     clamp = "ct status dnat tcp flags syn / syn,rst tcp option maxseg size > 1360 tcp option maxseg size set 1360"

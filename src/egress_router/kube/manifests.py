@@ -42,6 +42,8 @@ SPEC_KEYS = {
     "mode": "mode",
     "configVia": "config_via",
     "cniType": "cni_type",
+    "ha": "ha",
+    "vrrpId": "vrrp_id",
 }
 LIST_FIELDS = {"sources", "gateways", "destinations"}
 
@@ -76,6 +78,11 @@ def parser() -> Parser:
                    help="env: EGRESS_DESTINATION from the ConfigMap (default in init mode, works with the OpenShift "
                    "image too); file: the ConfigMap mounted, EGRESS_DESTINATION_FILE (default in legacy mode: "
                    "changes apply live)")
+    p.add_argument("--ha", action="store_true", default=None,
+                   help="high availability (docs/ha.md): a Deployment of 2 replicas on different nodes sharing "
+                   "the address, elected by VRRP; implies --mode legacy")
+    p.add_argument("--vrrp-id", type=int, metavar="1-255",
+                   help="with --ha: EGRESS_ROUTER_VRRP_ID, unique among the VRRP routers of the LAN")
     return p
 
 
@@ -89,6 +96,8 @@ def main(args: list[str], env: Mapping[str, str]) -> int:
         spec = RouterSpec()
         earlier, explained = load_file(options.source_file, spec) if options.source_file else ([], set())
         apply_flags(vars(options), spec)
+        if spec.ha and options.mode is None and spec.mode == "init":
+            spec.mode = "legacy"
         config = check(spec, earlier, explained)
     except (UsageError, ConfigError) as error:
         return report(error)
@@ -121,9 +130,11 @@ def apply_flags(options: dict[str, Any], spec: RouterSpec) -> None:
     if options["destination"]:
         spec.destinations = list(options["destination"])
     for option in ("name", "namespace", "image", "wait_image", "flavor", "parent", "macvlan_mode",
-                   "deployment", "mode", "config_via", "cni_type"):
+                   "deployment", "mode", "config_via", "cni_type", "ha", "vrrp_id"):
         if options[option] is not None:
             setattr(spec, option, options[option])
+    if spec.ha and options["mode"] is None and spec.mode == "init":
+        spec.mode = "legacy"  # HA is a mode of legacy
 
 
 def load_file(path: str, spec: RouterSpec) -> tuple[list[Problem], set[str]]:
@@ -154,7 +165,7 @@ def load_file(path: str, spec: RouterSpec) -> tuple[list[Problem], set[str]]:
         if attribute is None:
             problems.append(Problem(f"{path}: {key}", f"unknown key (valid: {', '.join(SPEC_KEYS)})"))
             continue
-        expected = bool if attribute == "deployment" else str
+        expected = bool if attribute in ("deployment", "ha") else int if attribute == "vrrp_id" else str
         if attribute in LIST_FIELDS:
             items = value.splitlines() if attribute == "destinations" and isinstance(value, str) else value
             items = [items] if isinstance(items, str) else items

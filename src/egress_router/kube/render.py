@@ -54,7 +54,9 @@ def documents(spec: RouterSpec, config: RouterConfig) -> list[Document]:
     docs = [config_map(spec)]
     if spec.flavor == "multus":
         docs.append(attachment(spec))
-    docs.append(deployment(spec) if spec.deployment else pod(spec))
+    docs.append(deployment(spec) if spec.deployment or spec.ha else pod(spec))
+    if spec.ha:
+        docs.append(disruption_budget(spec))
     service_doc = service(spec, config)
     if service_doc is not None:
         docs.append(service_doc)
@@ -132,6 +134,7 @@ def _env(spec: RouterSpec) -> list[Document]:
         ref = {"name": config_map_name(spec), "key": DESTINATIONS_KEY}
         env.append({"name": DESTINATION, "valueFrom": {"configMapKeyRef": ref}})
     env.append({"name": MODE, "value": spec.mode})
+    env += [{"name": name, "value": value} for name, value in spec.ha_environment().items()]
     return env
 
 
@@ -153,6 +156,10 @@ def pod_spec(spec: RouterSpec) -> Document:
         # The router stays: it is the pod's one container, watched through its HTTP port.
         router["ports"] = [{"name": METRICS_PORT_NAME, "containerPort": DEFAULT_HTTP_PORT, "protocol": "TCP"}]
         router["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": DEFAULT_HTTP_PORT}}
+        if spec.ha:
+            # A replica that becomes active (or a standby that can relay again) is in the
+            # Service's endpoints within about a second.
+            router["readinessProbe"].update({"periodSeconds": 1, "failureThreshold": 1})
         router["livenessProbe"] = {"httpGet": {"path": "/healthz", "port": DEFAULT_HTTP_PORT}}
         body = {"containers": [router]}
     else:
@@ -192,6 +199,8 @@ def deployment(spec: RouterSpec) -> Document:
         "metadata": {"labels": labels(spec), "annotations": _annotations(spec)},
         "spec": pod_spec(spec),
     }
+    if spec.ha:
+        return ha_deployment(spec, template)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -202,6 +211,40 @@ def deployment(spec: RouterSpec) -> Document:
             "selector": {"matchLabels": {"name": spec.name}},
             "template": template,
         },
+    }
+
+
+def ha_deployment(spec: RouterSpec, template: Document) -> Document:
+    """Two replicas that share the address (VRRP elects who holds it), never on one node; a
+    rollout replaces one at a time and never adds a third (with two nodes under required
+    anti-affinity, a surge pod could not be placed)."""
+    template["spec"]["affinity"] = {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"name": spec.name}}, "topologyKey": "kubernetes.io/hostname"}
+            ]
+        }
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(spec, spec.name, labels=labels(spec)),
+        "spec": {
+            "replicas": 2,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+            "selector": {"matchLabels": {"name": spec.name}},
+            "template": template,
+        },
+    }
+
+
+def disruption_budget(spec: RouterSpec) -> Document:
+    """A drain takes one replica at a time: the other holds, or takes, the address."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(spec, spec.name, labels=labels(spec)),
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"name": spec.name}}},
     }
 
 

@@ -49,6 +49,8 @@ class RouterSpec:
     mode: str = "init"
     config_via: str | None = None  # None: the mode's default (`via`)
     cni_type: str = "egress-router-cni"
+    ha: bool = False  # two replicas sharing the address (docs/ha.md); legacy mode
+    vrrp_id: int | None = None
 
     @property
     def via(self) -> str:
@@ -63,12 +65,18 @@ class RouterSpec:
 
     def environment(self) -> dict[str, str]:
         """The environment the router container will see (destinations inline)."""
-        return {
+        env = {
             SOURCE: ",".join(self.sources),
             GATEWAY: ",".join(self.gateways),
             DESTINATION: self.destination_text,
             MODE: self.mode,
         }
+        return {**env, **self.ha_environment()}
+
+    def ha_environment(self) -> dict[str, str]:
+        if not self.ha:
+            return {}
+        return {"EGRESS_ROUTER_HA": "vrrp", "EGRESS_ROUTER_VRRP_ID": "" if self.vrrp_id is None else str(self.vrrp_id)}
 
 
 def check(spec: RouterSpec, earlier: Sequence[Problem] = (), explained: Collection[str] = ()) -> RouterConfig:
@@ -103,12 +111,23 @@ def check(spec: RouterSpec, earlier: Sequence[Problem] = (), explained: Collecti
     for rule in spec.destinations:
         if "\n" in rule.strip():
             problems.append(Problem("--destination", f"one rule per flag: {rule!r}"))
+    if spec.ha and spec.mode != "legacy":
+        problems.append(Problem("--ha", "needs --mode legacy (the router must stay to follow the election)"))
+    if spec.ha and spec.vrrp_id is None:
+        problems.append(Problem("--vrrp-id", "is required with --ha: a VRRP router id (1-255) no other VRRP router on the LAN uses"))
+    if not spec.ha and spec.vrrp_id is not None:
+        problems.append(Problem("--vrrp-id", "is only for --ha"))
     config = None
     if spec.sources and spec.gateways and spec.destinations and spec.mode in MODES:
         try:
             config = load_environment(spec.environment())
+            if spec.ha and spec.mode == "legacy" and spec.vrrp_id is not None:
+                from ..ha.settings import load_ha
+
+                load_ha(spec.environment(), config)
         except ConfigError as error:
-            problems.extend(error.problems)
+            problems.extend(Problem("--vrrp-id", p.message) if p.variable == "EGRESS_ROUTER_VRRP_ID" else p
+                            for p in error.problems)
     if problems or config is None:
         raise ConfigError(problems)
     return config
