@@ -3,7 +3,8 @@ reader's tests (tests/data/nft/). Root, in a lab of its own (torn down at the en
 
     sudo .venv/bin/python scripts/capture_nft_listings.py
 
-Writes, for the seed's example: the table as the router leaves it (`fresh`), the same after
+Writes, for the seed's example in `legacy` mode (whose table has the traffic-filled sets that
+`init`'s has not): the table as the router leaves it (`fresh`), the same after
 traffic through every mapping and the fallback (`traffic`: counters and the traffic-filled
 sets hold values), and after someone added a rule to the router's prerouting chain
 (`foreign-rule`). Each file is nft's output unchanged; `VERSION` says which nft wrote them.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from egress_router.lab import SEED_EXPECTATIONS, Lab, seed_env
@@ -33,9 +35,15 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     with Lab() as lab:
         lab.serve(SERVERS)
-        done = lab.run_router(seed_env("init"))
-        if done.returncode != 0:
-            sys.stderr.write(done.stderr)
+        router = lab.start_router(seed_env("legacy"))
+        deadline = time.monotonic() + 15
+        while "flags dormant" in (lab.nft_table() or "flags dormant") and router.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if router.poll() is not None or "flags dormant" in (lab.nft_table() or "flags dormant"):
+            router.kill()
+            sys.stderr.write(router.communicate()[1])
             return 1
         (OUT / "seed-fresh.json").write_text(listing(lab))
         for port, _, _, _ in SEED_EXPECTATIONS:
@@ -44,6 +52,8 @@ def main() -> int:
                     sys.stderr.write(f"no connection through port {port}\n")
                     return 1
         (OUT / "seed-traffic.json").write_text(listing(lab))
+        router.terminate()  # before the foreign rule, which its drift check would take out
+        router.communicate(timeout=10)
         lab.exec("router", ["nft", "add", "rule", *TABLE, "prerouting", "tcp", "dport", "9", "accept"])
         (OUT / "seed-foreign-rule.json").write_text(listing(lab))
         version = subprocess.run(["nft", "--version"], capture_output=True, text=True, check=True).stdout

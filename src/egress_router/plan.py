@@ -301,10 +301,11 @@ def _body(config: RouterConfig, facts: Facts, named: tuple[Named, dict[int, str]
     lines: list[str] = []
     for family in FAMILIES:
         lines.append(f"counter {fallback_counter_name(family)} {{ }}")
-    # Connections and bytes per local port, counted on the forward path in sets that fill
-    # themselves from traffic (one element per port that carried any): loading or changing the
-    # rules never writes them, and the NAT maps carry no counters (which cost nft ~15% more load time).
-    # Only where they are read (`legacy`): the updates cost about 1 µs of a new connection.
+    # Connections (in prerouting) and bytes (on the forward path) per local port, counted in sets
+    # that fill themselves from traffic (one element per port that carried any): loading or
+    # changing the rules never writes them, and the NAT maps carry no counters (which cost nft
+    # ~15% more load time). Only where they are read (`legacy`): the updates cost about 1 µs of
+    # a new connection.
     counting = config.counts_traffic
     for family in FAMILIES if counting else ():
         for protocol in PROTOCOLS:
@@ -316,6 +317,14 @@ def _body(config: RouterConfig, facts: Facts, named: tuple[Named, dict[int, str]
     pre = [f"iifname != {pod} return", "fib daddr type != local return"]
     if http:
         pre.append(f"tcp dport {http} return")
+    # A NAT chain sees only a connection's first packet (a retransmitted SYN finds the NAT
+    # binding made): counted here, a connection counts once, whatever is lost beyond the router.
+    pre += [
+        f"meta nfproto {_nfproto(family)} meta l4proto {protocol} update @{connections_set_name(protocol, family)} "
+        f"{{ {protocol} dport }}"
+        for family in (FAMILIES if counting else ())
+        for protocol in PROTOCOLS
+    ]
     for family in FAMILIES:
         for protocol in PROTOCOLS:
             pre.append(
@@ -399,16 +408,14 @@ def _mss(facts: Facts) -> list[tuple[int, int]]:
 
 def _count_rules() -> list[str]:
     """Every packet of a redirected connection, both ways, counted under the connection's
-    original local port; the daemon attributes a port to its mapping, or to the fallback."""
-    rules = []
-    for family in FAMILIES:
-        for protocol in PROTOCOLS:
-            match = f"meta nfproto {_nfproto(family)} meta l4proto {protocol}"
-            rules += [
-                f"ct state new {match} update @{connections_set_name(protocol, family)} {{ ct original proto-dst }}",
-                f"{match} update @{bytes_set_name(protocol, family)} {{ ct original proto-dst }}",
-            ]
-    return rules
+    original local port; the daemon attributes a port to its mapping, or to the fallback.
+    (Its connections are counted in `prerouting`.)"""
+    return [
+        f"meta nfproto {_nfproto(family)} meta l4proto {protocol} update @{bytes_set_name(protocol, family)} "
+        "{ ct original proto-dst }"
+        for family in FAMILIES
+        for protocol in PROTOCOLS
+    ]
 
 
 def _chain(name: str, kind: str, hook: str, priority: str, policy: str, rules: list[str]) -> list[str]:

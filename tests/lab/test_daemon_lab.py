@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from egress_router.lab import SEED_DESTINATION, Lab, seed_env
+from egress_router.lab.addresses import SOURCE
 from egress_router.lab.wirings import WIRINGS
 
 pytestmark = pytest.mark.lab
@@ -207,6 +208,31 @@ def test_the_connection_counter_rises_by_exactly_the_connections_made(router: Ru
     assert router.metric(series) - before == 7
     assert router.metric(fallback) - fallback_before == 3
     assert router.metric(moved) > bytes_before
+
+
+def test_a_connection_whose_first_syn_was_lost_beyond_the_router_counts_once(router: Running) -> None:
+    """The LAN's gateway drops the first SYN of every connection to port 80: the client's
+    retransmission (about 1 s later) gets through. The router saw two SYNs of one connection."""
+    lab = router.lab
+    series = 'egress_router_connections_total{destination="203.0.113.26:80",port="8080",protocol="tcp"}'
+    before = router.metric(series)
+    lab.exec("gw", ["nft", "-f", "-"], input=(
+        "table inet lossy {\n"
+        "\tset seen { type ipv4_addr . inet_service; flags dynamic; timeout 30s; }\n"
+        "\tchain forward { type filter hook forward priority -5; policy accept;\n"
+        "\t\ttcp dport 80 tcp flags & (syn | ack) == syn ip saddr . tcp sport @seen accept\n"
+        "\t\ttcp dport 80 tcp flags & (syn | ack) == syn add @seen { ip saddr . tcp sport } counter drop\n"
+        "\t}\n}\n"
+    ))
+    try:
+        for _ in range(2):
+            probe = lab.connect(8080, timeout=5)
+            assert probe.ok and probe.server == ("203.0.113.26", 80) and probe.source == SOURCE
+        dropped = lab.exec("gw", ["nft", "list", "chain", "inet", "lossy", "forward"]).stdout
+        assert "counter packets 2 " in dropped, dropped  # each connection lost its first SYN
+    finally:
+        lab.exec("gw", ["nft", "delete", "table", "inet", "lossy"], check=False)
+    assert router.metric(series) - before == 2
 
 
 def test_sighup_reloads_and_sigterm_ends_promptly(router: Running) -> None:
