@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ import pytest
 from egress_router.lab import Lab, seed_env
 from egress_router.lab import addresses as A
 from egress_router.lab.dns import DnsServer
+from egress_router.lab.probe import MAX_LINE, parse_report
 
 pytestmark = pytest.mark.lab
 
@@ -38,6 +40,7 @@ SERVERS = [
     ("203.0.113.26", 80, "tcp"),
     ("203.0.113.26", 443, "tcp"),
     ("203.0.113.27", 5000, "tcp"),
+    ("203.0.113.26", 5000, "udp"),
 ]
 FLOOR = 2.0  # EGRESS_ROUTER_DNS_MIN_TTL in the legacy tests
 RECORDS = {
@@ -263,6 +266,38 @@ def test_legacy_starts_without_a_name_that_does_not_resolve_yet_and_is_ready_onc
     # Retried with backoff: the first retry is 5 s after the first failure.
     assert wait_for(router.ready, 12, 0.2), router.log.read_text()
     assert lab.connect(80).server == ("203.0.113.26", 80)
+
+
+def test_a_udp_flow_refused_while_its_name_had_no_address_is_redirected_once_it_has_one(
+    legacy: Callable[[str], Router], dns: DnsServer
+) -> None:
+    """One UDP socket keeps sending to a named port from before the name resolves: once it has,
+    the same flow (the same addresses and ports) is redirected, not left as it was met."""
+    router = legacy("5353 udp later.example.test 5000\n7000 tcp 203.0.113.25\n")
+    lab = router.lab
+    assert wait_for(lambda: lab.connect(7000, timeout=0.5).ok, 10), router.log.read_text()
+    flow = lab.socket("client", kind=socket.SOCK_DGRAM)
+    try:
+        flow.settimeout(0.5)
+        flow.connect((ROUTER, 5353))
+        for _ in range(3):  # refused, or nothing: never a report from a server
+            flow.send(b"probe\n")
+            with pytest.raises(OSError):
+                flow.recv(MAX_LINE)
+        dns.set({**RECORDS, "later.example.test": ["203.0.113.26"]})
+        assert wait_for(router.ready, 12, 0.2), router.log.read_text()
+
+        def redirected() -> bool:
+            flow.send(b"probe\n")
+            try:
+                probe = parse_report(flow.recv(MAX_LINE))
+            except OSError:
+                return False
+            return probe.server == ("203.0.113.26", 5000) and probe.source == A.SOURCE
+
+        assert wait_for(redirected, 3, 0.2)  # at once: not after the flow's conntrack entry expired
+    finally:
+        flow.close()
 
 
 def test_metrics_and_status_name_the_name(legacy: Callable[[str], Router]) -> None:

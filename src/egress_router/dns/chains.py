@@ -35,7 +35,7 @@ class Target(NamedTuple):
         kind = "fallback" if self.protocol is None else f"{self.protocol}_{self.remote_port}"
         chain = f"{PREFIX}{self.family}_{kind}_{self.name}"
         if len(chain) > MAX_CHAIN:
-            from _blake2 import blake2b
+            from hashlib import blake2b  # only for names this long
 
             digest = blake2b(chain.encode(), digest_size=8).hexdigest()
             chain = f"{chain[: MAX_CHAIN - 17]}_{digest}"
