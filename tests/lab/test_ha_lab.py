@@ -185,10 +185,21 @@ def test_unicast_peers_over_the_pod_network() -> None:
         assert wait_until(lambda: not lab.holds("a"), SETTLE)
 
 
+def reaches_from_reserved6(lab: HaLab, key: str) -> bool:
+    probe = lab.connect(key, ipv6=True)
+    return probe.ok and probe.source == A.SOURCE6 and probe.server == (A.EXTERNAL6[0], 80)
+
+
 def test_dual_stack_sources_move_together() -> None:
+    # The pod network is dual-stack too: IPv6 clients reach the routers' IPv6 pod addresses.
     with HaLab(ipv6=True) as lab:
         start_pair(lab, ha_env(ipv6=True))
         assert lab.holds6("a") and not lab.holds6("b")
+        assert reaches_from_reserved6(lab, "a")
+        # The standby relays IPv4 only (the adverts name the active's IPv4 pod address): an
+        # IPv6 connection that reaches it is refused at once, never left to time out.
+        assert lab.connect("b", ipv6=True).error == "refused"
+        assert reaches_from_reserved(lab, "b")
         assert lab.nd_answers() == {lab.mac("a")}
         mac_a = lab.mac("a")
         lab.gateway_sends6()
@@ -197,6 +208,8 @@ def test_dual_stack_sources_move_together() -> None:
         lab.crash("a")
         failover_to_b(lab, since)
         assert wait_until(lambda: lab.holds6("b"), SETTLE)
+        # The survivor redirects new IPv6 connections from the reserved IPv6 source.
+        assert wait_until(lambda: reaches_from_reserved6(lab, "b"), SETTLE), lab.log("b")
         # b told the LAN (an unsolicited NA), and a's pod, with nothing alive in it, goes quiet.
         assert wait_until(lambda: lab.gateway_neighbour6() == lab.mac("b"), SETTLE)
         assert wait_until(lambda: mac_a not in lab.nd_answers(0.2), SETTLE)

@@ -7,7 +7,9 @@ The active router refreshes it several times a second (`Refresher`); while it is
 - ARP requests for the reserved IPv4 address are dropped on the way in and ARP replies from it
   on the way out (the arp table), neighbour advertisements from the reserved IPv6 address are
   dropped on the way out,
-- and every packet to the reserved addresses from the egress interface is dropped.
+- every packet to the reserved addresses from the egress interface is dropped,
+- and a new connection that would leave by the egress interface is refused (a TCP reset, an
+  ICMP unreachable): IPv6 at a standby (the relay is IPv4 only), or IPv4 with no active known.
 
 So the kernel itself stops answering for the address within `ALIVE_FOR` of the router's death,
 though the pod's namespace, the address and the table outlive the process: nothing alive in
@@ -87,6 +89,18 @@ def table_script(config: RouterConfig) -> str:
     lines += [
         f"\t\toifname {egress} oifname != @{ALIVE_SET} ip6 saddr {a} icmpv6 type nd-neighbor-advert drop"
         for a in v6
+    ]
+    lines += [
+        "\t}",
+        # Gate closed, no address: a redirected connection that would leave by the egress
+        # interface (IPv6, which the relay does not carry, or IPv4 with no active to relay to)
+        # is refused at once rather than sent out from an address another replica holds,
+        # whose replies never come back here.
+        "\tchain refuse {",
+        "\t\ttype filter hook forward priority filter - 10; policy accept;",
+        f"\t\tiifname {pod} oifname {egress} oifname != @{ALIVE_SET} ct state new meta l4proto tcp "
+        "reject with tcp reset",
+        f"\t\tiifname {pod} oifname {egress} oifname != @{ALIVE_SET} ct state new reject",
     ]
     lines += ["\t}", "}", f"table arp {HA_TABLE} {{", f"\t{alive}"]
     lines += ["\tchain gate_in {", "\t\ttype filter hook input priority 0; policy accept;"]
