@@ -195,11 +195,12 @@ def test_dual_stack_sources_move_together() -> None:
     with HaLab(ipv6=True) as lab:
         start_pair(lab, ha_env(ipv6=True))
         assert lab.holds6("a") and not lab.holds6("b")
-        assert reaches_from_reserved6(lab, "a")
-        # The standby relays IPv4 only (the adverts name the active's IPv4 pod address): an
-        # IPv6 connection that reaches it is refused at once, never left to time out.
-        assert lab.connect("b", ipv6=True).error == "refused"
-        assert reaches_from_reserved(lab, "b")
+        # Both replicas serve both families: the standby relays IPv6 to the active's IPv6 pod
+        # address, which it asked the active for (the adverts name only its IPv4 one).
+        for key in ("a", "b", "b", "a"):
+            assert reaches_from_reserved6(lab, key), (key, lab.connect(key, ipv6=True))
+            assert reaches_from_reserved(lab, key), key
+        assert f"ipv6={lab.pod_ip6('a')}" in lab.log("b")
         assert lab.nd_answers() == {lab.mac("a")}
         mac_a = lab.mac("a")
         lab.gateway_sends6()
