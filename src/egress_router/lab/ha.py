@@ -436,10 +436,10 @@ class HaLab:
                 return str(entry["lladdr"])
         return None
 
-    def exec(self, role: str, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    def exec(self, role: str, argv: list[str], check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run `argv` in the namespace of `role` and wait for it (output captured)."""
         done = subprocess.run(["ip", "netns", "exec", self.ns(role), *argv],
-                              capture_output=True, text=True, timeout=10)
+                              capture_output=True, text=True, timeout=10, input=input)
         if check and done.returncode != 0:
             raise LabError(f"{' '.join(argv)} in {role}: {done.stderr.strip()}")
         return done
