@@ -148,6 +148,10 @@ def test_the_standby_learns_the_actives_ipv6_pod_address_from_the_active() -> No
         assert peer._ask(IPv4Address("127.0.0.1")) is None
         assert peer.lookup(None) is None and peer.lookup(IPv4Address("127.0.0.1")) is None
         assert peer.wanted == IPv4Address("127.0.0.1")
+        peer.known[IPv4Address("127.0.0.1")] = IPv6Address("2001:db8:3:a::2")
+        assert peer.lookup(IPv4Address("127.0.0.1")) == IPv6Address("2001:db8:3:a::2")
+        # Another active: asked anew, the old answer forgotten (a pod address may be reused).
+        assert peer.lookup(IPv4Address("127.0.0.2")) is None and peer.known == {}
     finally:
         server.shutdown()
         server.server_close()

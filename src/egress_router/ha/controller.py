@@ -112,7 +112,9 @@ PEER6_RETRY = 0.5  # seconds between attempts while it does not answer
 class Peer6:
     """Learns the active's IPv6 pod address: the adverts carry only its IPv4 one, so a thread
     asks the active itself (HTTP, `PEER6_PATH` on its health port, over the pod network).
-    A pod's addresses do not change while it lives: one answer per IPv4 address is kept."""
+    A pod's addresses do not change while it lives: the answer is kept while the active stays
+    the same, and asked again when another one is heard (a pod address may be reused by a new
+    pod)."""
 
     def __init__(self, port: int, log: Log) -> None:
         self.port, self.log = port, log
@@ -131,10 +133,11 @@ class Peer6:
         if active is None:
             return None
         with self.lock:
-            found = self.known.get(active)
-            if found is None and self.wanted != active:
+            if self.wanted != active:
                 self.wanted = active
+                self.known = {k: v for k, v in self.known.items() if k == active}
                 self.changed.set()
+            found = self.known.get(active)
         return found
 
     def _run(self) -> None:
@@ -149,6 +152,8 @@ class Peer6:
             if found is None:
                 continue
             with self.lock:
+                if self.wanted != active:
+                    continue  # another active meanwhile: ask it instead
                 self.known[active] = found
             self.log.info("HA: the active's IPv6 pod address", active=str(active), ipv6=str(found))
             _wake()
