@@ -5,6 +5,8 @@
 and (HA) every connection that reaches this replica is served: an active, or a standby that
 knows the active to relay to.
 `/metrics`: Prometheus text, built at scrape time by `metrics.Collector`.
+`/ha/pod-ipv6` (HA, a pod with IPv6): this replica's IPv6 pod address, which a standby asks the
+active for to relay IPv6 connections to it (the VRRP adverts name only its IPv4 address).
 
 Any pod that reaches the router can connect to this port, so the server is built to be cheap to
 abuse: one thread runs a `selectors` loop, and a connection is a small buffer with a deadline
@@ -209,6 +211,8 @@ class HealthServer:
             return (200, b"ready\n", TEXT) if ok else (503, b"not ready\n", TEXT)
         if request.path == "/metrics":
             return 200, self._metrics_body(), CONTENT_TYPE_LATEST
+        if request.path == "/ha/pod-ipv6" and self.stats.ha is not None and self.stats.ha.pod6:
+            return 200, f"{self.stats.ha.pod6}\n".encode(), TEXT  # a standby relays IPv6 to it
         return 404, b"not found\n", TEXT
 
     def _metrics_body(self) -> bytes:

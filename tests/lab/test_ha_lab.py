@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
@@ -18,6 +19,7 @@ import pytest
 
 from egress_router.lab import addresses as A
 from egress_router.lab.ha import HaLab, ha_env, wait_until
+from egress_router.lab.probe import Probe
 
 pytestmark = pytest.mark.lab
 
@@ -139,8 +141,6 @@ def test_the_active_losing_its_lan_link_moves_the_address(pair: HaLab) -> None:
 
 def test_sigterm_hands_the_address_over(pair: HaLab) -> None:
     since = time.monotonic()
-    import threading
-
     stopping = threading.Thread(target=pair.terminate, args=("a",))
     stopping.start()
     failover_to_b(pair, since)
@@ -185,10 +185,22 @@ def test_unicast_peers_over_the_pod_network() -> None:
         assert wait_until(lambda: not lab.holds("a"), SETTLE)
 
 
+def reaches_from_reserved6(lab: HaLab, key: str) -> bool:
+    probe = lab.connect(key, ipv6=True)
+    return probe.ok and probe.source == A.SOURCE6 and probe.server == (A.EXTERNAL6[0], 80)
+
+
 def test_dual_stack_sources_move_together() -> None:
+    # The pod network is dual-stack too: IPv6 clients reach the routers' IPv6 pod addresses.
     with HaLab(ipv6=True) as lab:
         start_pair(lab, ha_env(ipv6=True))
         assert lab.holds6("a") and not lab.holds6("b")
+        # Both replicas serve both families: the standby relays IPv6 to the active's IPv6 pod
+        # address, which it asked the active for (the adverts name only its IPv4 one).
+        for key in ("a", "b", "b", "a"):
+            assert reaches_from_reserved6(lab, key), (key, lab.connect(key, ipv6=True))
+            assert reaches_from_reserved(lab, key), key
+        assert f"ipv6={lab.pod_ip6('a')}" in lab.log("b")
         assert lab.nd_answers() == {lab.mac("a")}
         mac_a = lab.mac("a")
         lab.gateway_sends6()
@@ -197,7 +209,35 @@ def test_dual_stack_sources_move_together() -> None:
         lab.crash("a")
         failover_to_b(lab, since)
         assert wait_until(lambda: lab.holds6("b"), SETTLE)
+        # The survivor redirects new IPv6 connections from the reserved IPv6 source.
+        assert wait_until(lambda: reaches_from_reserved6(lab, "b"), SETTLE), lab.log("b")
         # b told the LAN (an unsolicited NA), and a's pod, with nothing alive in it, goes quiet.
         assert wait_until(lambda: lab.gateway_neighbour6() == lab.mac("b"), SETTLE)
         assert wait_until(lambda: mac_a not in lab.nd_answers(0.2), SETTLE)
         assert lab.nd_answers() == {lab.mac("b")}
+
+
+def test_a_dual_stack_standby_serves_ipv6_once_it_knows_the_actives_ipv6_address() -> None:
+    # The standby cannot ask the active for its IPv6 pod address (a policy blocks the health
+    # port between them): it relays IPv4 but is not Ready, and an IPv6 connection that reaches
+    # it is dropped before conntrack keeps it. Unblocked, the standby learns the address, and
+    # the same connection's retransmitted SYN is relayed: it leaves from the IPv6 source.
+    with HaLab(ipv6=True) as lab:
+        lab.serve()
+        lab.start_router("a", ha_env(ipv6=True))
+        assert wait_until(lambda: lab.holders() == ["a"] and lab.is_ready("a"), SETTLE), lab.log("a")
+        block = ("table inet lab_block {\n chain output {\n  type filter hook output priority 0; policy accept;\n"
+                 f"  ip daddr {lab.pod_ip('a')} tcp dport 9090 drop\n }}\n}}\n")
+        lab.exec("router_b", ["nft", "-f", "-"], input=block)
+        lab.start_router("b", ha_env(ipv6=True))
+        assert wait_until(lambda: "HA: relaying to the active replica" in lab.log("b"), SETTLE), lab.log("b")
+        assert reaches_from_reserved(lab, "b")
+        assert not lab.is_ready("b")
+        result: list[Probe] = []
+        waiting = threading.Thread(target=lambda: result.append(lab.connect("b", timeout=8.0, ipv6=True)))
+        waiting.start()
+        time.sleep(0.3)  # its first SYN is dropped meanwhile
+        lab.exec("router_b", ["nft", "delete", "table", "inet", "lab_block"])
+        waiting.join()
+        assert result[0].ok and result[0].source == A.SOURCE6, (result, lab.log("b"))
+        assert wait_until(lambda: lab.is_ready("b"), SETTLE), lab.log("b")

@@ -3,9 +3,11 @@ the standby's plan and what the advert listener makes of a packet."""
 
 from __future__ import annotations
 
+import http.server
+import io
 import socket
 import threading
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
@@ -13,7 +15,7 @@ from egress_router.cli import main
 from egress_router.config import load_environment
 from egress_router.errors import ConfigError
 from egress_router.ha import gate
-from egress_router.ha.controller import ANCHOR, AdvertListener, active_plan, standby_plan
+from egress_router.ha.controller import ANCHOR, AdvertListener, Peer6, active_plan, standby_plan
 from egress_router.ha.keepalived import parse_fifo_line, render
 from egress_router.ha.settings import HaConfig, load_ha
 from egress_router.log import Log
@@ -110,6 +112,49 @@ def test_the_relay_skips_the_health_port_and_is_marked() -> None:
     assert relay.startswith("flush chain inet egress_router_ha relay\n")
     assert "tcp dport != 9090" in relay and "ct mark set 0x2431" in relay and "dnat ip to 198.51.100.66" in relay
     assert gate.relay_script(config(), None) == "flush chain inet egress_router_ha relay\n"
+    # IPv6 too, to the active's IPv6 pod address, once it is known; never without an active.
+    both = gate.relay_script(config(), IPv4Address("198.51.100.66"), IPv6Address("2001:db8:3:b::2"))
+    assert "meta nfproto ipv4" in both and "meta nfproto ipv6" in both and "dnat ip6 to 2001:db8:3:b::2" in both
+    assert "nfproto ipv6" not in gate.relay_script(config(), None, IPv6Address("2001:db8:3:b::2"))
+
+
+def test_a_closed_gate_drops_what_would_leave_by_the_egress_interface() -> None:
+    script = gate.table_script(config())
+    assert "type filter hook forward priority filter - 10" in script
+    assert 'iifname "eth0" oifname "macvlan0" oifname != @alive ct state new drop' in script
+
+
+def test_the_standby_learns_the_actives_ipv6_pod_address_from_the_active() -> None:
+    answers = {"/ha/pod-ipv6": b"2001:db8:3:a::2\n"}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = answers.get(self.path)
+            self.send_response(200 if body else 404)
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    peer = Peer6(server.server_address[1], Log(stream=io.StringIO()))
+    try:
+        assert peer._ask(IPv4Address("127.0.0.1")) == IPv6Address("2001:db8:3:a::2")
+        answers["/ha/pod-ipv6"] = b"fe80::1\n"  # link-local: no pod address
+        assert peer._ask(IPv4Address("127.0.0.1")) is None
+        answers.clear()
+        assert peer._ask(IPv4Address("127.0.0.1")) is None
+        assert peer.lookup(None) is None and peer.lookup(IPv4Address("127.0.0.1")) is None
+        assert peer.wanted == IPv4Address("127.0.0.1")
+        peer.known[IPv4Address("127.0.0.1")] = IPv6Address("2001:db8:3:a::2")
+        assert peer.lookup(IPv4Address("127.0.0.1")) == IPv6Address("2001:db8:3:a::2")
+        # Another active: asked anew, the old answer forgotten (a pod address may be reused).
+        assert peer.lookup(IPv4Address("127.0.0.2")) is None and peer.known == {}
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_the_router_table_leaves_relayed_connections_on_the_pod_network() -> None:

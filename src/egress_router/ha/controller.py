@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from ipaddress import IPv4Address, IPv4Interface, ip_address
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, ip_address
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EgressRouterError, SetupError
@@ -88,6 +88,100 @@ def pod_ipv4(router: Router, config: RouterConfig) -> IPv4Address:
         f"HA needs an IPv4 address on the pod interface {config.pod_interface} (the VRRP adverts' source)",
         "VRRP runs over IPv4: give the pod network an IPv4 address",
     )
+
+
+def pod_ipv6(router: Router, config: RouterConfig) -> IPv6Address | None:
+    """The pod interface's global IPv6 address, if it has one and a source is IPv6: where a
+    standby relays IPv6 connections to when this replica is the active."""
+    from ..plan import network_scope
+
+    if not any(s.version == 6 for s in config.sources):
+        return None
+    state = router.net.read(network_scope(config))
+    for address in state.pod_addresses:
+        if isinstance(address.ip, IPv6Address) and not address.ip.is_link_local:
+            return address.ip
+    return None
+
+
+PEER6_PATH = "/ha/pod-ipv6"
+PEER6_TIMEOUT = 0.5  # seconds for the active's answer
+PEER6_RETRY = 0.5  # seconds between attempts while it does not answer
+
+
+class Peer6:
+    """Learns the active's IPv6 pod address: the adverts carry only its IPv4 one, so a thread
+    asks the active itself (HTTP, `PEER6_PATH` on its health port, over the pod network).
+    A pod's addresses do not change while it lives: the answer is kept while the active stays
+    the same, and asked again when another one is heard (a pod address may be reused by a new
+    pod)."""
+
+    def __init__(self, port: int, log: Log) -> None:
+        self.port, self.log = port, log
+        self.lock = threading.Lock()
+        self.known: dict[IPv4Address, IPv6Address] = {}
+        self.wanted: IPv4Address | None = None
+        self.changed = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="ha-peer6", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def lookup(self, active: IPv4Address | None) -> IPv6Address | None:
+        """The IPv6 pod address of `active`, if known; asks for it otherwise."""
+        if active is None:
+            return None
+        with self.lock:
+            if self.wanted != active:
+                self.wanted = active
+                self.known = {k: v for k, v in self.known.items() if k == active}
+                self.changed.set()
+            found = self.known.get(active)
+        return found
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            self.changed.wait(PEER6_RETRY)
+            self.changed.clear()
+            with self.lock:
+                active = self.wanted
+                if active is None or active in self.known:
+                    continue
+            found = self._ask(active)
+            if found is None:
+                continue
+            with self.lock:
+                if self.wanted != active:
+                    continue  # another active meanwhile: ask it instead
+                self.known[active] = found
+            self.log.info("HA: the active's IPv6 pod address", active=str(active), ipv6=str(found))
+            _wake()
+
+    def _ask(self, active: IPv4Address) -> IPv6Address | None:
+        import http.client
+
+        connection = http.client.HTTPConnection(str(active), self.port, timeout=PEER6_TIMEOUT)
+        try:
+            connection.request("GET", PEER6_PATH)
+            response = connection.getresponse()
+            body = response.read(100).decode("ascii", "replace").strip()
+            if response.status != 200:
+                return None
+            found = ip_address(body)
+        except (OSError, ValueError, http.client.HTTPException):
+            return None
+        finally:
+            connection.close()
+        if not isinstance(found, IPv6Address) or found.is_link_local:
+            return None
+        return found
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.changed.set()
+        if self.thread.is_alive():
+            self.thread.join(2)
 
 
 def _wake() -> None:
@@ -214,6 +308,7 @@ class HaStats:
         self.transitions = dict.fromkeys(ROLES, 0)
         self.last_transition = 0.0
         self.listener: AdvertListener | None = None
+        self.pod6 = ""  # this replica's IPv6 pod address, served to a standby (http.py)
 
     def metrics(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -256,7 +351,9 @@ class Controller:
         self.role = "standby"
         self.stats = HaStats()
         self.relay_target: IPv4Address | None = None
+        self.relay_target6: IPv6Address | None = None
         self.relay_installed = False
+        self.peer6: Peer6 | None = None  # with IPv6 sources and an IPv6 pod address
         self.keepalived: Keepalived | None = None
         self.fifo: FifoReader | None = None
         self.listener: AdvertListener | None = None
@@ -275,6 +372,10 @@ class Controller:
         answered for it)."""
         gate.apply(gate.table_script(self.config))
         self.own = pod_ipv4(self.router, self.config)
+        own6 = pod_ipv6(self.router, self.config)
+        self.stats.pod6 = str(own6) if own6 is not None else ""
+        if own6 is not None and self.config.served_http_port:
+            self.peer6 = Peer6(self.config.served_http_port, self.log)
 
     def _adjust(self, plan: Plan) -> Plan:
         return active_plan(plan) if self.holding else standby_plan(plan)
@@ -287,6 +388,8 @@ class Controller:
         self.listener = AdvertListener(advert_interface(self.config, self.ha), self.ha.vrid, self.own, self.log)
         self.stats.listener = self.listener
         self.listener.start()
+        if self.peer6 is not None:
+            self.peer6.start()
         self.refresher.start()
         self.keepalived = Keepalived(self.ha.runtime_dir)
         self.fifo = FifoReader(self.keepalived.fifo, self.ha.instance)
@@ -325,10 +428,16 @@ class Controller:
         if self.refresher.failing:
             self._repair_gate()
         if self.role != "active":
-            self._relay(self.listener.current())
+            target = self.listener.current()
+            self._relay(target, self._target6(target))
         elif time.monotonic() >= self.announce_at:
             self._announce_again((0.0,))
-        daemon.stats.serves = self.role == "active" or self.relay_target is not None
+        # A dual-stack standby serves once it relays both families.
+        relays = self.relay_target is not None and (self.peer6 is None or self.relay_target6 is not None)
+        daemon.stats.serves = self.role == "active" or relays
+
+    def _target6(self, target: IPv4Address | None) -> IPv6Address | None:
+        return self.peer6.lookup(target) if self.peer6 is not None else None
 
     def _transition(self, role: str, started: float) -> None:
         self.role = self.stats.role = role
@@ -344,7 +453,7 @@ class Controller:
         except EgressRouterError as error:
             self.log.error("HA takeover failed: could not open the gate", error=str(error))
             return
-        self.relay_target, self.relay_installed = None, False
+        self.relay_target, self.relay_target6, self.relay_installed = None, None, False
         self.refresher.active.set()
         self.holding = True
         if not daemon._apply(self.config, "takeover"):  # the addresses, announced once
@@ -372,7 +481,7 @@ class Controller:
         if self.role == "active":
             script += gate.alive_script(self.config)
         else:
-            script += gate.relay_script(self.config, self.relay_target)
+            script += gate.relay_script(self.config, self.relay_target, self.relay_target6)
         try:
             gate.apply(script)
         except EgressRouterError as error:
@@ -381,19 +490,19 @@ class Controller:
         self.refresher.failing = False
         self.log.warning("the HA tables were changed by someone else; restored them")
 
-    def _relay(self, target: IPv4Address | None) -> None:
-        if target == self.relay_target and self.relay_installed:
+    def _relay(self, target: IPv4Address | None, target6: IPv6Address | None = None) -> None:
+        if target == self.relay_target and target6 == self.relay_target6 and self.relay_installed:
             return
         try:
-            gate.apply(gate.relay_script(self.config, target))
+            gate.apply(gate.relay_script(self.config, target, target6))
         except EgressRouterError as error:
             self.log.error("could not relay to the active replica", error=str(error))
             self.relay_installed = False
             return
-        if target != self.relay_target:
+        if target != self.relay_target or target6 != self.relay_target6:
             self.log.info("HA: relaying to the active replica" if target else "HA: no active replica to relay to",
-                          active=str(target or ""))
-        self.relay_target, self.relay_installed = target, True
+                          active=str(target or ""), **({"ipv6": str(target6)} if target6 else {}))
+        self.relay_target, self.relay_target6, self.relay_installed = target, target6, True
 
     def _announce_again(self, delays: tuple[float, ...] = ANNOUNCE_AGAIN_AFTER) -> None:
         self.announce_at = time.monotonic() + REANNOUNCE_EVERY
@@ -430,8 +539,9 @@ class Controller:
         assert self.listener is not None
         while (left := until - time.monotonic()) > 0:
             target = self.listener.current()
-            if target is not None and target != self.relay_target:
-                self._relay(target)
+            target6 = self._target6(target)
+            if target is not None and (target != self.relay_target or target6 != self.relay_target6):
+                self._relay(target, target6)
             time.sleep(min(left, 0.05))
 
     def close(self, daemon: Daemon) -> None:
@@ -460,7 +570,7 @@ class Controller:
         if self.keepalived is not None:
             self.keepalived.stop()
         self.refresher.stop()
-        for part in (self.fifo, self.listener):
+        for part in (self.fifo, self.listener, self.peer6):
             if part is not None:
                 part.stop()
         if self.keepalived is not None:

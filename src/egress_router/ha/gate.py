@@ -7,7 +7,9 @@ The active router refreshes it several times a second (`Refresher`); while it is
 - ARP requests for the reserved IPv4 address are dropped on the way in and ARP replies from it
   on the way out (the arp table), neighbour advertisements from the reserved IPv6 address are
   dropped on the way out,
-- and every packet to the reserved addresses from the egress interface is dropped.
+- every packet to the reserved addresses from the egress interface is dropped,
+- and a new connection that would leave by the egress interface is dropped (a standby that
+  cannot relay it yet), before conntrack keeps it: its retransmission is decided afresh.
 
 So the kernel itself stops answering for the address within `ALIVE_FOR` of the router's death,
 though the pod's namespace, the address and the table outlive the process: nothing alive in
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from ..errors import ApplyError, Kind
 from ..model import RouterConfig
@@ -88,6 +90,18 @@ def table_script(config: RouterConfig) -> str:
         f"\t\toifname {egress} oifname != @{ALIVE_SET} ip6 saddr {a} icmpv6 type nd-neighbor-advert drop"
         for a in v6
     ]
+    lines += [
+        "\t}",
+        # Gate closed, no address: a redirected connection that would leave by the egress
+        # interface (IPv6 before the relay knows the active's IPv6 pod address, IPv4 before an
+        # active is heard, or in the moment of a handover) is dropped rather than sent out from
+        # an address another replica holds, whose replies never come back here. Dropped in
+        # the forward hook, before conntrack keeps the flow: the client's retransmission is
+        # NATed afresh, and relayed once the relay is in place.
+        "\tchain unserved {",
+        "\t\ttype filter hook forward priority filter - 10; policy accept;",
+        f"\t\tiifname {pod} oifname {egress} oifname != @{ALIVE_SET} ct state new drop",
+    ]
     lines += ["\t}", "}", f"table arp {HA_TABLE} {{", f"\t{alive}"]
     lines += ["\tchain gate_in {", "\t\ttype filter hook input priority 0; policy accept;"]
     lines += [f"\t\tiifname {egress} iifname != @{ALIVE_SET} arp daddr ip {a} drop" for a in v4]
@@ -113,16 +127,19 @@ def closed_script() -> str:
     return "".join(f"flush set {family} {HA_TABLE} {ALIVE_SET}\n" for family in ("inet", "arp"))
 
 
-def relay_script(config: RouterConfig, active: IPv4Address | None) -> str:
-    """The relay chain for `active` (None: no relay)."""
+def relay_script(config: RouterConfig, active: IPv4Address | None, active6: IPv6Address | None = None) -> str:
+    """The relay chain for `active` (None: no relay), and for IPv6 connections to `active6`,
+    the active's IPv6 pod address (None: IPv6 is not relayed)."""
     lines = [f"flush chain inet {HA_TABLE} relay"]
-    if active is not None:
-        port = config.served_http_port
-        keep = f"tcp dport != {port} " if port else ""
+    port = config.served_http_port
+    keep = f"tcp dport != {port} " if port else ""
+    for family, word, target in (("ipv4", "ip", active), ("ipv6", "ip6", active6 if active else None)):
+        if target is None:
+            continue
         lines.append(
-            f"add rule inet {HA_TABLE} relay iifname {_quote(config.pod_interface)} meta nfproto ipv4 "
+            f"add rule inet {HA_TABLE} relay iifname {_quote(config.pod_interface)} meta nfproto {family} "
             f"fib daddr type local {keep}meta l4proto {{ tcp, udp, sctp }} "
-            f"ct mark set {RELAY_CT_MARK:#x} counter name {COUNTER} dnat ip to {active}"
+            f"ct mark set {RELAY_CT_MARK:#x} counter name {COUNTER} dnat {word} to {target}"
         )
     return "".join(f"{line}\n" for line in lines)
 

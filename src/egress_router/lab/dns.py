@@ -2,8 +2,9 @@
 (the client pod's, as cluster DNS is a pod on the pod network), answering only from a hosts
 file the tests rewrite (`set`), with a TTL of `ttl` seconds.
 
-The router pod's resolver points at it: `ip netns exec` mounts /etc/netns/<ns>/resolv.conf
-over /etc/resolv.conf, and that file (with a Kubernetes-like search list and ndots:5, which
+The router pods' resolver points at it (`routers`: the router namespace of `Lab`, or both of
+`HaLab`'s): `ip netns exec` mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf, and that
+file (with a Kubernetes-like search list and ndots:5, which
 the router must not apply) is written here and removed with the namespace
 (`netns.delete_namespaces`), also when a test fails.
 """
@@ -18,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 from .netns import ETC_NETNS
 from .topology import Lab, LabError, stop_process
@@ -25,25 +27,40 @@ from .topology import Lab, LabError, stop_process
 DOMAIN = "example.test"  # every lab name is under it: dnsmasq answers NXDOMAIN for the rest
 
 
-class DnsServer:
-    """dnsmasq on `role` at `address`, port 53; the router namespace's resolv.conf names it."""
+class Namespaces(Protocol):
+    """What the DNS server needs of a lab (`Lab`, `HaLab`)."""
 
-    def __init__(self, lab: Lab, address: str, role: str = "client", ttl: int = 1) -> None:
+    def ns(self, role: str) -> str: ...
+
+    def popen(self, role: str, argv: list[str], env: Mapping[str, str] | None = None,
+              **kw: object) -> subprocess.Popen[str]: ...
+
+    def exec(self, role: str, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]: ...
+
+
+class DnsServer:
+    """dnsmasq on `role` at `address`, port 53; the resolv.conf of each namespace of `routers`
+    names it."""
+
+    def __init__(self, lab: Lab | Namespaces, address: str, role: str = "client", ttl: int = 1,
+                 routers: Iterable[str] = ("router",)) -> None:
         self.lab, self.address, self.role, self.ttl = lab, address, role, ttl
         self.dir = Path(tempfile.mkdtemp(prefix="erl-dns-"))
         os.chmod(self.dir, 0o755)  # dnsmasq reads it as nobody
         self.hosts = self.dir / "hosts"
         self.log = self.dir / "dnsmasq.log"
         self.process: subprocess.Popen[str] | None = None
-        self.resolv = Path(ETC_NETNS) / lab.ns("router") / "resolv.conf"
+        self.resolvs = [Path(ETC_NETNS) / lab.ns(router) / "resolv.conf" for router in routers]
+        self.resolv = self.resolvs[0]
 
     def start(self, records: Mapping[str, Iterable[str]]) -> DnsServer:
         self._write(records)
-        self.resolv.parent.mkdir(parents=True, exist_ok=True)
-        self.resolv.write_text(
-            f"search default.svc.cluster.local svc.cluster.local cluster.local\n"
-            f"nameserver {self.address}\noptions ndots:5\n"
-        )
+        for resolv in self.resolvs:
+            resolv.parent.mkdir(parents=True, exist_ok=True)
+            resolv.write_text(
+                f"search default.svc.cluster.local svc.cluster.local cluster.local\n"
+                f"nameserver {self.address}\noptions ndots:5\n"
+            )
         argv = [
             "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
             f"--addn-hosts={self.hosts}", f"--local=/{DOMAIN}/", f"--local-ttl={self.ttl}",
@@ -101,12 +118,13 @@ class DnsServer:
             self.resume()
             stop_process(self.process)
             self.process = None
-        self.resolv.unlink(missing_ok=True)
-        for directory in (self.resolv.parent, self.resolv.parent.parent):
-            try:
-                directory.rmdir()  # only when empty: another run's files stay
-            except OSError:
-                pass
+        for resolv in self.resolvs:
+            resolv.unlink(missing_ok=True)
+            for directory in (resolv.parent, resolv.parent.parent):
+                try:
+                    directory.rmdir()  # only when empty: another run's files stay
+                except OSError:
+                    pass
         for path in (self.hosts, self.log, self.hosts.with_suffix(".new")):
             path.unlink(missing_ok=True)
         self.dir.rmdir()

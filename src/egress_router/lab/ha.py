@@ -48,12 +48,19 @@ VRID = 51
 HTTP_PORT = 9090
 SERVICE_PORT = 80  # the router's rule: 80 tcp 203.0.113.25
 DESTINATION = "80 tcp 203.0.113.25\n"
+DESTINATION6 = "80 tcp 2001:db8:2::25\n"  # the IPv6 twin, with dual-stack sources
 
 # The pod network: one /26 per node, and the cluster link between the nodes.
 PODS = {
     "a": ("node_a", "198.51.100.1", "198.51.100.2", "198.51.100.0/26", "198.51.100.193"),
     "b": ("node_b", "198.51.100.65", "198.51.100.66", "198.51.100.64/26", "198.51.100.194"),
     "c": ("node_c", "198.51.100.129", "198.51.100.130", "198.51.100.128/26", "198.51.100.195"),
+}
+# With `ipv6`: one /64 per node (the node's pod0 is ::1, its pod ::2) and the cluster link's.
+PODS6 = {
+    "a": ("2001:db8:3:a::1", "2001:db8:3:a::2", "2001:db8:3:a::/64", "2001:db8:3:f::a"),
+    "b": ("2001:db8:3:b::1", "2001:db8:3:b::2", "2001:db8:3:b::/64", "2001:db8:3:f::b"),
+    "c": ("2001:db8:3:d::1", "2001:db8:3:d::2", "2001:db8:3:d::/64", "2001:db8:3:f::d"),
 }
 NODE_LAN = {"node_a": A.NODE_IP, "node_b": A.NODE_B_IP}
 CLIENT = "c"
@@ -64,7 +71,7 @@ def ha_env(ipv6: bool = False, **overrides: str) -> dict[str, str]:
     env = {
         "EGRESS_SOURCE": f"{A.SOURCE}/{A.LAN_PREFIX}" + (f",{A.SOURCE6}/{A.V6_PREFIX}" if ipv6 else ""),
         "EGRESS_GATEWAY": A.GATEWAY + (f",{A.GATEWAY6}" if ipv6 else ""),
-        "EGRESS_DESTINATION": DESTINATION,
+        "EGRESS_DESTINATION": DESTINATION + (DESTINATION6 if ipv6 else ""),
         "EGRESS_ROUTER_MODE": "legacy",
         "EGRESS_ROUTER_HA": "vrrp",
         "EGRESS_ROUTER_VRRP_ID": str(VRID),
@@ -77,8 +84,8 @@ def ha_env(ipv6: bool = False, **overrides: str) -> dict[str, str]:
 
 class HaLab:
     def __init__(self, ipv6: bool = False) -> None:
-        """`ipv6`: the LAN, the gateway and the outside also speak IPv6 (for dual-stack
-        sources; the pod network stays IPv4)."""
+        """`ipv6`: the LAN, the gateway, the outside and the pod network also speak IPv6
+        (dual-stack sources; the pods get an IPv6 address too, `pod_ip6`)."""
         self.ipv6 = ipv6
         self.prefix = f"erl-{os.getpid()}-{secrets.token_hex(2)}-"
         self.routers: dict[str, subprocess.Popen[str]] = {}
@@ -115,7 +122,7 @@ class HaLab:
         for role in ROLES:
             forward = "1" if role.startswith("node") or role == "gw" else "0"
             strict = "1" if role.startswith("router") else "0"
-            v6 = self.ipv6 and role in ("lan", "gw", "ext", "node_a", "node_b", "router_a", "router_b")
+            v6 = self.ipv6
             write_sysctls(n(role), [
                 ("net/ipv4/ip_forward", forward),
                 ("net/ipv4/conf/all/rp_filter", strict),
@@ -124,7 +131,7 @@ class HaLab:
                 ("net/ipv6/conf/default/disable_ipv6", "0" if v6 else "1"),
                 ("net/ipv6/conf/all/accept_dad", "0"),
                 ("net/ipv6/conf/default/accept_dad", "0"),
-                ("net/ipv6/conf/all/forwarding", "1" if v6 and role == "gw" else "0"),
+                ("net/ipv6/conf/all/forwarding", "1" if v6 and forward == "1" else "0"),
             ])
         links = [
             f"link add br0 netns {n('lan')} type bridge mcast_snooping 0",
@@ -177,6 +184,15 @@ class HaLab:
                 f"route add default via {gateway} dev eth0",
             ]
         if self.ipv6:
+            for key, (gateway6, pod_ip6, _subnet6, cluster_ip6) in PODS6.items():
+                node = PODS[key][0]
+                batches[node] += [f"address add {gateway6}/64 dev pod0 nodad",
+                                  f"address add {cluster_ip6}/64 dev clu0 nodad"]
+                batches[node] += [f"route add {other[2]} via {other[3]} dev clu0"
+                                  for other_key, other in PODS6.items() if other_key != key]
+                pod = "client" if key == CLIENT else f"router_{key}"
+                batches[pod] += [f"address add {pod_ip6}/64 dev eth0 nodad",
+                                 f"route add default via {gateway6} dev eth0"]
             batches["gw"] += [f"address add {A.GATEWAY6}/{A.V6_PREFIX} dev lan0 nodad",
                               f"address add {A.OUTSIDE_GATEWAY6}/{A.V6_PREFIX} dev ext0 nodad"]
             batches["ext"] += [*(f"address add {a}/{A.V6_PREFIX} dev eth0 nodad" for a in A.EXTERNAL6),
@@ -224,17 +240,24 @@ class HaLab:
 
     # -- processes ----------------------------------------------------------------------------
 
-    def popen(self, role: str, argv: list[str], env: Mapping[str, str], **kw: object) -> subprocess.Popen[str]:
+    def popen(self, role: str, argv: list[str], env: Mapping[str, str] | None = None,
+              **kw: object) -> subprocess.Popen[str]:
+        """Start `argv` in the namespace of `role`; it is stopped when the lab is destroyed."""
         process: subprocess.Popen[str] = subprocess.Popen(  # type: ignore[call-overload]
             ["ip", "netns", "exec", self.ns(role), *argv],
-            env=dict(env), start_new_session=True, text=True, **kw,
+            env=None if env is None else dict(env), start_new_session=True, text=True, **kw,
         )
         self._processes.append(process)
         return process
 
-    def serve(self, max_seconds: float = 1800) -> None:
+    def serve(self, more: Iterable[tuple[str, int, str]] = (), max_seconds: float = 1800) -> None:
+        """The outside server on 203.0.113.25 port 80 (and its IPv6 twin with `ipv6`), and
+        the endpoints `more` (address, port, protocol)."""
         argv = [sys.executable, "-m", "egress_router.lab.servers", "--max-seconds", str(max_seconds),
-                format_spec(A.EXTERNAL[0], SERVICE_PORT, "tcp")]
+                format_spec(A.EXTERNAL[0], SERVICE_PORT, "tcp"),
+                *(format_spec(address, port, protocol) for address, port, protocol in more)]
+        if self.ipv6:
+            argv.append(format_spec(A.EXTERNAL6[0], SERVICE_PORT, "tcp"))
         process = self.popen("ext", argv, {**os.environ, "PYTHONPATH": SOURCE_ROOT},
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert process.stdout is not None
@@ -413,13 +436,27 @@ class HaLab:
                 return str(entry["lladdr"])
         return None
 
+    def exec(self, role: str, argv: list[str], check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `argv` in the namespace of `role` and wait for it (output captured)."""
+        done = subprocess.run(["ip", "netns", "exec", self.ns(role), *argv],
+                              capture_output=True, text=True, timeout=10, input=input)
+        if check and done.returncode != 0:
+            raise LabError(f"{' '.join(argv)} in {role}: {done.stderr.strip()}")
+        return done
+
     def pod_ip(self, key: str) -> str:
         return PODS[key][2]
 
-    def connect(self, key: str, timeout: float = 2.0, port: int = SERVICE_PORT) -> Probe:
-        """A new TCP connection from the client pod to router `key`'s pod address."""
-        sock = in_netns(self.ns("client"), lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-        return probe_tcp(sock, self.pod_ip(key), port, timeout, b"")
+    def pod_ip6(self, key: str) -> str:
+        """Router `key`'s IPv6 pod address (with `ipv6`)."""
+        return PODS6[key][1]
+
+    def connect(self, key: str, timeout: float = 2.0, port: int = SERVICE_PORT, ipv6: bool = False) -> Probe:
+        """A new TCP connection from the client pod to router `key`'s pod address (`ipv6`:
+        to its IPv6 pod address)."""
+        family = socket.AF_INET6 if ipv6 else socket.AF_INET
+        sock = in_netns(self.ns("client"), lambda: socket.socket(family, socket.SOCK_STREAM))
+        return probe_tcp(sock, self.pod_ip6(key) if ipv6 else self.pod_ip(key), port, timeout, b"")
 
     def ready(self, key: str) -> HttpReply:
         """/readyz of router `key`, asked from its node as kubelet does."""
