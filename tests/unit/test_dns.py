@@ -228,6 +228,26 @@ def test_a_failing_name_keeps_its_last_answer_and_backs_off_to_two_minutes() -> 
     assert follower.states[name].failing == 0 and follower.states[name].due == clock.now + 30
 
 
+def test_a_new_aaaa_answer_leaves_the_a_sides_chain_as_it_was() -> None:
+    """A dual-stack name: only its AAAA record moves. The IPv4 chain's rule (its `since`
+    included) is the same text, so the diff rewrites the IPv6 chain alone."""
+    clock, lookups = Clock(), Lookups()
+    name = Name("api.example.com")
+    follower = Follower([name], lookups, Log(stream=io.StringIO()), clock=clock)
+    lookups.answer = Lookup((A("203.0.113.25"), A("2001:db8::25")), 1)
+    follower.resolve_one(name)
+    first = follower.states[name].answer
+    lookups.answer = Lookup((A("203.0.113.25"), A("2001:db8::26")), 1)
+    follower.resolve_one(name)
+    second = follower.states[name].answer
+    assert second.since_of(4) == first.since_of(4) and second.since_of(6) >= first.since_of(6)
+    v4, v6 = Target(4, name, "tcp", 443), Target(6, name, "tcp", 443)
+    assert v4.rule(second.addresses, second.since_of(4)) == v4.rule(first.addresses, first.since_of(4))
+    assert "2001:db8::26" in v6.rule(second.addresses, second.since_of(6))
+    # A family that had no address before is new: its age starts now.
+    assert Answer((A("203.0.113.25"),), 50.0).replaced((A("203.0.113.25"), A("2001:db8::1")), 60.0).since_of(6) == 60.0
+
+
 # -- the daemon ------------------------------------------------------------------------------
 
 

@@ -97,7 +97,7 @@ class Follower:
             state.due = self.clock() + wait
             state.last_success, state.failing, state.last_error = now, 0, ""
             if found.addresses != state.answer.addresses:
-                state.answer = Answer(found.addresses, now)
+                state.answer = state.answer.replaced(found.addresses, now)
                 self.changed.set()
                 changed = True
             else:
