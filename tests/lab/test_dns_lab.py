@@ -463,6 +463,20 @@ def test_legacy_dual_stack_follows_a_changed_aaaa_record_and_leaves_the_ipv4_sid
         written = [line for line in router.log.read_text()[logged:].splitlines() if "nft: " in line]
         assert written and any(v6_chain in line for line in written), written
         assert not any(v4_chain in line for line in written), written
+
+        # The AAAA side now has nothing usable (loopback only), the A side is as it was: the
+        # IPv6 side keeps its last address, as a whole name with nothing usable does, and
+        # the failure is counted.
+        failures = 'egress_router_dns_failures_total{name="dual.example.test"}'
+        assert router.metric(failures) == 0
+        server.set({"dual.example.test": ["203.0.113.25", "::1"]})
+        assert wait_for(lambda: (router.metric(failures) or 0) >= 1, FLOOR + 2, 0.2), router.log.read_text()
+        probe = lab6.connect(80, address=lab6.router_pod_ip6)
+        assert (probe.server, probe.source) == (("2001:db8:2::26", 80), A.SOURCE6), probe
+        assert lab6.connect(80).server == ("203.0.113.25", 80)
+        table = lab6.nft_table()
+        assert rule_of(table, v4_chain) == v4_rule and rule_of(table, v6_chain) == rule_of(after, v6_chain)
+        assert "no usable IPv6 address, keeping its last ones" in router.log.read_text()
     finally:
         router.stop()
         server.close()

@@ -248,6 +248,27 @@ def test_a_new_aaaa_answer_leaves_the_a_sides_chain_as_it_was() -> None:
     assert Answer((A("203.0.113.25"),), 50.0).replaced((A("203.0.113.25"), A("2001:db8::1")), 60.0).since_of(6) == 60.0
 
 
+def test_a_dual_stack_name_whose_aaaa_side_has_nothing_usable_keeps_its_last_ipv6_addresses() -> None:
+    clock, lookups, log = Clock(), Lookups(), io.StringIO()
+    name = Name("api.example.com")
+    follower = Follower([name], lookups, Log(stream=log), clock=clock)
+    lookups.answer = Lookup((A("203.0.113.25"), A("2001:db8::25")), 1)
+    follower.resolve_one(name)
+    first = follower.states[name].answer
+    # The A record moves; the AAAA one points at loopback only.
+    lookups.answer = Lookup((A("203.0.113.26"),), 1, ((A("::1"), "loopback"),), ((6, "no usable address: refused ::1 (loopback)"),))
+    follower.resolve_one(name)
+    state = follower.states[name]
+    assert state.answer.addresses == (A("203.0.113.26"), A("2001:db8::25"))
+    assert state.answer.since_of(6) == first.since_of(6)  # the IPv6 chain stays as it was
+    assert state.failures == 1 and "loopback" in state.last_error and state.failing == 0
+    assert "no usable IPv6 address, keeping its last ones" in log.getvalue()
+    # A name never resolved in that family has nothing to keep: that family stays empty.
+    other = Follower([name], lookups, Log(stream=io.StringIO()), clock=clock)
+    other.resolve_one(name)
+    assert other.states[name].answer.addresses == (A("203.0.113.26"),) and other.states[name].failures == 0
+
+
 # -- the daemon ------------------------------------------------------------------------------
 
 

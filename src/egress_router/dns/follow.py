@@ -96,16 +96,30 @@ class Follower:
             wait = min(max(float(found.ttl), self.min_ttl), self.max_ttl)
             state.due = self.clock() + wait
             state.last_success, state.failing, state.last_error = now, 0, ""
-            if found.addresses != state.answer.addresses:
-                state.answer = state.answer.replaced(found.addresses, now)
+            # A family whose answer had nothing usable (a dual-stack name whose AAAA record
+            # went, or points at loopback) fails alone: it keeps its last addresses, as a
+            # name whose whole answer has nothing usable does. Counted as a failure.
+            kept = [(family, said, state.answer.of_family(family)) for family, said in found.empty]
+            kept = [k for k in kept if k[2]]
+            addresses = tuple(sorted((*found.addresses, *(a for *_, old in kept for a in old)), key=lambda a: (a.version, int(a))))
+            if kept:
+                state.failures += 1
+                state.last_error = "; ".join(said for _, said, _ in kept)
+            if addresses != state.answer.addresses:
+                state.answer = state.answer.replaced(addresses, now)
                 self.changed.set()
                 changed = True
             else:
                 changed = False
         for address, why in found.refused:
             self.log.warning("refused an address of a destination name, never used", name=str(name), address=str(address), reason=why)
+        for family, said, old in kept:
+            self.log.warning(
+                f"destination name has no usable IPv{family} address, keeping its last ones",
+                name=str(name), answer=said, addresses=",".join(map(str, old)),
+            )
         if changed:
-            self.log.info("destination name resolved", name=str(name), addresses=",".join(map(str, found.addresses)), ttl=found.ttl)
+            self.log.info("destination name resolved", name=str(name), addresses=",".join(map(str, addresses)), ttl=found.ttl)
 
     def _failed(self, name: Name, answer: str) -> None:
         with self.lock:
