@@ -370,6 +370,35 @@ def test_a_reload_resolves_an_added_name_drops_a_removed_ones_chain_and_the_othe
     assert "reload applied" in log and "reload failed" not in log, log
 
 
+def test_a_reload_that_drops_a_name_while_it_is_looked_up_still_follows_the_new_names(
+    legacy: Callable[..., Router], dns: DnsServer, tmp_path: Path
+) -> None:
+    """The nameserver is stopped, so the removed name's lookup waits (up to 3 s) while the
+    reload lands: that lookup's end must not stop the following of the other names."""
+    rules = tmp_path / "destinations"
+    rules.write_text("80 tcp api.example.test\n7000 tcp 203.0.113.25\n")
+    router = legacy("", EGRESS_DESTINATION_FILE=str(rules))
+    assert wait_for(router.ready, 10), router.log.read_text()
+    lab = router.lab
+
+    def looking_up() -> bool:  # the router's resolver has a UDP socket open: a query waits
+        return bool(lab.exec("router", ["ss", "-Huan"], check=False).stdout.strip())
+
+    dns.pause()
+    try:
+        assert wait_for(looking_up, FLOOR + 1, 0.02), router.log.read_text()
+        new = tmp_path / "destinations.new"
+        new.write_text("8080 tcp move.example.test 80\n7000 tcp 203.0.113.25\n")
+        new.replace(rules)
+        assert wait_for(lambda: "reload applied" in router.log.read_text(), 2), router.log.read_text()
+        assert looking_up()  # the dropped name's lookup outlived the reload
+    finally:
+        dns.resume()
+    assert wait_for(lambda: lab.connect(8080, timeout=1).server == ("203.0.113.25", 80), 6, 0.2), router.log.read_text()
+    assert lab.connect(8080).source == A.SOURCE and lab.connect(7000).server == ("203.0.113.25", 7000)
+    assert wait_for(router.ready, 2) and "Traceback" not in router.log.read_text()
+
+
 def test_metrics_and_status_name_the_name(legacy: Callable[[str], Router]) -> None:
     router = legacy("80 tcp pair.example.test\n8443 tcp api.example.test 443\nmirror.example.test\n")
     assert wait_for(router.ready, 10), router.log.read_text()

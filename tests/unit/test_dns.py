@@ -13,7 +13,7 @@ from egress_router.config import format_destinations, load_environment, parse_de
 from egress_router.daemon import Daemon
 from egress_router.dns import Answer
 from egress_router.dns.chains import UNRESOLVED, Target, parse_chain
-from egress_router.dns.follow import RETRY_MAX, Follower
+from egress_router.dns.follow import RETRY_MAX, Follower, follow
 from egress_router.dns.resolve import DnsError, Lookup, refusal
 from egress_router.errors import ConfigError
 from egress_router.log import Log
@@ -267,6 +267,27 @@ def test_a_dual_stack_name_whose_aaaa_side_has_nothing_usable_keeps_its_last_ipv
     other = Follower([name], lookups, Log(stream=io.StringIO()), clock=clock)
     other.resolve_one(name)
     assert other.states[name].answer.addresses == (A("203.0.113.26"),) and other.states[name].failures == 0
+
+
+@pytest.mark.parametrize("answer", [Lookup((A("203.0.113.25"),), 1), "timeout: no answer within 3 s"])
+def test_a_name_a_reload_drops_while_it_is_looked_up_is_forgotten_and_the_others_followed(answer: Lookup | str) -> None:
+    clock, log = Clock(), io.StringIO()
+    gone, added = Name("gone.example.com"), Name("added.example.com")
+    follower: Follower
+
+    def lookup(name: Name) -> Lookup:
+        if name == gone:
+            follow(follower, [added])  # the reload lands while this lookup waits on the network
+            if isinstance(answer, str):
+                raise DnsError(name, answer)
+            return answer
+        return Lookup((A("203.0.113.26"),), 1)
+
+    follower = Follower([gone], lookup, Log(stream=log), clock=clock)
+    follower.resolve_one(gone)
+    assert list(follower.states) == [added] and follower.pending() == (added,)
+    follower.resolve_one(added)
+    assert follower.take() == ((added, follower.states[added].answer),) and follower.pending() == ()
 
 
 # -- the daemon ------------------------------------------------------------------------------

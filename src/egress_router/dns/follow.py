@@ -78,7 +78,11 @@ class Follower:
             if due is None or wait > 0:
                 self.stopping.wait(min(wait, 1.0))
                 continue
-            self.resolve_one(due[0])
+            try:
+                self.resolve_one(due[0])
+            except Exception as error:  # noqa: BLE001 -- the thread must outlive any one name
+                self.log.error("following a destination name failed", name=str(due[0]), error=f"{type(error).__name__}: {error}")
+                self.stopping.wait(1.0)
 
     def resolve_one(self, name: Name) -> None:
         """One lookup of `name`, and what it changes (also called directly by tests)."""
@@ -92,7 +96,9 @@ class Follower:
             return
         now = time.time()
         with self.lock:
-            state = self.states[name]
+            state = self.states.get(name)
+            if state is None:  # a reload dropped the name while it was looked up
+                return
             wait = min(max(float(found.ttl), self.min_ttl), self.max_ttl)
             state.due = self.clock() + wait
             state.last_success, state.failing, state.last_error = now, 0, ""
@@ -123,7 +129,9 @@ class Follower:
 
     def _failed(self, name: Name, answer: str) -> None:
         with self.lock:
-            state = self.states[name]
+            state = self.states.get(name)
+            if state is None:  # a reload dropped the name while it was looked up
+                return
             state.failures += 1
             state.failing += 1
             state.last_error = answer
