@@ -17,6 +17,7 @@ from .network.state import KERNEL_METRIC, MAIN_TABLE, Address, LinkState, NetSta
 from .nft.table import Element, MapSpec, TableSpec
 
 if TYPE_CHECKING:
+    from .dns import Answers
     from .dns.chains import Named
 from .schema import (
     FAMILIES,
@@ -52,7 +53,7 @@ class Facts(NamedTuple):
     # its rp_filter and `all`'s): unknown counts as strict, as many nodes set it.
     strict_rp_filter: bool = True
     # Each name's current addresses and since when (`dns.Answer`), sorted by name.
-    answers: tuple[tuple[Name, tuple[tuple[IPAddress, ...], float]], ...] = ()
+    answers: Answers = ()
 
     @classmethod
     def of(cls, state: NetState, nameservers: tuple[IPAddress, ...] = ()) -> Facts:

@@ -141,14 +141,15 @@ def test_an_answer_pointing_at_loopback_is_refused_and_never_used(fresh: Lab) ->
 class Router:
     """A legacy router run in the router namespace, with its log in a file."""
 
-    def __init__(self, lab: Lab, log: Path, destination: str) -> None:
+    def __init__(self, lab: Lab, log: Path, destination: str, **more: str) -> None:
+        """`destination`: the rules' text; or, with `EGRESS_DESTINATION_FILE` in `more`, unused."""
         self.lab, self.log = lab, log
+        # Drift checked every half second: a name's new chain must never look like drift.
+        environment = env("legacy", destination, EGRESS_ROUTER_DNS_MIN_TTL=str(FLOOR), EGRESS_ROUTER_CHECK_EVERY="0.5", **more)
+        if "EGRESS_DESTINATION_FILE" in more:
+            del environment["EGRESS_DESTINATION"]
         with open(log, "w") as out:
-            self.process = lab.start_router(
-                # Drift checked every half second: a name's new chain must never look like drift.
-                env("legacy", destination, EGRESS_ROUTER_DNS_MIN_TTL=str(FLOOR), EGRESS_ROUTER_CHECK_EVERY="0.5"),
-                stdout=out, stderr=subprocess.STDOUT,
-            )
+            self.process = lab.start_router(environment, stdout=out, stderr=subprocess.STDOUT)
 
     def http(self, path: str) -> tuple[int, str]:
         sock = self.lab.socket("client")
@@ -193,8 +194,8 @@ class Router:
 def legacy(fresh: Lab, tmp_path: Path) -> Iterator[Callable[[str], Router]]:
     started: list[Router] = []
 
-    def start(destination: str) -> Router:
-        router = Router(fresh, tmp_path / f"router{len(started)}.log", destination)
+    def start(destination: str, **more: str) -> Router:
+        router = Router(fresh, tmp_path / f"router{len(started)}.log", destination, **more)
         started.append(router)
         return router
 
@@ -300,6 +301,104 @@ def test_a_udp_flow_refused_while_its_name_had_no_address_is_redirected_once_it_
         flow.close()
 
 
+def test_a_name_whose_answer_shrinks_to_nothing_usable_keeps_its_last_answer_until_it_has_one_again(
+    legacy: Callable[..., Router], dns: DnsServer
+) -> None:
+    """An answer with only refused addresses (here loopback) is a failed lookup, as NXDOMAIN
+    is: the last good addresses stay in use, counted as failures, and the name follows its
+    record again as soon as it has a usable address."""
+    router = legacy("80 tcp api.example.test\n7000 tcp move.example.test\n")
+    assert wait_for(router.ready, 10), router.log.read_text()
+    lab = router.lab
+    failures = 'egress_router_dns_failures_total{{name="{}"}}'
+    shrunk = {k: v for k, v in RECORDS.items() if k != "move.example.test"}  # move: NXDOMAIN
+    dns.set({**shrunk, "api.example.test": ["127.0.0.1"]})
+
+    def both_failed() -> bool:
+        return all((router.metric(failures.format(n)) or 0) >= 1 for n in ("api.example.test", "move.example.test"))
+
+    assert wait_for(both_failed, FLOOR + 2, 0.2), router.log.read_text()
+    for port, server in ((80, ("203.0.113.26", 80)), (7000, ("203.0.113.25", 7000))):
+        probe = lab.connect(port)  # the last good answer, from the reserved source
+        assert probe.server == server and probe.source == A.SOURCE, (port, probe)
+    assert router.ready()  # resolved once: still ready
+    assert router.metric('egress_router_dns_addresses{name="api.example.test"}') == 1
+    table = lab.nft_table()
+    assert table is not None and "127.0.0.1" not in table
+    log = router.log.read_text()
+    assert "keeping its last addresses" in log and "loopback" in log and "NXDOMAIN" in log, log
+    # A usable address again: the retry (5 s after the failure) applies it.
+    dns.set({**RECORDS, "api.example.test": ["127.0.0.1", "203.0.113.25"]})
+    assert wait_for(lambda: lab.connect(80, timeout=1).server == ("203.0.113.25", 80), 8, 0.2), router.log.read_text()
+    assert lab.connect(80).source == A.SOURCE
+
+
+def test_a_reload_resolves_an_added_name_drops_a_removed_ones_chain_and_the_other_rules_keep_working(
+    legacy: Callable[..., Router], tmp_path: Path
+) -> None:
+    rules = tmp_path / "destinations"
+    rules.write_text("80 tcp api.example.test\n7000 tcp 203.0.113.25\n5000 tcp mirror.example.test\n")
+    router = legacy("", EGRESS_DESTINATION_FILE=str(rules))
+    assert wait_for(router.ready, 10), router.log.read_text()
+    lab = router.lab
+    assert lab.connect(80).server == ("203.0.113.26", 80)
+    table = lab.nft_table()
+    assert table is not None and "dns4_tcp_80_api.example.test" in table
+
+    new = tmp_path / "destinations.new"
+    new.write_text("8080 tcp move.example.test 80\n7000 tcp 203.0.113.25\n5000 tcp mirror.example.test\n")
+    new.replace(rules)  # atomic, as a ConfigMap update is
+    literal: list[Any] = []
+
+    def moved() -> bool:
+        # Throughout the reload, the literal rule and the kept name answer every connection.
+        literal.append(lab.connect(7000, timeout=1))
+        literal.append(lab.connect(5000, timeout=1))
+        return lab.connect(8080, timeout=1).server == ("203.0.113.25", 80)
+
+    assert wait_for(moved, 5, 0.1), router.log.read_text()
+    assert all(p.source == A.SOURCE for p in literal) and {p.server for p in literal} == {
+        ("203.0.113.25", 7000), ("203.0.113.27", 5000)}, literal
+    probe = lab.connect(8080)
+    assert probe.server == ("203.0.113.25", 80) and probe.source == A.SOURCE
+    assert wait_for(router.ready, 3), router.log.read_text()
+    table = lab.nft_table()
+    assert table is not None and "api.example.test" not in table, table  # its chain, its vmap element
+    assert "dns4_tcp_80_move.example.test" in table
+    assert not lab.connect(80, timeout=1).ok  # the removed rule's port is refused
+    log = router.log.read_text()
+    assert "reload applied" in log and "reload failed" not in log, log
+
+
+def test_a_reload_that_drops_a_name_while_it_is_looked_up_still_follows_the_new_names(
+    legacy: Callable[..., Router], dns: DnsServer, tmp_path: Path
+) -> None:
+    """The nameserver is stopped, so the removed name's lookup waits (up to 3 s) while the
+    reload lands: that lookup's end must not stop the following of the other names."""
+    rules = tmp_path / "destinations"
+    rules.write_text("80 tcp api.example.test\n7000 tcp 203.0.113.25\n")
+    router = legacy("", EGRESS_DESTINATION_FILE=str(rules))
+    assert wait_for(router.ready, 10), router.log.read_text()
+    lab = router.lab
+
+    def looking_up() -> bool:  # the router's resolver has a UDP socket open: a query waits
+        return bool(lab.exec("router", ["ss", "-Huan"], check=False).stdout.strip())
+
+    dns.pause()
+    try:
+        assert wait_for(looking_up, FLOOR + 1, 0.02), router.log.read_text()
+        new = tmp_path / "destinations.new"
+        new.write_text("8080 tcp move.example.test 80\n7000 tcp 203.0.113.25\n")
+        new.replace(rules)
+        assert wait_for(lambda: "reload applied" in router.log.read_text(), 2), router.log.read_text()
+        assert looking_up()  # the dropped name's lookup outlived the reload
+    finally:
+        dns.resume()
+    assert wait_for(lambda: lab.connect(8080, timeout=1).server == ("203.0.113.25", 80), 6, 0.2), router.log.read_text()
+    assert lab.connect(8080).source == A.SOURCE and lab.connect(7000).server == ("203.0.113.25", 7000)
+    assert wait_for(router.ready, 2) and "Traceback" not in router.log.read_text()
+
+
 def test_metrics_and_status_name_the_name(legacy: Callable[[str], Router]) -> None:
     router = legacy("80 tcp pair.example.test\n8443 tcp api.example.test 443\nmirror.example.test\n")
     assert wait_for(router.ready, 10), router.log.read_text()
@@ -320,7 +419,8 @@ def test_metrics_and_status_name_the_name(legacy: Callable[[str], Router]) -> No
 @pytest.fixture(scope="module")
 def lab6() -> Iterator[Lab]:
     with Lab(ipv6=True, wiring="shared") as built:
-        built.serve([("203.0.113.25", 80, "tcp"), ("2001:db8:2::25", 80, "tcp"), ("2001:db8:2::27", 5000, "tcp")])
+        built.serve([("203.0.113.25", 80, "tcp"), ("2001:db8:2::25", 80, "tcp"), ("2001:db8:2::26", 80, "tcp"),
+                     ("2001:db8:2::27", 5000, "tcp")])
         yield built
 
 
@@ -343,4 +443,69 @@ def test_a_dual_stack_source_resolves_a_and_aaaa_and_each_family_goes_to_its_own
         asked = " ".join(server.queries())
         assert "query[A] dual.example.test" in asked and "query[AAAA] dual.example.test" in asked
     finally:
+        server.close()
+
+
+def rule_of(table: str | None, chain: str) -> str:
+    """The one rule of `chain` in an `nft list table` text."""
+    assert table is not None
+    lines = table.split(f"chain {chain} {{", 1)[1].splitlines()
+    return next(line.strip() for line in lines if line.strip())
+
+
+def test_legacy_dual_stack_follows_a_changed_aaaa_record_and_leaves_the_ipv4_side_alone(lab6: Lab, tmp_path: Path) -> None:
+    lab6.reset_router()
+    lab6.exec("gw", ["ip", "neigh", "replace", A.SOURCE6, "lladdr", "02:00:00:00:00:01", "dev", "lan0", "nud", "stale"])
+    records = {"dual.example.test": ["203.0.113.25", "2001:db8:2::25"]}
+    server = DnsServer(lab6, lab6.client_ip, ttl=1).start(records)
+    router = Router(lab6, tmp_path / "router.log", "80 tcp dual.example.test\n", EGRESS_ROUTER_DEBUG="1",
+                    EGRESS_SOURCE=f"{A.SOURCE}/24,{A.SOURCE6}/64", EGRESS_GATEWAY=f"{A.GATEWAY},{A.GATEWAY6}")
+    try:
+        assert wait_for(router.ready, 10), router.log.read_text()
+        v4 = lab6.connect(80)
+        assert (v4.server, v4.source) == (("203.0.113.25", 80), A.SOURCE), v4
+        stream = lab6.open_stream(80, address=lab6.router_pod_ip6)
+        assert (stream.report.server, stream.source) == (("2001:db8:2::25", 80), A.SOURCE6), stream.report
+        assert stream.exchange(b"before\n") == b"before\n"
+        v4_chain, v6_chain = "dns4_tcp_80_dual.example.test", "dns6_tcp_80_dual.example.test"
+        before = lab6.nft_table()
+        v4_rule, v6_rule = rule_of(before, v4_chain), rule_of(before, v6_chain)
+        logged = len(router.log.read_text())
+
+        server.set({"dual.example.test": ["203.0.113.25", "2001:db8:2::26"]})
+        moved = wait_for(lambda: lab6.connect(80, address=lab6.router_pod_ip6, timeout=1).server == ("2001:db8:2::26", 80),
+                         FLOOR + 1.0)
+        assert moved, router.log.read_text()
+        probe = lab6.connect(80, address=lab6.router_pod_ip6)
+        assert (probe.server, probe.source) == (("2001:db8:2::26", 80), A.SOURCE6), probe
+        for i in range(3):  # the open IPv6 connection keeps its NAT binding to the old address
+            assert stream.exchange(f"after {i}\n".encode()) == f"after {i}\n".encode()
+        assert stream.report.server == ("2001:db8:2::25", 80)
+        stream.close()
+        v4 = lab6.connect(80)
+        assert (v4.server, v4.source) == (("203.0.113.25", 80), A.SOURCE), v4
+        # The IPv4 chain was not rewritten: the same rule, its `since` included; the IPv6
+        # one has the new address and a later `since`; the transaction named the IPv6 chain only.
+        after = lab6.nft_table()
+        assert rule_of(after, v4_chain) == v4_rule, (v4_rule, after)
+        assert rule_of(after, v6_chain) != v6_rule and "2001:db8:2::26" in rule_of(after, v6_chain)
+        written = [line for line in router.log.read_text()[logged:].splitlines() if "nft: " in line]
+        assert written and any(v6_chain in line for line in written), written
+        assert not any(v4_chain in line for line in written), written
+
+        # The AAAA side now has nothing usable (loopback only), the A side is as it was: the
+        # IPv6 side keeps its last address, as a whole name with nothing usable does, and
+        # the failure is counted.
+        failures = 'egress_router_dns_failures_total{name="dual.example.test"}'
+        assert router.metric(failures) == 0
+        server.set({"dual.example.test": ["203.0.113.25", "::1"]})
+        assert wait_for(lambda: (router.metric(failures) or 0) >= 1, FLOOR + 2, 0.2), router.log.read_text()
+        probe = lab6.connect(80, address=lab6.router_pod_ip6)
+        assert (probe.server, probe.source) == (("2001:db8:2::26", 80), A.SOURCE6), probe
+        assert lab6.connect(80).server == ("203.0.113.25", 80)
+        table = lab6.nft_table()
+        assert rule_of(table, v4_chain) == v4_rule and rule_of(table, v6_chain) == rule_of(after, v6_chain)
+        assert "no usable IPv6 address, keeping its last ones" in router.log.read_text()
+    finally:
+        router.stop()
         server.close()

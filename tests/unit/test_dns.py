@@ -13,7 +13,7 @@ from egress_router.config import format_destinations, load_environment, parse_de
 from egress_router.daemon import Daemon
 from egress_router.dns import Answer
 from egress_router.dns.chains import UNRESOLVED, Target, parse_chain
-from egress_router.dns.follow import RETRY_MAX, Follower
+from egress_router.dns.follow import RETRY_MAX, Follower, follow
 from egress_router.dns.resolve import DnsError, Lookup, refusal
 from egress_router.errors import ConfigError
 from egress_router.log import Log
@@ -226,6 +226,68 @@ def test_a_failing_name_keeps_its_last_answer_and_backs_off_to_two_minutes() -> 
     lookups.answer = Lookup((A("203.0.113.25"),), 30)
     follower.resolve_one(name)
     assert follower.states[name].failing == 0 and follower.states[name].due == clock.now + 30
+
+
+def test_a_new_aaaa_answer_leaves_the_a_sides_chain_as_it_was() -> None:
+    """A dual-stack name: only its AAAA record moves. The IPv4 chain's rule (its `since`
+    included) is the same text, so the diff rewrites the IPv6 chain alone."""
+    clock, lookups = Clock(), Lookups()
+    name = Name("api.example.com")
+    follower = Follower([name], lookups, Log(stream=io.StringIO()), clock=clock)
+    lookups.answer = Lookup((A("203.0.113.25"), A("2001:db8::25")), 1)
+    follower.resolve_one(name)
+    first = follower.states[name].answer
+    lookups.answer = Lookup((A("203.0.113.25"), A("2001:db8::26")), 1)
+    follower.resolve_one(name)
+    second = follower.states[name].answer
+    assert second.since_of(4) == first.since_of(4) and second.since_of(6) >= first.since_of(6)
+    v4, v6 = Target(4, name, "tcp", 443), Target(6, name, "tcp", 443)
+    assert v4.rule(second.addresses, second.since_of(4)) == v4.rule(first.addresses, first.since_of(4))
+    assert "2001:db8::26" in v6.rule(second.addresses, second.since_of(6))
+    # A family that had no address before is new: its age starts now.
+    assert Answer((A("203.0.113.25"),), 50.0).replaced((A("203.0.113.25"), A("2001:db8::1")), 60.0).since_of(6) == 60.0
+
+
+def test_a_dual_stack_name_whose_aaaa_side_has_nothing_usable_keeps_its_last_ipv6_addresses() -> None:
+    clock, lookups, log = Clock(), Lookups(), io.StringIO()
+    name = Name("api.example.com")
+    follower = Follower([name], lookups, Log(stream=log), clock=clock)
+    lookups.answer = Lookup((A("203.0.113.25"), A("2001:db8::25")), 1)
+    follower.resolve_one(name)
+    first = follower.states[name].answer
+    # The A record moves; the AAAA one points at loopback only.
+    lookups.answer = Lookup((A("203.0.113.26"),), 1, ((A("::1"), "loopback"),), ((6, "no usable address: refused ::1 (loopback)"),))
+    follower.resolve_one(name)
+    state = follower.states[name]
+    assert state.answer.addresses == (A("203.0.113.26"), A("2001:db8::25"))
+    assert state.answer.since_of(6) == first.since_of(6)  # the IPv6 chain stays as it was
+    assert state.failures == 1 and "loopback" in state.last_error and state.failing == 0
+    assert "no usable IPv6 address, keeping its last ones" in log.getvalue()
+    # A name never resolved in that family has nothing to keep: that family stays empty.
+    other = Follower([name], lookups, Log(stream=io.StringIO()), clock=clock)
+    other.resolve_one(name)
+    assert other.states[name].answer.addresses == (A("203.0.113.26"),) and other.states[name].failures == 0
+
+
+@pytest.mark.parametrize("answer", [Lookup((A("203.0.113.25"),), 1), "timeout: no answer within 3 s"])
+def test_a_name_a_reload_drops_while_it_is_looked_up_is_forgotten_and_the_others_followed(answer: Lookup | str) -> None:
+    clock, log = Clock(), io.StringIO()
+    gone, added = Name("gone.example.com"), Name("added.example.com")
+    follower: Follower
+
+    def lookup(name: Name) -> Lookup:
+        if name == gone:
+            follow(follower, [added])  # the reload lands while this lookup waits on the network
+            if isinstance(answer, str):
+                raise DnsError(name, answer)
+            return answer
+        return Lookup((A("203.0.113.26"),), 1)
+
+    follower = Follower([gone], lookup, Log(stream=log), clock=clock)
+    follower.resolve_one(gone)
+    assert list(follower.states) == [added] and follower.pending() == (added,)
+    follower.resolve_one(added)
+    assert follower.take() == ((added, follower.states[added].answer),) and follower.pending() == ()
 
 
 # -- the daemon ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from ..model import IPAddress, Name
+from . import Answer
 
 PREFIX = "dns"
 # nft names are at most 255 bytes; a longer chain name keeps its start and a hash.
@@ -89,7 +90,7 @@ def named(
     rules: Iterable[tuple[str, int, Name, int]],
     fallback: Name | None,
     families: tuple[int, ...],
-    answers: dict[Name, tuple[tuple[IPAddress, ...], float]],
+    answers: dict[Name, Answer],
 ) -> tuple[Named, dict[int, str]]:
     """The table's part for named rules `(protocol, local port, name, remote port)` and a named
     `fallback`, for the source's `families`, with each name's current `answers`; and the chain
@@ -116,6 +117,6 @@ def named(
     dynamic = []
     for chain, target in sorted(targets.items()):
         declarations += [f"chain {chain} {{", "}"]
-        addresses, since = answers.get(target.name, ((), 0.0))
-        dynamic.append((chain, target.rule(addresses, since)))
+        answer = answers.get(target.name, Answer())
+        dynamic.append((chain, target.rule(answer.addresses, answer.since_of(target.family))))
     return Named(pre, declarations, tuple(dynamic)), fallbacks

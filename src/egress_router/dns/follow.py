@@ -78,7 +78,11 @@ class Follower:
             if due is None or wait > 0:
                 self.stopping.wait(min(wait, 1.0))
                 continue
-            self.resolve_one(due[0])
+            try:
+                self.resolve_one(due[0])
+            except Exception as error:  # noqa: BLE001 -- the thread must outlive any one name
+                self.log.error("following a destination name failed", name=str(due[0]), error=f"{type(error).__name__}: {error}")
+                self.stopping.wait(1.0)
 
     def resolve_one(self, name: Name) -> None:
         """One lookup of `name`, and what it changes (also called directly by tests)."""
@@ -92,24 +96,42 @@ class Follower:
             return
         now = time.time()
         with self.lock:
-            state = self.states[name]
+            state = self.states.get(name)
+            if state is None:  # a reload dropped the name while it was looked up
+                return
             wait = min(max(float(found.ttl), self.min_ttl), self.max_ttl)
             state.due = self.clock() + wait
             state.last_success, state.failing, state.last_error = now, 0, ""
-            if found.addresses != state.answer.addresses:
-                state.answer = Answer(found.addresses, now)
+            # A family whose answer had nothing usable (a dual-stack name whose AAAA record
+            # went, or points at loopback) fails alone: it keeps its last addresses, as a
+            # name whose whole answer has nothing usable does. Counted as a failure.
+            kept = [(family, said, state.answer.of_family(family)) for family, said in found.empty]
+            kept = [k for k in kept if k[2]]
+            addresses = tuple(sorted((*found.addresses, *(a for *_, old in kept for a in old)), key=lambda a: (a.version, int(a))))
+            if kept:
+                state.failures += 1
+                state.last_error = "; ".join(said for _, said, _ in kept)
+            if addresses != state.answer.addresses:
+                state.answer = state.answer.replaced(addresses, now)
                 self.changed.set()
                 changed = True
             else:
                 changed = False
         for address, why in found.refused:
             self.log.warning("refused an address of a destination name, never used", name=str(name), address=str(address), reason=why)
+        for family, said, old in kept:
+            self.log.warning(
+                f"destination name has no usable IPv{family} address, keeping its last ones",
+                name=str(name), answer=said, addresses=",".join(map(str, old)),
+            )
         if changed:
-            self.log.info("destination name resolved", name=str(name), addresses=",".join(map(str, found.addresses)), ttl=found.ttl)
+            self.log.info("destination name resolved", name=str(name), addresses=",".join(map(str, addresses)), ttl=found.ttl)
 
     def _failed(self, name: Name, answer: str) -> None:
         with self.lock:
-            state = self.states[name]
+            state = self.states.get(name)
+            if state is None:  # a reload dropped the name while it was looked up
+                return
             state.failures += 1
             state.failing += 1
             state.last_error = answer

@@ -25,6 +25,9 @@ class Lookup(NamedTuple):
     addresses: tuple[IPAddress, ...]
     ttl: int
     refused: tuple[tuple[IPAddress, str], ...] = ()
+    # The families asked whose answer had no usable address, while another's had (a dual-stack
+    # source), with what the resolver said: `legacy` keeps that family's last addresses.
+    empty: tuple[tuple[int, str], ...] = ()
 
 
 class DnsError(EgressRouterError):
@@ -105,11 +108,20 @@ class Resolver:
             else:
                 refused.append((address, why))
         if not usable:
-            if refused:
-                said = ", ".join(f"{a} ({why})" for a, why in refused)
-                raise DnsError(name, f"no usable address: refused {said}")
-            raise DnsError(name, f"no {' or '.join(empty)} record")
-        return Lookup(tuple(sorted(usable, key=lambda a: (a.version, int(a)))), min(ttls), tuple(refused))
+            raise DnsError(name, _nothing_usable(refused, empty))
+        lacking = tuple(
+            (family, _nothing_usable([r for r in refused if r[0].version == family], [_RECORDS[family]]))
+            for family in sorted(set(families))
+            if not any(a.version == family for a in usable)
+        )
+        return Lookup(tuple(sorted(usable, key=lambda a: (a.version, int(a)))), min(ttls), tuple(refused), lacking)
+
+
+def _nothing_usable(refused: list[tuple[IPAddress, str]], empty: list[str]) -> str:
+    if refused:
+        said = ", ".join(f"{a} ({why})" for a, why in refused)
+        return f"no usable address: refused {said}"
+    return f"no {' or '.join(empty)} record"
 
 
 def _short(error: Exception) -> str:
