@@ -110,8 +110,7 @@ def load(bench: Bench, layout: str, files: dict[str, str]) -> None:
         # `egress-router plan` prints for `legacy`, in place of init's (no daemon runs, so
         # nothing but the table differs).
         bench.clear_tables()
-        bench.exec("router", ["nft", "-f", files[COUNTING]], timeout=300)
-    elif layout != PROJECT:
+    if layout != PROJECT:
         bench.exec("router", ["nft", "-f", files[layout]], timeout=300)
     if layout == FLOOR:
         bench.route_directly()

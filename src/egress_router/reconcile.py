@@ -112,14 +112,12 @@ class Router:
     def plan(self, config: RouterConfig, fresh: bool = True) -> tuple[Plan, NetState | None]:
         """The plan for `config`, and the state read to make it (None: made with the facts
         of the last one, as a reload of the rules alone may be)."""
-        if not fresh and self.facts is not None:
-            return self._adjusted(build_plan(config, self.facts._replace(answers=self.answers))), None
-        current = self.net.read(network_scope(config))
-        self.facts = Facts.of(current, read_nameservers(config, self.resolv_conf))
-        return self._adjusted(build_plan(config, self.facts._replace(answers=self.answers))), current
-
-    def _adjusted(self, plan: Plan) -> Plan:
-        return plan if self.adjust is None else self.adjust(plan)
+        current = None
+        if fresh or self.facts is None:
+            current = self.net.read(network_scope(config))
+            self.facts = Facts.of(current, read_nameservers(config, self.resolv_conf))
+        plan = build_plan(config, self.facts._replace(answers=self.answers))
+        return (plan if self.adjust is None else self.adjust(plan)), current
 
     def apply(self, config: RouterConfig, fresh: bool = True, announce: bool = False) -> Outcome:
         """Plan `config` (see `plan`) and reconcile the kernel to it."""

@@ -89,19 +89,11 @@ class Running:
 
 
 def http_get(lab: Lab, path: str, port: int = 9090, timeout: float = 3.0) -> tuple[int, str]:
-    """GET from the client pod to the router pod's cluster address."""
-    sock = lab.socket("client")
-    sock.settimeout(timeout)
-    try:
-        sock.connect((ROUTER, port))
-        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {ROUTER}\r\n\r\n".encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    finally:
-        sock.close()
-    head, _, body = data.decode().partition("\r\n\r\n")
-    return int(head.split()[1]), body
+    """GET from the client pod to the router pod's cluster address; OSError without an answer."""
+    reply = lab.client_get(port, path, timeout)
+    if reply.status is None:
+        raise OSError(reply.error)
+    return reply.status, reply.body
 
 
 def wait_for(check, timeout: float, every: float = 0.05):  # type: ignore[no-untyped-def]

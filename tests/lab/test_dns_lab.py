@@ -152,18 +152,10 @@ class Router:
             self.process = lab.start_router(environment, stdout=out, stderr=subprocess.STDOUT)
 
     def http(self, path: str) -> tuple[int, str]:
-        sock = self.lab.socket("client")
-        sock.settimeout(3)
-        try:
-            sock.connect((ROUTER, 9090))
-            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {ROUTER}\r\n\r\n".encode())
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-        finally:
-            sock.close()
-        head, _, body = data.decode().partition("\r\n\r\n")
-        return int(head.split()[1]), body
+        reply = self.lab.client_get(9090, path)
+        if reply.status is None:
+            raise OSError(reply.error)
+        return reply.status, reply.body
 
     def ready(self) -> bool:
         return self.readyz() == 200

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
-import uuid
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -112,16 +111,6 @@ def test_a_new_answer_is_only_chain_rewrites_of_the_same_structure(text: str, on
     assert before.tag == after.tag and before.skeleton() == after.skeleton()
     assert all(isinstance(op, SetChain) for op in diff(before, after).ops)
     assert before.rules() == after.rules()
-
-
-@pytest.fixture(scope="module")
-def scratch_namespace():  # type: ignore[no-untyped-def]
-    name = f"erl-propdns-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.mark.lab

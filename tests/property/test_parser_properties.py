@@ -5,7 +5,6 @@ leads to is accepted by nft."""
 from __future__ import annotations
 
 import subprocess
-import uuid
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -67,16 +66,6 @@ def test_what_parses_renders_back_to_the_same_rules(text: str) -> None:
     again = parse_destinations(format_destinations(rules))
     assert [m[:4] for m in again.mappings] == [m[:4] for m in rules.mappings]
     assert again.fallbacks == rules.fallbacks
-
-
-@pytest.fixture(scope="module")
-def scratch_namespace():  # type: ignore[no-untyped-def]
-    name = f"erl-prop-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.mark.lab

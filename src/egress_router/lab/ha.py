@@ -20,10 +20,8 @@ started and deletes the namespaces, whatever the reason for leaving the `with` b
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import secrets
 import select
 import shutil
 import socket
@@ -31,16 +29,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Self
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from ..ha.settings import RUNTIME_DIR_VARIABLE
 from ..neighbours import frames
 from . import addresses as A
-from .netns import delete_namespaces, in_netns, ip, ip_batch, write_sysctls
+from .netns import in_netns, ip, ip_batch, write_sysctls
 from .probe import HttpReply, Probe, http_get, probe_tcp
 from .servers import format_spec
-from .topology import SOURCE_ROOT, LabError, stop_process
+from .topology import SOURCE_ROOT, LabError, NamespaceLab
 
 ROUTERS = ("a", "b")
 ROLES = ("lan", "gw", "ext", "cluster", "node_a", "node_b", "node_c", "router_a", "router_b", "client")
@@ -82,40 +79,24 @@ def ha_env(ipv6: bool = False, **overrides: str) -> dict[str, str]:
     return env
 
 
-class HaLab:
+class HaLab(NamespaceLab):
     def __init__(self, ipv6: bool = False) -> None:
         """`ipv6`: the LAN, the gateway, the outside and the pod network also speak IPv6
         (dual-stack sources; the pods get an IPv6 address too, `pod_ip6`)."""
+        super().__init__()
         self.ipv6 = ipv6
-        self.prefix = f"erl-{os.getpid()}-{secrets.token_hex(2)}-"
         self.routers: dict[str, subprocess.Popen[str]] = {}
         self.logs: dict[str, str] = {}
-        self._processes: list[subprocess.Popen[str]] = []
         self._files: list[str] = []
         self.runtime = ""  # keepalived's files of the routers started here (a crash leaves them)
-        self._built = False
 
-    def ns(self, role: str) -> str:
-        if role not in ROLES:
-            raise ValueError(f"unknown HA lab role {role!r}")
-        return self.prefix + role
+    def roles(self) -> Sequence[str]:
+        return ROLES
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    def __enter__(self) -> Self:
-        try:
-            self.build()
-        except BaseException:
-            self.destroy()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.destroy()
-
     def build(self) -> None:
-        atexit.register(self.destroy)
-        self._built = True
+        self._building()
         self.runtime = tempfile.mkdtemp(prefix="egress-ha-lab-")
         n = self.ns
         ip_batch([f"netns add {n(role)}" for role in ROLES])
@@ -222,33 +203,15 @@ class HaLab:
                     raise LabError(f"the {bridge} ports do not forward after {timeout}s: {states}")
                 time.sleep(0.01)
 
-    def destroy(self) -> None:
-        if not self._built:
-            return
-        for process in self._processes:
-            stop_process(process)
-        self._processes.clear()
-        delete_namespaces(self.ns(role) for role in ROLES)
+    def _tear_down(self) -> None:
         for path in self._files:
             try:
                 os.unlink(path)
             except OSError:
                 pass
         shutil.rmtree(self.runtime, ignore_errors=True)
-        self._built = False
-        atexit.unregister(self.destroy)
 
     # -- processes ----------------------------------------------------------------------------
-
-    def popen(self, role: str, argv: list[str], env: Mapping[str, str] | None = None,
-              **kw: object) -> subprocess.Popen[str]:
-        """Start `argv` in the namespace of `role`; it is stopped when the lab is destroyed."""
-        process: subprocess.Popen[str] = subprocess.Popen(  # type: ignore[call-overload]
-            ["ip", "netns", "exec", self.ns(role), *argv],
-            env=None if env is None else dict(env), start_new_session=True, text=True, **kw,
-        )
-        self._processes.append(process)
-        return process
 
     def serve(self, more: Iterable[tuple[str, int, str]] = (), max_seconds: float = 1800) -> None:
         """The outside server on 203.0.113.25 port 80 (and its IPv6 twin with `ipv6`), and
@@ -354,18 +317,18 @@ class HaLab:
 
     def holds(self, key: str) -> bool:
         """Whether router `key` has the reserved address on macvlan0."""
-        done = ip(["-n", self.ns(f"router_{key}"), "-j", "-4", "address", "show", "dev", "macvlan0"], check=False)
-        if done.returncode != 0:
-            return False
-        return any(a.get("local") == A.SOURCE for link in json.loads(done.stdout or "[]")
-                   for a in link.get("addr_info", []))
+        return self._holds(key, A.SOURCE)
 
     def holds6(self, key: str) -> bool:
         """Whether router `key` has the reserved IPv6 address on macvlan0."""
-        done = ip(["-n", self.ns(f"router_{key}"), "-j", "-6", "address", "show", "dev", "macvlan0"], check=False)
+        return self._holds(key, A.SOURCE6)
+
+    def _holds(self, key: str, address: str) -> bool:
+        family = "-6" if ":" in address else "-4"
+        done = ip(["-n", self.ns(f"router_{key}"), "-j", family, "address", "show", "dev", "macvlan0"], check=False)
         if done.returncode != 0:
             return False
-        return any(a.get("local") == A.SOURCE6 for link in json.loads(done.stdout or "[]")
+        return any(a.get("local") == address for link in json.loads(done.stdout or "[]")
                    for a in link.get("addr_info", []))
 
     def nd_answers(self, wait: float = 0.3) -> set[str]:
@@ -395,11 +358,8 @@ class HaLab:
         in_netns(self.ns("gw"), send)
 
     def gateway_neighbour6(self) -> str | None:
-        done = ip(["-n", self.ns("gw"), "-6", "-j", "neigh", "show", A.SOURCE6, "dev", "lan0"], check=False)
-        for entry in json.loads(done.stdout or "[]"):
-            if "lladdr" in entry and "FAILED" not in entry.get("state", []):
-                return str(entry["lladdr"])
-        return None
+        """The MAC the LAN's gateway has for the reserved IPv6 address (None: no usable entry)."""
+        return self._gateway_neighbour(A.SOURCE6)
 
     def holders(self) -> list[str]:
         return [key for key in ROUTERS if self.holds(key)]
@@ -430,19 +390,15 @@ class HaLab:
 
     def gateway_neighbour(self) -> str | None:
         """The MAC the LAN's gateway has for the reserved address (None: no usable entry)."""
-        done = ip(["-n", self.ns("gw"), "-j", "neigh", "show", A.SOURCE, "dev", "lan0"], check=False)
+        return self._gateway_neighbour(A.SOURCE)
+
+    def _gateway_neighbour(self, address: str) -> str | None:
+        family = "-6" if ":" in address else "-4"
+        done = ip(["-n", self.ns("gw"), family, "-j", "neigh", "show", address, "dev", "lan0"], check=False)
         for entry in json.loads(done.stdout or "[]"):
             if "lladdr" in entry and "FAILED" not in entry.get("state", []):
                 return str(entry["lladdr"])
         return None
-
-    def exec(self, role: str, argv: list[str], check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run `argv` in the namespace of `role` and wait for it (output captured)."""
-        done = subprocess.run(["ip", "netns", "exec", self.ns(role), *argv],
-                              capture_output=True, text=True, timeout=10, input=input)
-        if check and done.returncode != 0:
-            raise LabError(f"{' '.join(argv)} in {role}: {done.stderr.strip()}")
-        return done
 
     def pod_ip(self, key: str) -> str:
         return PODS[key][2]

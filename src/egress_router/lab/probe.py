@@ -189,13 +189,15 @@ class HttpReply:
 
 
 def http_get(
-    sock: socket.socket, source: str, address: str, port: int, path: str, timeout: float
+    sock: socket.socket, source: str | None, address: str, port: int, path: str, timeout: float
 ) -> HttpReply:
-    """GET `path` from `source` (bound, as kubelet's probes leave from the node's address)."""
+    """GET `path` from `source` (bound, as kubelet's probes leave from the node's address;
+    None: whatever the route gives)."""
     with sock:
         sock.settimeout(timeout)
         try:
-            sock.bind((source, 0))
+            if source is not None:
+                sock.bind((source, 0))
             sock.connect((address, port))
             host = format_endpoint(address, port)
             sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())

@@ -69,7 +69,106 @@ class LabCommandError(subprocess.CalledProcessError):
         return f"{super().__str__()}: {(self.stderr or '').strip()}"
 
 
-class Lab:
+class NamespaceLab:
+    """Network namespaces named `<prefix><role>`, one per role of `roles()`, and the processes
+    started in them: what every lab shares. `build()` (a subclass's) starts with `_building()`;
+    `destroy()` removes it all, is safe to call again and runs at interpreter exit too. A
+    subclass removes its own extras in `_tear_down()`, once the processes are stopped and
+    before the namespaces go."""
+
+    def __init__(self) -> None:
+        self.prefix = f"erl-{os.getpid()}-{secrets.token_hex(2)}-"
+        self._processes: list[subprocess.Popen[str]] = []
+        self._built = False
+
+    def roles(self) -> Sequence[str]:
+        raise NotImplementedError
+
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.build()
+        except BaseException:  # also KeyboardInterrupt: never leave half a lab behind
+            self.destroy()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    def _building(self) -> None:
+        # Registered first, so that even a build cut short is removed at interpreter exit.
+        atexit.register(self.destroy)
+        self._built = True
+
+    def _tear_down(self) -> None:
+        """What a subclass made beyond its namespaces and processes."""
+
+    def destroy(self) -> None:
+        """Remove everything this lab made; safe to call again, and from atexit."""
+        if not self._built:
+            return
+        for process in self._processes:
+            stop_process(process)
+        self._processes.clear()
+        self._tear_down()
+        delete_namespaces(self.ns(role) for role in self.roles())
+        self._built = False
+        atexit.unregister(self.destroy)
+
+    # -- names and commands -------------------------------------------------------------------
+
+    def ns(self, role: str) -> str:
+        if role not in self.roles():
+            raise ValueError(f"unknown lab role {role!r} (one of {', '.join(self.roles())})")
+        return self.prefix + role
+
+    def exec(
+        self,
+        role: str,
+        argv: Sequence[str],
+        check: bool = True,
+        timeout: float = 10,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `argv` in the namespace of `role` and wait for it (output captured, as text)."""
+        done = subprocess.run(
+            self._in_ns(role, argv),
+            check=False,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=None if env is None else dict(env),
+        )
+        if check and done.returncode != 0:
+            raise LabCommandError(done.returncode, list(argv), done.stdout, done.stderr)
+        return done
+
+    def popen(
+        self, role: str, argv: Sequence[str], env: Mapping[str, str] | None = None, **kw: object
+    ) -> subprocess.Popen[str]:
+        """Start `argv` in the namespace of `role`; it is stopped when the lab is destroyed."""
+        kw.setdefault("text", True)
+        # Its own session, so that stopping it also stops whatever it started.
+        process: subprocess.Popen[str] = subprocess.Popen(  # type: ignore[call-overload]
+            self._in_ns(role, argv),
+            env=None if env is None else dict(env),
+            start_new_session=True,
+            **kw,
+        )
+        self._processes.append(process)
+        return process
+
+    def _in_ns(self, role: str, argv: Sequence[str]) -> list[str]:
+        # `ip netns exec` also gives the command the namespace's /sys, as a pod would see it.
+        return ["ip", "netns", "exec", self.ns(role), *argv]
+
+
+class Lab(NamespaceLab):
     """The lab topology. See the module docstring and docs/lab.md."""
 
     def __init__(
@@ -92,29 +191,17 @@ class Lab:
         self.rp_filter = rp_filter
         self.pod_mtu = pod_mtu
         self.drop_icmp_too_big = drop_icmp_too_big
-        self.prefix = f"erl-{os.getpid()}-{secrets.token_hex(2)}-"
-        self._processes: list[subprocess.Popen[str]] = []
+        super().__init__()
         self._streams: list[Stream] = []
         self._macvlans = 0
-        self._built = False
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    def __enter__(self) -> Self:
-        try:
-            self.build()
-        except BaseException:  # also KeyboardInterrupt: never leave half a lab behind
-            self.destroy()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.destroy()
+    def roles(self) -> Sequence[str]:
+        return self.wiring.roles
 
     def build(self) -> None:
-        # Registered first, so that even a build cut short is removed at interpreter exit.
-        atexit.register(self.destroy)
-        self._built = True
+        self._building()
         roles = self.wiring.roles
         ip_batch([f"netns add {self.ns(role)}" for role in roles])
         for role in roles:
@@ -179,69 +266,12 @@ class Lab:
                 raise LabError(f"the LAN bridge ports do not forward after {timeout}s: {states}")
             time.sleep(0.01)
 
-    def destroy(self) -> None:
-        """Remove everything this lab made; safe to call again, and from atexit."""
-        if not self._built:
-            return
+    def _tear_down(self) -> None:
         for stream in self._streams:
             stream.close()
         self._streams.clear()
-        for process in self._processes:
-            stop_process(process)
-        self._processes.clear()
-        delete_namespaces(self.ns(role) for role in self.wiring.roles)
-        self._built = False
-        atexit.unregister(self.destroy)
 
-    # -- names and commands -------------------------------------------------------------------
-
-    def ns(self, role: str) -> str:
-        if role not in self.wiring.roles:
-            roles = ", ".join(self.wiring.roles)
-            raise ValueError(f"unknown lab role {role!r} (one of {roles})")
-        return self.prefix + role
-
-    def exec(
-        self,
-        role: str,
-        argv: Sequence[str],
-        check: bool = True,
-        timeout: float = 10,
-        input: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run `argv` in the namespace of `role` and wait for it (output captured, as text)."""
-        done = subprocess.run(
-            self._in_ns(role, argv),
-            check=False,
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=None if env is None else dict(env),
-        )
-        if check and done.returncode != 0:
-            raise LabCommandError(done.returncode, list(argv), done.stdout, done.stderr)
-        return done
-
-    def popen(
-        self, role: str, argv: Sequence[str], env: Mapping[str, str] | None = None, **kw: object
-    ) -> subprocess.Popen[str]:
-        """Start `argv` in the namespace of `role`; it is stopped when the lab is destroyed."""
-        kw.setdefault("text", True)
-        # Its own session, so that stopping it also stops whatever it started.
-        process: subprocess.Popen[str] = subprocess.Popen(  # type: ignore[call-overload]
-            self._in_ns(role, argv),
-            env=None if env is None else dict(env),
-            start_new_session=True,
-            **kw,
-        )
-        self._processes.append(process)
-        return process
-
-    def _in_ns(self, role: str, argv: Sequence[str]) -> list[str]:
-        # `ip netns exec` also gives the command the namespace's /sys, as a pod would see it.
-        return ["ip", "netns", "exec", self.ns(role), *argv]
+    # -- commands -----------------------------------------------------------------------------
 
     def sysctl(self, role: str, key: str) -> str:
         """e.g. `lab.sysctl("router", "net/ipv4/ip_forward")`."""
@@ -414,6 +444,10 @@ class Lab:
         source = A.NODE_IP6 if ipv6 else A.NODE_IP
         sock = self.socket("node", family)
         return http_get(sock, source, self.address("pod", ipv6), port, path, timeout)
+
+    def client_get(self, port: int, path: str = "/", timeout: float = 3.0) -> HttpReply:
+        """An HTTP GET from the client pod to the router pod's eth0 address."""
+        return http_get(self.socket("client"), None, self.address("pod"), port, path, timeout)
 
     # -- interfaces ---------------------------------------------------------------------------
 
