@@ -372,3 +372,23 @@ def test_a_reload_adds_and_drops_names_and_a_follower_without_names_waits() -> N
         assert [n for n, _ in follower.answers()] == [Name("b.example.com")]
     finally:
         follower.stop()
+
+
+def test_reading_back_a_table_without_names_never_loads_the_dns_code() -> None:
+    import subprocess
+    import sys
+
+    from egress_router.dns.chains import PREFIX
+    from egress_router.nft.listing import NAMED_PREFIX
+
+    assert NAMED_PREFIX == PREFIX
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from egress_router.nft.listing import parse_table\n"
+        "parse_table(Path('tests/data/nft/seed-traffic.json').read_text())\n"
+        "print(sorted(m for m in sys.modules if m.startswith('egress_router.dns')))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert done.stdout.strip() == "[]"
