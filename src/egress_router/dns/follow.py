@@ -105,18 +105,15 @@ class Follower:
             # A family whose answer had nothing usable (a dual-stack name whose AAAA record
             # went, or points at loopback) fails alone: it keeps its last addresses, as a
             # name whose whole answer has nothing usable does. Counted as a failure.
-            kept = [(family, said, state.answer.of_family(family)) for family, said in found.empty]
-            kept = [k for k in kept if k[2]]
+            kept = [(family, said, old) for family, said in found.empty if (old := state.answer.of_family(family))]
             addresses = tuple(sorted((*found.addresses, *(a for *_, old in kept for a in old)), key=lambda a: (a.version, int(a))))
             if kept:
                 state.failures += 1
                 state.last_error = "; ".join(said for _, said, _ in kept)
-            if addresses != state.answer.addresses:
+            changed = addresses != state.answer.addresses
+            if changed:
                 state.answer = state.answer.replaced(addresses, now)
                 self.changed.set()
-                changed = True
-            else:
-                changed = False
         for address, why in found.refused:
             self.log.warning("refused an address of a destination name, never used", name=str(name), address=str(address), reason=why)
         for family, said, old in kept:
