@@ -97,9 +97,15 @@ def parse_destination(text: str) -> IPAddress | Name:
     (digits and dots only, or a ':') is one, and its mistakes are an address's."""
     try:
         return parse_address(text)
-    except _Invalid:
-        if ":" in text or _ADDRESS_CHARACTERS.issuperset(text):
-            raise
+    except _Invalid as error:
+        return _as_name(text, error)
+
+
+def _as_name(text: str, error: _Invalid) -> Name:
+    """`text`, which `parse_address` refused with `error`: a name, or that error when `text`
+    looks like an address."""
+    if ":" in text or _ADDRESS_CHARACTERS.issuperset(text):
+        raise error
     return parse_name(text)
 
 
@@ -258,8 +264,8 @@ def parse_rule(fields: list[str], line: int = 0) -> Rule | IPAddress | Name:
         protocol = parse_protocol(fields[1])
         try:
             address: IPAddress | Name = parse_address(fields[2])
-        except _Invalid:  # not an address: a name, or the address's mistake
-            address = parse_destination(fields[2])
+        except _Invalid as error:  # not an address: a name, or the address's mistake
+            address = _as_name(fields[2], error)
         remote = port if count == 3 else parse_port(fields[3], "remote port")
     except _Invalid:
         if any(field.startswith("#") for field in fields[1:]):

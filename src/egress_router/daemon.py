@@ -83,9 +83,7 @@ class Daemon:
 
             self.stats.names = follower(self.router, lambda: self.config, self.log)
         elif self.stats.names is not None:
-            from .dns.follow import follow
-
-            follow(self.stats.names, names)
+            self.stats.names.follow(names)
 
     def _new_answers(self) -> None:
         """A name's answer changed: its chain alone is rewritten (one transaction)."""

@@ -13,7 +13,7 @@ from egress_router.config import format_destinations, load_environment, parse_de
 from egress_router.daemon import Daemon
 from egress_router.dns import Answer
 from egress_router.dns.chains import UNRESOLVED, Target, parse_chain
-from egress_router.dns.follow import RETRY_MAX, Follower, follow
+from egress_router.dns.follow import RETRY_MAX, Follower
 from egress_router.dns.resolve import DnsError, Lookup, refusal
 from egress_router.errors import ConfigError
 from egress_router.log import Log
@@ -277,7 +277,7 @@ def test_a_name_a_reload_drops_while_it_is_looked_up_is_forgotten_and_the_others
 
     def lookup(name: Name) -> Lookup:
         if name == gone:
-            follow(follower, [added])  # the reload lands while this lookup waits on the network
+            follower.follow([added])  # the reload lands while this lookup waits on the network
             if isinstance(answer, str):
                 raise DnsError(name, answer)
             return answer
@@ -355,20 +355,38 @@ def test_a_configuration_without_names_never_loads_the_dns_code() -> None:
 def test_a_reload_adds_and_drops_names_and_a_follower_without_names_waits() -> None:
     import time
 
-    from egress_router.dns.follow import follow
-
     lookups = Lookups()
     follower = Follower([], lookups, Log(stream=io.StringIO()))
     follower.start()
     try:
         time.sleep(0.05)
         assert follower.thread is not None and follower.thread.is_alive()  # no name yet: it waits
-        follow(follower, [Name("a.example.com")])
+        follower.follow([Name("a.example.com")])
         deadline = time.monotonic() + 5
         while follower.pending() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert follower.pending() == () and lookups.asked == [Name("a.example.com")]
-        follow(follower, [Name("b.example.com")])
+        follower.follow([Name("b.example.com")])
         assert [n for n, _ in follower.answers()] == [Name("b.example.com")]
     finally:
         follower.stop()
+
+
+def test_reading_back_a_table_without_names_never_loads_the_dns_code() -> None:
+    import subprocess
+    import sys
+
+    from egress_router.dns.chains import PREFIX
+    from egress_router.nft.listing import NAMED_PREFIX
+
+    assert NAMED_PREFIX == PREFIX
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from egress_router.nft.listing import parse_table\n"
+        "parse_table(Path('tests/data/nft/seed-traffic.json').read_text())\n"
+        "print(sorted(m for m in sys.modules if m.startswith('egress_router.dns')))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert done.stdout.strip() == "[]"

@@ -12,10 +12,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..log import Log
-from ..model import IPAddress, IPInterface, Name
+from ..model import Name
 from . import Answer, Answers
 from .resolve import DnsError, Lookup
 
@@ -105,18 +105,15 @@ class Follower:
             # A family whose answer had nothing usable (a dual-stack name whose AAAA record
             # went, or points at loopback) fails alone: it keeps its last addresses, as a
             # name whose whole answer has nothing usable does. Counted as a failure.
-            kept = [(family, said, state.answer.of_family(family)) for family, said in found.empty]
-            kept = [k for k in kept if k[2]]
+            kept = [(family, said, old) for family, said in found.empty if (old := state.answer.of_family(family))]
             addresses = tuple(sorted((*found.addresses, *(a for *_, old in kept for a in old)), key=lambda a: (a.version, int(a))))
             if kept:
                 state.failures += 1
                 state.last_error = "; ".join(said for _, said, _ in kept)
-            if addresses != state.answer.addresses:
+            changed = addresses != state.answer.addresses
+            if changed:
                 state.answer = state.answer.replaced(addresses, now)
                 self.changed.set()
-                changed = True
-            else:
-                changed = False
         for address, why in found.refused:
             self.log.warning("refused an address of a destination name, never used", name=str(name), address=str(address), reason=why)
         for family, said, old in kept:
@@ -143,6 +140,16 @@ class Follower:
             name=str(name), answer=answer, retry_in=f"{retry:g}s",
         )
 
+    def follow(self, names: Iterable[Name]) -> None:
+        """Follow `names` from now on (a reload's): new ones are looked up at once, gone ones
+        dropped (a lookup of one under way is dropped when it ends)."""
+        wanted = dict.fromkeys(names)  # in order, for the states' order (metrics, logs)
+        with self.lock:
+            for name in wanted:
+                self.states.setdefault(name, NameState())
+            for name in [n for n in self.states if n not in wanted]:
+                del self.states[name]
+
     def take(self) -> Answers | None:
         """Every name's answer, when one changed since the last take (else None)."""
         if not self.changed.is_set():
@@ -161,20 +168,4 @@ class Follower:
 
     def snapshot(self) -> list[tuple[Name, NameState]]:
         with self.lock:
-            return [(n, NameState(s.answer, s.last_success, s.failures, s.failing, s.last_error, s.due)) for n, s in self.states.items()]
-
-
-def own_addresses(sources: Iterable[IPInterface], pod: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
-    """The router's own addresses, which an answer must never be: the sources, the pod's."""
-    return (*(s.ip for s in sources), *pod)
-
-
-def follow(follower: Follower, names: Iterable[Name]) -> None:
-    """Follow `names` from now on (a reload's): new ones are looked up at once, gone ones
-    dropped."""
-    wanted = list(names)
-    with follower.lock:
-        for name in wanted:
-            follower.states.setdefault(name, NameState())
-        for name in [n for n in follower.states if n not in wanted]:
-            del follower.states[name]
+            return [(n, replace(s)) for n, s in self.states.items()]

@@ -8,11 +8,12 @@ table, out of the pod interface (eth0), never the egress interface.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from ..errors import EgressRouterError
-from ..model import IPAddress, Name
+from ..model import IPAddress, IPInterface, Name
 
 LIFETIME = 3.0  # seconds a lookup may take in all, over every nameserver
 _RECORDS = {4: "A", 6: "AAAA"}
@@ -36,6 +37,11 @@ class DnsError(EgressRouterError):
     def __init__(self, name: Name, answer: str) -> None:
         super().__init__(f"the destination name {name} did not resolve: {answer}")
         self.name, self.answer = name, answer
+
+
+def own_addresses(sources: Iterable[IPInterface], pod: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
+    """The router's own addresses, which an answer must never be: the sources, the pod's."""
+    return (*(s.ip for s in sources), *pod)
 
 
 def refusal(address: IPAddress, own: Iterable[IPAddress]) -> str | None:
@@ -80,9 +86,8 @@ class Resolver:
         found: list[IPAddress] = []
         ttls: list[int] = []
         empty: list[str] = []
-        import ipaddress
-
-        for family in sorted(set(families)):
+        asked = sorted(set(families))
+        for family in asked:
             record = _RECORDS[family]
             try:
                 answer = resolver.resolve(qname, record, search=False, raise_on_no_answer=False)
@@ -111,7 +116,7 @@ class Resolver:
             raise DnsError(name, _nothing_usable(refused, empty))
         lacking = tuple(
             (family, _nothing_usable([r for r in refused if r[0].version == family], [_RECORDS[family]]))
-            for family in sorted(set(families))
+            for family in asked
             if not any(a.version == family for a in usable)
         )
         return Lookup(tuple(sorted(usable, key=lambda a: (a.version, int(a)))), min(ttls), tuple(refused), lacking)

@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from ..errors import EgressRouterError
 from ..log import Log
-from ..model import Name, RouterConfig
+from ..model import IPAddress, Name, RouterConfig
 from ..reconcile import Router
 from . import Answer, Answers
-from .follow import Follower, own_addresses
-from .resolve import DnsError, Lookup, Resolver
+from .follow import Follower
+from .resolve import DnsError, Lookup, Resolver, own_addresses
 
 ConfigSource = Callable[[], RouterConfig]
 
@@ -30,11 +31,8 @@ class NamesDidNotResolve(EgressRouterError):
 def resolve_once(router: Router, config: RouterConfig, log: Log) -> None:
     """Resolve every name of `config` once into `router.answers`; raise `NamesDidNotResolve`
     naming each one that did not, before anything is applied."""
-    import time
-
     router.plan(config)  # reads the pod: its own addresses are never a destination
-    pod = router.facts.pod_addresses if router.facts is not None else ()
-    own = own_addresses(config.sources, pod)
+    own = _own(router, config)
     resolver = Resolver(router.resolv_conf)
     answers = []
     errors = []
@@ -55,8 +53,6 @@ def resolve_once(router: Router, config: RouterConfig, log: Log) -> None:
 
 def resolve_now(config: RouterConfig, resolv_conf: str = "/etc/resolv.conf") -> tuple[Answers, list[str]]:
     """`egress-router plan`: every name looked up now, and a line each saying what it gave."""
-    import time
-
     resolver = Resolver(resolv_conf)
     answers, said = [], []
     for name in config.destinations.names:
@@ -77,10 +73,14 @@ def follower(router: Router, config_of: ConfigSource, log: Log) -> Follower:
 
     def lookup(name: Name) -> Lookup:
         config = config_of()
-        pod = router.facts.pod_addresses if router.facts is not None else ()
-        return resolver.lookup(name, config.families, own_addresses(config.sources, pod))
+        return resolver.lookup(name, config.families, _own(router, config))
 
     config = config_of()
     names = Follower(config.destinations.names, lookup, log, config.dns_min_ttl, config.dns_max_ttl)
     names.start()
     return names
+
+
+def _own(router: Router, config: RouterConfig) -> tuple[IPAddress, ...]:
+    """The router's own addresses as far as `router` read the pod (none before it did)."""
+    return own_addresses(config.sources, router.facts.pod_addresses if router.facts is not None else ())

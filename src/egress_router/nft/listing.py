@@ -19,6 +19,9 @@ from ..schema import FAMILIES, fallback_counter_name
 from .cli import NftCli
 
 # Keys whose values change while the rules stay the same: dropped from a table's shape.
+# dns.chains.PREFIX, the start of every per-name chain: spelt here so that reading back a table
+# without names imports nothing of dns/ (a unit test holds the two equal).
+NAMED_PREFIX = "dns"
 _VOLATILE = frozenset({"handle", "packets", "bytes", "metainfo"})
 
 
@@ -87,15 +90,17 @@ def parse_table(document: str) -> TableState:
 
 def _named(rule: dict[str, Any], names: dict[str, NamedChain], ports: dict[tuple[str, int], dict[str, str]]) -> None:
     """A named rule's verdict map (port -> chain), or a per-name chain's rule."""
+    vmaps = [expr["vmap"] for expr in rule.get("expr", []) if "vmap" in expr]
+    if not vmaps and not rule.get("chain", "").startswith(NAMED_PREFIX):
+        return  # every rule of a table without names: dns/ stays unloaded (drift checks, status)
     from ..dns.chains import parse_chain
 
-    for expr in rule.get("expr", []):
-        if "vmap" in expr:
-            for key, verdict in expr["vmap"].get("data", {}).get("set", []):
-                target = verdict.get("goto", {}).get("target", "") if isinstance(verdict, dict) else ""
-                parsed = parse_chain(target)
-                if parsed is not None and parsed[1] is not None:
-                    ports.setdefault((parsed[1], parsed[0]), {})[str(key)] = target
+    for vmap in vmaps:
+        for key, verdict in vmap.get("data", {}).get("set", []):
+            target = verdict.get("goto", {}).get("target", "") if isinstance(verdict, dict) else ""
+            parsed = parse_chain(target)
+            if parsed is not None and parsed[1] is not None:
+                ports.setdefault((parsed[1], parsed[0]), {})[str(key)] = target
     parsed = parse_chain(rule.get("chain", ""))
     if parsed is None:
         return
