@@ -76,32 +76,23 @@ def active_plan(plan: Plan) -> Plan:
     return plan._replace(network=network._replace(addresses=(*network.addresses, ANCHOR)))
 
 
-def pod_ipv4(router: Router, config: RouterConfig) -> IPv4Address:
-    """The pod interface's IPv4 address: the VRRP adverts' source."""
+def pod_addresses(router: Router, config: RouterConfig) -> tuple[IPv4Address, IPv6Address | None]:
+    """The pod interface's IPv4 address (the VRRP adverts' source) and, if a source is IPv6,
+    its global IPv6 address (where a standby relays IPv6 connections to when this replica is
+    the active), from one read of the namespace."""
     from ..plan import network_scope
 
-    state = router.net.read(network_scope(config))
-    for address in state.pod_addresses:
-        if isinstance(address.ip, IPv4Address) and not address.ip.is_link_local:
-            return address.ip
-    raise SetupError(
-        f"HA needs an IPv4 address on the pod interface {config.pod_interface} (the VRRP adverts' source)",
-        "VRRP runs over IPv4: give the pod network an IPv4 address",
-    )
-
-
-def pod_ipv6(router: Router, config: RouterConfig) -> IPv6Address | None:
-    """The pod interface's global IPv6 address, if it has one and a source is IPv6: where a
-    standby relays IPv6 connections to when this replica is the active."""
-    from ..plan import network_scope
-
-    if not any(s.version == 6 for s in config.sources):
-        return None
-    state = router.net.read(network_scope(config))
-    for address in state.pod_addresses:
-        if isinstance(address.ip, IPv6Address) and not address.ip.is_link_local:
-            return address.ip
-    return None
+    found = router.net.read(network_scope(config)).pod_addresses
+    own = next((a.ip for a in found if isinstance(a.ip, IPv4Address) and not a.ip.is_link_local), None)
+    if own is None:
+        raise SetupError(
+            f"HA needs an IPv4 address on the pod interface {config.pod_interface} (the VRRP adverts' source)",
+            "VRRP runs over IPv4: give the pod network an IPv4 address",
+        )
+    own6 = None
+    if any(s.version == 6 for s in config.sources):
+        own6 = next((a.ip for a in found if isinstance(a.ip, IPv6Address) and not a.ip.is_link_local), None)
+    return own, own6
 
 
 PEER6_PATH = "/ha/pod-ipv6"
@@ -371,8 +362,7 @@ class Controller:
         find its old address: the apply that follows removes it; until then nobody is
         answered for it)."""
         gate.apply(gate.table_script(self.config))
-        self.own = pod_ipv4(self.router, self.config)
-        own6 = pod_ipv6(self.router, self.config)
+        self.own, own6 = pod_addresses(self.router, self.config)
         self.stats.pod6 = str(own6) if own6 is not None else ""
         if own6 is not None and self.config.served_http_port:
             self.peer6 = Peer6(self.config.served_http_port, self.log)
