@@ -339,8 +339,7 @@ class HaStats:
 class Controller:
     def __init__(self, config: RouterConfig, ha: HaConfig, router: Router, log: Log) -> None:
         self.config, self.ha, self.router, self.log = config, ha, router, log
-        self.role = "standby"
-        self.stats = HaStats()
+        self.stats = HaStats()  # its `role` is the controller's
         self.relay_target: IPv4Address | None = None
         self.relay_target6: IPv6Address | None = None
         self.relay_installed = False
@@ -354,6 +353,10 @@ class Controller:
         self.own: IPv4Address | None = None
         self.holding = False
         router.adjust = self._adjust
+
+    @property
+    def role(self) -> str:
+        return self.stats.role
 
     # -- set-up, before the router's first apply and in the daemon -----------------------------
 
@@ -430,7 +433,7 @@ class Controller:
         return self.peer6.lookup(target) if self.peer6 is not None else None
 
     def _transition(self, role: str, started: float) -> None:
-        self.role = self.stats.role = role
+        self.stats.role = role
         self.stats.transitions[role] += 1
         self.stats.last_transition = time.time()
         self.log.info(f"HA: now {role}", seconds=f"{time.monotonic() - started:.3f}")
