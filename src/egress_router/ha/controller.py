@@ -456,16 +456,19 @@ class Controller:
 
     def _release(self, daemon: Daemon, role: str) -> None:
         started = time.monotonic()
-        was_active = self.role == "active"
         self.refresher.pause()
-        if was_active:
-            try:
-                gate.apply(gate.closed_script())
-            except EgressRouterError as error:
-                self.log.error("could not close the HA gate", error=str(error))
+        if self.role == "active":
+            self._close_gate()
             self.holding = False
             daemon._apply(self.config, "release")
         self._transition(role, started)
+
+    def _close_gate(self) -> None:
+        """Close the gate at once (the refresher paused first, so nothing reopens it)."""
+        try:
+            gate.apply(gate.closed_script())
+        except EgressRouterError as error:
+            self.log.error("could not close the HA gate", error=str(error))
 
     def _repair_gate(self) -> None:
         """The gate could not be refreshed (someone deleted or changed the HA tables): write
@@ -546,10 +549,7 @@ class Controller:
         daemon.stats.serves = False  # not Ready any more: the endpoint goes
         if self.role == "active":
             self.refresher.pause()
-            try:
-                gate.apply(gate.closed_script())
-            except EgressRouterError as error:
-                self.log.error("could not close the HA gate", error=str(error))
+            self._close_gate()
         if self.keepalived is not None:
             self.keepalived.terminate()  # its priority-0 advert: the peer takes over
         if self.role == "active":
