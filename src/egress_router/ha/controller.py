@@ -535,9 +535,8 @@ class Controller:
         assert self.listener is not None
         while (left := until - time.monotonic()) > 0:
             target = self.listener.current()
-            target6 = self._target6(target)
-            if target is not None and (target != self.relay_target or target6 != self.relay_target6):
-                self._relay(target, target6)
+            if target is not None:  # _relay leaves an unchanged relay alone
+                self._relay(target, self._target6(target))
             time.sleep(min(left, 0.05))
 
     def close(self, daemon: Daemon) -> None:
