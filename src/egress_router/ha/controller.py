@@ -34,7 +34,7 @@ from ..network.state import Address
 from ..plan import Plan
 from . import gate
 from .gate import ANCHOR_ADDRESS
-from .keepalived import ADVERT_INTERVAL, PLACEHOLDER, Keepalived, advert_interface, parse_fifo_line, render
+from .keepalived import PLACEHOLDER, Keepalived, advert_interface, parse_fifo_line, render
 from .settings import HaConfig
 
 if TYPE_CHECKING:
@@ -569,4 +569,4 @@ class Controller:
             self.keepalived.remove()
 
 
-__all__ = ["ADVERT_INTERVAL", "Controller", "standby_plan"]
+__all__ = ["Controller", "standby_plan"]
