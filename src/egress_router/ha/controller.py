@@ -205,8 +205,11 @@ class AdvertListener:
 
     def current(self) -> IPv4Address | None:
         with self.lock:
-            fresh = time.monotonic() - self.seen < PEER_FRESH_FOR
-            return self.peer if fresh else None
+            return self._fresh()
+
+    def _fresh(self) -> IPv4Address | None:
+        """The active named by an advert heard within `PEER_FRESH_FOR` (the lock held)."""
+        return self.peer if time.monotonic() - self.seen < PEER_FRESH_FOR else None
 
     def _run(self) -> None:
         while not self.stopping.is_set():
@@ -239,7 +242,7 @@ class AdvertListener:
                 )
             return
         with self.lock:
-            before = self.peer if time.monotonic() - self.seen < PEER_FRESH_FOR else None
+            before = self._fresh()
             self.peer = address if priority else None
             self.seen = time.monotonic()
             changed = before != self.peer
