@@ -179,29 +179,17 @@ def _wake() -> None:
     os.kill(os.getpid(), WAKE)
 
 
-class AdvertListener:
-    """Reads the VRRP adverts on the egress interface (a raw socket): the latest source with
-    our VRID and a non-zero priority is the active's pod address. Adverts with our VRID that
-    carry another address than our placeholder come from another VRRP router: a VRID
-    collision."""
+class Adverts:
+    """What the VRRP adverts say: the latest source with our VRID and a non-zero priority is
+    the active's pod address. Adverts with our VRID that carry another address than our
+    placeholder come from another VRRP router: a VRID collision."""
 
-    def __init__(self, interface: str, vrid: int, own: IPv4Address, log: Log) -> None:
-        self.interface, self.vrid, self.own, self.log = interface, vrid, own, log
+    def __init__(self, vrid: int, own: IPv4Address, log: Log) -> None:
+        self.vrid, self.own, self.log = vrid, own, log
         self.lock = threading.Lock()
         self.peer: IPv4Address | None = None
         self.seen = 0.0
         self.collisions = 0
-        self.stopping = threading.Event()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_VRRP)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
-        # The VRRP group on the interface, whatever keepalived does (it leaves it on exit,
-        # and a replica leaving after a handover still listens for the new active).
-        request = socket.inet_aton(VRRP_GROUP) + socket.inet_aton("0.0.0.0") + socket.if_nametoindex(interface).to_bytes(4, sys.byteorder)
-        self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, request)
-        self.thread = threading.Thread(target=self._run, name="ha-adverts", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
 
     def current(self) -> IPv4Address | None:
         with self.lock:
@@ -210,17 +198,6 @@ class AdvertListener:
     def _fresh(self) -> IPv4Address | None:
         """The active named by an advert heard within `PEER_FRESH_FOR` (the lock held)."""
         return self.peer if time.monotonic() - self.seen < PEER_FRESH_FOR else None
-
-    def _run(self) -> None:
-        while not self.stopping.is_set():
-            ready, _, _ = select.select([self.sock], [], [], 0.5)
-            if not ready:
-                continue
-            try:
-                data, (source, _) = self.sock.recvfrom(2048)
-            except OSError:
-                continue
-            self.heard(data, source)
 
     def heard(self, data: bytes, source: str) -> None:
         header = (data[0] & 0x0F) * 4 if data else 0
@@ -248,6 +225,36 @@ class AdvertListener:
             changed = before != self.peer
         if changed:
             _wake()
+
+
+class AdvertListener(Adverts):
+    """`Adverts` read from the advert interface (a raw socket) by a thread of its own."""
+
+    def __init__(self, interface: str, vrid: int, own: IPv4Address, log: Log) -> None:
+        super().__init__(vrid, own, log)
+        self.interface = interface
+        self.stopping = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_VRRP)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+        # The VRRP group on the interface, whatever keepalived does (it leaves it on exit,
+        # and a replica leaving after a handover still listens for the new active).
+        request = socket.inet_aton(VRRP_GROUP) + socket.inet_aton("0.0.0.0") + socket.if_nametoindex(interface).to_bytes(4, sys.byteorder)
+        self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, request)
+        self.thread = threading.Thread(target=self._run, name="ha-adverts", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            ready, _, _ = select.select([self.sock], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                data, (source, _) = self.sock.recvfrom(2048)
+            except OSError:
+                continue
+            self.heard(data, source)
 
     def stop(self) -> None:
         self.stopping.set()
