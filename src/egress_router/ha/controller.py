@@ -459,7 +459,8 @@ class Controller:
         self.relay_target, self.relay_target6, self.relay_installed = None, None, False
         self.refresher.active.set()
         self.holding = True
-        if not daemon._apply(self.config, "takeover"):  # the addresses, announced once
+        # The configuration in force (a reload may have replaced the one HA started with).
+        if not daemon._apply(daemon.config, "takeover"):  # the addresses, announced once
             self.log.error("HA takeover failed: the addresses could not be added")
         self._announce_again()
         self._transition("active", started)
@@ -470,7 +471,7 @@ class Controller:
         if self.role == "active":
             self._close_gate()
             self.holding = False
-            daemon._apply(self.config, "release")
+            daemon._apply(daemon.config, "release")
         self._transition(role, started)
 
     def _close_gate(self) -> None:
@@ -564,7 +565,7 @@ class Controller:
         if self.role == "active":
             self.holding = False
             try:
-                self.router.apply(self.config)
+                self.router.apply(daemon.config)
             except EgressRouterError as error:
                 self.log.warning("could not remove the address on the way out", error=str(error))
             self.log.info("HA: handed over", seconds=f"{time.monotonic() - started:.3f}")
