@@ -15,7 +15,7 @@ from egress_router.cli import main
 from egress_router.config import load_environment
 from egress_router.errors import ConfigError
 from egress_router.ha import gate
-from egress_router.ha.controller import ANCHOR, AdvertListener, Peer6, active_plan, standby_plan
+from egress_router.ha.controller import ANCHOR, Adverts, Peer6, active_plan, standby_plan
 from egress_router.ha.keepalived import parse_fifo_line, render
 from egress_router.ha.settings import HaConfig, load_ha
 from egress_router.log import Log
@@ -183,9 +183,7 @@ def advert(vrid: int, priority: int, address: str = "192.0.0.8") -> bytes:
 def test_the_listener_learns_the_active_from_the_adverts(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     woken = []
     monkeypatch.setattr("egress_router.ha.controller._wake", lambda: woken.append(1))
-    listener = AdvertListener.__new__(AdvertListener)  # its parsing, without its raw socket
-    listener.vrid, listener.own, listener.log = 51, IPv4Address("198.51.100.2"), Log()
-    listener.lock, listener.peer, listener.seen, listener.collisions = threading.Lock(), None, 0.0, 0
+    listener = Adverts(51, IPv4Address("198.51.100.2"), Log())  # the listener's parsing, without its raw socket
     listener.heard(advert(51, 100), "198.51.100.66")
     assert listener.current() == IPv4Address("198.51.100.66") and woken == [1]
     listener.heard(advert(51, 100), "198.51.100.2")  # our own
@@ -196,3 +194,31 @@ def test_the_listener_learns_the_active_from_the_adverts(monkeypatch) -> None:  
     assert listener.collisions == 0
     listener.heard(advert(51, 100, "192.0.2.50"), "192.0.2.7")  # another VRRP router, our VRID
     assert listener.collisions == 1 and listener.current() is None
+
+
+def test_a_takeover_and_a_release_apply_the_configuration_in_force(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A reload replaces the daemon's configuration; a later takeover or release must not put
+    # back the one HA started with (the destination file would look unchanged and stay so).
+    from egress_router.ha.controller import Controller
+    from egress_router.ha.settings import HaConfig as Settings
+
+    monkeypatch.setattr(gate, "apply", lambda script: None)
+    monkeypatch.setattr(Controller, "_announce_again", lambda self, delays=(): None)
+    started, reloaded = config(), load_environment({**ENV, "EGRESS_DESTINATION": "81 tcp 203.0.113.26\n"})
+
+    class Daemon:
+        def __init__(self) -> None:
+            self.config, self.applied = reloaded, []  # type: ignore[var-annotated]
+
+        def _apply(self, config, why):  # type: ignore[no-untyped-def]
+            self.applied.append((why, config))
+            return True
+
+    class Router:
+        adjust = None
+
+    controller = Controller(started, Settings(51), Router(), Log(stream=io.StringIO()))  # type: ignore[arg-type]
+    daemon = Daemon()
+    controller._takeover(daemon)  # type: ignore[arg-type]
+    controller._release(daemon, "standby")  # type: ignore[arg-type]
+    assert daemon.applied == [("takeover", reloaded), ("release", reloaded)]

@@ -34,7 +34,7 @@ from ..network.state import Address
 from ..plan import Plan
 from . import gate
 from .gate import ANCHOR_ADDRESS
-from .keepalived import ADVERT_INTERVAL, PLACEHOLDER, Keepalived, advert_interface, parse_fifo_line, render
+from .keepalived import PLACEHOLDER, Keepalived, advert_interface, parse_fifo_line, render
 from .settings import HaConfig
 
 if TYPE_CHECKING:
@@ -76,32 +76,23 @@ def active_plan(plan: Plan) -> Plan:
     return plan._replace(network=network._replace(addresses=(*network.addresses, ANCHOR)))
 
 
-def pod_ipv4(router: Router, config: RouterConfig) -> IPv4Address:
-    """The pod interface's IPv4 address: the VRRP adverts' source."""
+def pod_addresses(router: Router, config: RouterConfig) -> tuple[IPv4Address, IPv6Address | None]:
+    """The pod interface's IPv4 address (the VRRP adverts' source) and, if a source is IPv6,
+    its global IPv6 address (where a standby relays IPv6 connections to when this replica is
+    the active), from one read of the namespace."""
     from ..plan import network_scope
 
-    state = router.net.read(network_scope(config))
-    for address in state.pod_addresses:
-        if isinstance(address.ip, IPv4Address) and not address.ip.is_link_local:
-            return address.ip
-    raise SetupError(
-        f"HA needs an IPv4 address on the pod interface {config.pod_interface} (the VRRP adverts' source)",
-        "VRRP runs over IPv4: give the pod network an IPv4 address",
-    )
-
-
-def pod_ipv6(router: Router, config: RouterConfig) -> IPv6Address | None:
-    """The pod interface's global IPv6 address, if it has one and a source is IPv6: where a
-    standby relays IPv6 connections to when this replica is the active."""
-    from ..plan import network_scope
-
-    if not any(s.version == 6 for s in config.sources):
-        return None
-    state = router.net.read(network_scope(config))
-    for address in state.pod_addresses:
-        if isinstance(address.ip, IPv6Address) and not address.ip.is_link_local:
-            return address.ip
-    return None
+    found = router.net.read(network_scope(config)).pod_addresses
+    own = next((a.ip for a in found if isinstance(a.ip, IPv4Address) and not a.ip.is_link_local), None)
+    if own is None:
+        raise SetupError(
+            f"HA needs an IPv4 address on the pod interface {config.pod_interface} (the VRRP adverts' source)",
+            "VRRP runs over IPv4: give the pod network an IPv4 address",
+        )
+    own6 = None
+    if any(s.version == 6 for s in config.sources):
+        own6 = next((a.ip for a in found if isinstance(a.ip, IPv6Address) and not a.ip.is_link_local), None)
+    return own, own6
 
 
 PEER6_PATH = "/ha/pod-ipv6"
@@ -188,45 +179,25 @@ def _wake() -> None:
     os.kill(os.getpid(), WAKE)
 
 
-class AdvertListener:
-    """Reads the VRRP adverts on the egress interface (a raw socket): the latest source with
-    our VRID and a non-zero priority is the active's pod address. Adverts with our VRID that
-    carry another address than our placeholder come from another VRRP router: a VRID
-    collision."""
+class Adverts:
+    """What the VRRP adverts say: the latest source with our VRID and a non-zero priority is
+    the active's pod address. Adverts with our VRID that carry another address than our
+    placeholder come from another VRRP router: a VRID collision."""
 
-    def __init__(self, interface: str, vrid: int, own: IPv4Address, log: Log) -> None:
-        self.interface, self.vrid, self.own, self.log = interface, vrid, own, log
+    def __init__(self, vrid: int, own: IPv4Address, log: Log) -> None:
+        self.vrid, self.own, self.log = vrid, own, log
         self.lock = threading.Lock()
         self.peer: IPv4Address | None = None
         self.seen = 0.0
         self.collisions = 0
-        self.stopping = threading.Event()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_VRRP)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
-        # The VRRP group on the interface, whatever keepalived does (it leaves it on exit,
-        # and a replica leaving after a handover still listens for the new active).
-        request = socket.inet_aton(VRRP_GROUP) + socket.inet_aton("0.0.0.0") + socket.if_nametoindex(interface).to_bytes(4, sys.byteorder)
-        self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, request)
-        self.thread = threading.Thread(target=self._run, name="ha-adverts", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
 
     def current(self) -> IPv4Address | None:
         with self.lock:
-            fresh = time.monotonic() - self.seen < PEER_FRESH_FOR
-            return self.peer if fresh else None
+            return self._fresh()
 
-    def _run(self) -> None:
-        while not self.stopping.is_set():
-            ready, _, _ = select.select([self.sock], [], [], 0.5)
-            if not ready:
-                continue
-            try:
-                data, (source, _) = self.sock.recvfrom(2048)
-            except OSError:
-                continue
-            self.heard(data, source)
+    def _fresh(self) -> IPv4Address | None:
+        """The active named by an advert heard within `PEER_FRESH_FOR` (the lock held)."""
+        return self.peer if time.monotonic() - self.seen < PEER_FRESH_FOR else None
 
     def heard(self, data: bytes, source: str) -> None:
         header = (data[0] & 0x0F) * 4 if data else 0
@@ -248,12 +219,42 @@ class AdvertListener:
                 )
             return
         with self.lock:
-            before = self.peer if time.monotonic() - self.seen < PEER_FRESH_FOR else None
+            before = self._fresh()
             self.peer = address if priority else None
             self.seen = time.monotonic()
             changed = before != self.peer
         if changed:
             _wake()
+
+
+class AdvertListener(Adverts):
+    """`Adverts` read from the advert interface (a raw socket) by a thread of its own."""
+
+    def __init__(self, interface: str, vrid: int, own: IPv4Address, log: Log) -> None:
+        super().__init__(vrid, own, log)
+        self.interface = interface
+        self.stopping = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_VRRP)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+        # The VRRP group on the interface, whatever keepalived does (it leaves it on exit,
+        # and a replica leaving after a handover still listens for the new active).
+        request = socket.inet_aton(VRRP_GROUP) + socket.inet_aton("0.0.0.0") + socket.if_nametoindex(interface).to_bytes(4, sys.byteorder)
+        self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, request)
+        self.thread = threading.Thread(target=self._run, name="ha-adverts", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            ready, _, _ = select.select([self.sock], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                data, (source, _) = self.sock.recvfrom(2048)
+            except OSError:
+                continue
+            self.heard(data, source)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -348,8 +349,7 @@ class HaStats:
 class Controller:
     def __init__(self, config: RouterConfig, ha: HaConfig, router: Router, log: Log) -> None:
         self.config, self.ha, self.router, self.log = config, ha, router, log
-        self.role = "standby"
-        self.stats = HaStats()
+        self.stats = HaStats()  # its `role` is the controller's
         self.relay_target: IPv4Address | None = None
         self.relay_target6: IPv6Address | None = None
         self.relay_installed = False
@@ -364,6 +364,10 @@ class Controller:
         self.holding = False
         router.adjust = self._adjust
 
+    @property
+    def role(self) -> str:
+        return self.stats.role
+
     # -- set-up, before the router's first apply and in the daemon -----------------------------
 
     def prepare(self) -> None:
@@ -371,8 +375,7 @@ class Controller:
         find its old address: the apply that follows removes it; until then nobody is
         answered for it)."""
         gate.apply(gate.table_script(self.config))
-        self.own = pod_ipv4(self.router, self.config)
-        own6 = pod_ipv6(self.router, self.config)
+        self.own, own6 = pod_addresses(self.router, self.config)
         self.stats.pod6 = str(own6) if own6 is not None else ""
         if own6 is not None and self.config.served_http_port:
             self.peer6 = Peer6(self.config.served_http_port, self.log)
@@ -440,7 +443,7 @@ class Controller:
         return self.peer6.lookup(target) if self.peer6 is not None else None
 
     def _transition(self, role: str, started: float) -> None:
-        self.role = self.stats.role = role
+        self.stats.role = role
         self.stats.transitions[role] += 1
         self.stats.last_transition = time.time()
         self.log.info(f"HA: now {role}", seconds=f"{time.monotonic() - started:.3f}")
@@ -456,23 +459,27 @@ class Controller:
         self.relay_target, self.relay_target6, self.relay_installed = None, None, False
         self.refresher.active.set()
         self.holding = True
-        if not daemon._apply(self.config, "takeover"):  # the addresses, announced once
+        # The configuration in force (a reload may have replaced the one HA started with).
+        if not daemon._apply(daemon.config, "takeover"):  # the addresses, announced once
             self.log.error("HA takeover failed: the addresses could not be added")
         self._announce_again()
         self._transition("active", started)
 
     def _release(self, daemon: Daemon, role: str) -> None:
         started = time.monotonic()
-        was_active = self.role == "active"
         self.refresher.pause()
-        if was_active:
-            try:
-                gate.apply(gate.closed_script())
-            except EgressRouterError as error:
-                self.log.error("could not close the HA gate", error=str(error))
+        if self.role == "active":
+            self._close_gate()
             self.holding = False
-            daemon._apply(self.config, "release")
+            daemon._apply(daemon.config, "release")
         self._transition(role, started)
+
+    def _close_gate(self) -> None:
+        """Close the gate at once (the refresher paused first, so nothing reopens it)."""
+        try:
+            gate.apply(gate.closed_script())
+        except EgressRouterError as error:
+            self.log.error("could not close the HA gate", error=str(error))
 
     def _repair_gate(self) -> None:
         """The gate could not be refreshed (someone deleted or changed the HA tables): write
@@ -539,9 +546,8 @@ class Controller:
         assert self.listener is not None
         while (left := until - time.monotonic()) > 0:
             target = self.listener.current()
-            target6 = self._target6(target)
-            if target is not None and (target != self.relay_target or target6 != self.relay_target6):
-                self._relay(target, target6)
+            if target is not None:  # _relay leaves an unchanged relay alone
+                self._relay(target, self._target6(target))
             time.sleep(min(left, 0.05))
 
     def close(self, daemon: Daemon) -> None:
@@ -553,16 +559,13 @@ class Controller:
         daemon.stats.serves = False  # not Ready any more: the endpoint goes
         if self.role == "active":
             self.refresher.pause()
-            try:
-                gate.apply(gate.closed_script())
-            except EgressRouterError as error:
-                self.log.error("could not close the HA gate", error=str(error))
+            self._close_gate()
         if self.keepalived is not None:
             self.keepalived.terminate()  # its priority-0 advert: the peer takes over
         if self.role == "active":
             self.holding = False
             try:
-                self.router.apply(self.config)
+                self.router.apply(daemon.config)
             except EgressRouterError as error:
                 self.log.warning("could not remove the address on the way out", error=str(error))
             self.log.info("HA: handed over", seconds=f"{time.monotonic() - started:.3f}")
@@ -577,4 +580,4 @@ class Controller:
             self.keepalived.remove()
 
 
-__all__ = ["ADVERT_INTERVAL", "Controller", "standby_plan"]
+__all__ = ["Controller", "standby_plan"]

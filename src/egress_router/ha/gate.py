@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
-from ..errors import ApplyError, Kind
+from ..errors import ApplyError, EgressRouterError, SetupError
 from ..model import RouterConfig
 from ..process import run
 from ..schema import RELAY_CT_MARK
@@ -145,9 +145,17 @@ def relay_script(config: RouterConfig, active: IPv4Address | None, active6: IPv6
 
 
 def apply(script: str) -> None:
-    done = run(["nft", "-f", "-"], script)
+    """One `nft -f` transaction. nft's refusal is explained and classified by the router's own
+    nft helpers (its first error line, NET_ADMIN or a missing module spelled out), and a
+    missing nft is a `SetupError` with its hint, as for the router's table."""
+    from ..nft.cli import NFT_HINT, explain_nft_error, nft_error_kind  # HA only
+
+    try:
+        done = run(["nft", "-f", "-"], script)
+    except FileNotFoundError:
+        raise SetupError("the nft command was not found (nft)", NFT_HINT) from None
     if done.returncode != 0:
-        raise ApplyError(STEP, done.stderr.strip() or f"nft exited with {done.returncode}", Kind.OTHER)
+        raise ApplyError(STEP, explain_nft_error(done.stderr), nft_error_kind(done.stderr))
 
 
 def delete_script() -> str:
@@ -204,7 +212,7 @@ class Refresher:
                 if self.active.is_set():
                     try:
                         apply(self.script)
-                    except (ApplyError, OSError) as error:
+                    except (EgressRouterError, OSError) as error:
                         if not self.failing:  # once, until a refresh succeeds again
                             self.failed(str(error))
                         self.failing = True

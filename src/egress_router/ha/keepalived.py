@@ -31,9 +31,10 @@ from ipaddress import IPv4Address
 
 from ..errors import SetupError
 from ..model import RouterConfig
+from .gate import ANCHOR_ADDRESS
 from .settings import HaConfig
 
-PLACEHOLDER = "192.0.0.8"  # = ha.gate.ANCHOR_ADDRESS, on another interface
+PLACEHOLDER = ANCHOR_ADDRESS  # the same dummy address, on another interface (lo)
 ADVERT_INTERVAL = 0.1  # seconds (VRRPv3 counts in centiseconds)
 PRIORITY = 100
 KEEPALIVED = "keepalived"
